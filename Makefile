@@ -1,0 +1,54 @@
+# stacklab: the two set-up commands are `make demo` and `make test`.
+# Each creates .venv, installs stacklab with its test extras and installs
+# tshark when it is missing (with apt-get when run as root).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: all demo test lint typecheck unit captures bench clean setup tshark help
+
+help:
+	@echo "make demo      run the stacklab demo (sets everything up first)"
+	@echo "make test      lint, type-check and run the whole test suite"
+	@echo "make captures  regenerate the reference captures in captures/"
+	@echo "make bench     run the benchmarks and print their tables"
+	@echo "make clean     remove the virtual environment and caches"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP) tshark
+
+tshark:
+	@bash scripts/ensure-tools.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	@bash scripts/typecheck.sh $(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: setup lint typecheck
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/stacklab demo
+
+captures: setup
+	$(BIN)/stacklab capture all --netns -o captures/
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

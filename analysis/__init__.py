@@ -1,0 +1,1 @@
+"""Reading captures, rebuilding sessions, checking them, drawing and reporting."""

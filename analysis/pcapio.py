@@ -1,0 +1,446 @@
+"""Streaming pcap / pcapng reader for the hot path.
+
+Reads a capture block by block in constant memory with ``struct`` and
+``memoryview``, never building a Scapy object: verifying a capture of a
+million packets must be fast.  Scapy is kept for rich decoding of the few
+frames a person looks at.
+
+Supported link types: Ethernet, BSD NULL/Loopback (either byte order, as
+macOS and Npcap write them), OpenBSD LOOP, raw IPv4/IPv6, Linux cooked
+capture v1 (SLL) and v2 (SLL2).  802.1Q VLAN tags on Ethernet are skipped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Final
+
+log = logging.getLogger(__name__)
+
+# Link types (https://www.tcpdump.org/linktypes.html)
+LINKTYPE_NULL: Final = 0
+LINKTYPE_ETHERNET: Final = 1
+LINKTYPE_RAW: Final = 101
+LINKTYPE_LOOP: Final = 108
+LINKTYPE_LINUX_SLL: Final = 113
+LINKTYPE_IPV4: Final = 228
+LINKTYPE_IPV6: Final = 229
+LINKTYPE_LINUX_SLL2: Final = 276
+
+LINKTYPE_NAMES: Final = {
+    LINKTYPE_NULL: "null",
+    LINKTYPE_ETHERNET: "ethernet",
+    LINKTYPE_RAW: "raw",
+    LINKTYPE_LOOP: "loop",
+    LINKTYPE_LINUX_SLL: "linux-sll",
+    LINKTYPE_IPV4: "ipv4",
+    LINKTYPE_IPV6: "ipv6",
+    LINKTYPE_LINUX_SLL2: "linux-sll2",
+}
+
+_READ_SIZE: Final = 1 << 20
+_PCAP_MAGICS: Final = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+}
+_PCAPNG_SHB: Final = 0x0A0D0D0A
+_BYTE_ORDER_MAGIC: Final = 0x1A2B3C4D
+
+IPPROTO_TCP: Final = 6
+IPPROTO_UDP: Final = 17
+
+
+class CaptureError(Exception):
+    """The file is missing, unreadable, not a capture, or corrupt beyond reading."""
+
+
+@dataclass(slots=True)
+class Frame:
+    """One captured frame, before any protocol decoding."""
+
+    number: int  # 1-based, as Wireshark numbers frames
+    time: float  # seconds since the epoch
+    linktype: int
+    data: bytes
+    comment: str | None = None
+
+
+@dataclass(slots=True)
+class Packet:
+    """The transport-level view of a frame: addresses, ports and payload."""
+
+    number: int
+    time: float
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    proto: str  # "udp", "tcp" or "other"
+    payload: bytes
+    tcp_seq: int = 0
+    tcp_ack: int = 0
+    tcp_flags: int = 0
+
+    @property
+    def src_ep(self) -> str:
+        return _endpoint(self.src, self.sport)
+
+    @property
+    def dst_ep(self) -> str:
+        return _endpoint(self.dst, self.dport)
+
+
+def _endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+class CaptureReader:
+    """Iterate the frames of a pcap or pcapng file, streaming.
+
+    After iteration, ``truncated`` tells whether the file ended in the middle
+    of a record (the usual state of a capture that was cut short): the frames
+    before it are still returned.  ``linktypes`` lists the link types seen.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.truncated = False
+        self.format = ""
+        self.linktypes: list[int] = []
+        self.comments: list[str] = []
+        try:
+            self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        except FileNotFoundError:
+            raise CaptureError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise CaptureError(f"{self.path}: is a directory, not a capture file") from None
+        except OSError as exc:
+            raise CaptureError(f"{self.path}: cannot read: {exc.strerror}") from None
+        head = self._file.read(4)
+        if head in _PCAP_MAGICS:
+            self.format = "pcap"
+        elif len(head) == 4 and struct.unpack("<I", head)[0] == _PCAPNG_SHB:
+            self.format = "pcapng"
+        else:
+            self._file.close()
+            raise CaptureError(f"{self.path}: not a pcap or pcapng capture file")
+        self._file.seek(0)
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def linktype_name(self) -> str:
+        """The link type(s) of the capture, e.g. ``"null"`` or ``"ethernet"``."""
+        if not self.linktypes:
+            return "unknown"
+        return ",".join(LINKTYPE_NAMES.get(lt, str(lt)) for lt in self.linktypes)
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self.format == "pcap":
+            return self._iter_pcap()
+        return self._iter_pcapng()
+
+    # -- buffered reading -------------------------------------------------
+
+    def _chunks(self) -> Iterator[bytes]:
+        read = self._file.read
+        while True:
+            chunk = read(_READ_SIZE)
+            if not chunk:
+                return
+            yield chunk
+
+    def _iter_pcap(self) -> Iterator[Frame]:
+        f = self._file
+        header = f.read(24)
+        if len(header) < 24:
+            raise CaptureError(f"{self.path}: truncated pcap header")
+        endian, resolution = _PCAP_MAGICS[header[:4]]
+        linktype = struct.unpack(endian + "I", header[20:24])[0] & 0x0FFFFFFF
+        self.linktypes.append(linktype)
+        rec = struct.Struct(endian + "IIII")
+        buf = b""
+        pos = 0
+        number = 0
+        chunks = self._chunks()
+        while True:
+            if len(buf) - pos < 16:
+                more = next(chunks, b"")
+                if not more:
+                    if len(buf) - pos:
+                        self.truncated = True
+                    return
+                buf = buf[pos:] + more
+                pos = 0
+                continue
+            ts_sec, ts_frac, incl_len, _orig = rec.unpack_from(buf, pos)
+            if incl_len > 0x4000000:
+                raise CaptureError(f"{self.path}: corrupt pcap record after frame {number}")
+            end = pos + 16 + incl_len
+            if end > len(buf):
+                more = next(chunks, b"")
+                if not more:
+                    self.truncated = True
+                    return
+                buf = buf[pos:] + more
+                pos = 0
+                continue
+            number += 1
+            yield Frame(number, ts_sec + ts_frac * resolution, linktype, buf[pos + 16 : end])
+            pos = end
+
+    def _iter_pcapng(self) -> Iterator[Frame]:
+        buf = b""
+        pos = 0
+        number = 0
+        endian = "<"
+        interfaces: list[tuple[int, float]] = []  # (linktype, seconds per tick)
+        seen_header = False
+        chunks = self._chunks()
+        while True:
+            if len(buf) - pos < 12:
+                more = next(chunks, b"")
+                if not more:
+                    if not seen_header:
+                        raise CaptureError(f"{self.path}: truncated pcapng section header")
+                    if len(buf) - pos:
+                        self.truncated = True
+                    return
+                buf = buf[pos:] + more
+                pos = 0
+                continue
+            block_type = struct.unpack_from(endian + "I", buf, pos)[0]
+            if block_type == _PCAPNG_SHB:
+                bom = buf[pos + 8 : pos + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    endian = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    endian = ">"
+                else:
+                    raise CaptureError(f"{self.path}: corrupt pcapng section header")
+                interfaces = []
+            block_len = struct.unpack_from(endian + "I", buf, pos + 4)[0]
+            if block_len < 12 or block_len % 4 or block_len > 0x4000000:
+                raise CaptureError(f"{self.path}: corrupt pcapng block after frame {number}")
+            end = pos + block_len
+            if end > len(buf):
+                more = next(chunks, b"")
+                if not more:
+                    if not seen_header:
+                        raise CaptureError(f"{self.path}: truncated pcapng section header")
+                    self.truncated = True
+                    return
+                buf = buf[pos:] + more
+                pos = 0
+                continue
+            seen_header = True
+            if block_type == 6:  # Enhanced Packet Block
+                if_id, ts_hi, ts_lo, cap_len = struct.unpack_from(endian + "IIII", buf, pos + 8)
+                if if_id >= len(interfaces) or 28 + cap_len > block_len:
+                    raise CaptureError(
+                        f"{self.path}: corrupt enhanced packet block at frame {number + 1}"
+                    )
+                linktype, tick = interfaces[if_id]
+                number += 1
+                data = buf[pos + 28 : pos + 28 + cap_len]
+                comment = None
+                opt_start = pos + 28 + ((cap_len + 3) & ~3)
+                if opt_start < end - 4:
+                    comment = _pcapng_comment(buf, opt_start, end - 4, endian)
+                yield Frame(number, ((ts_hi << 32) | ts_lo) * tick, linktype, data, comment)
+            elif block_type == 1:  # Interface Description Block
+                linktype = struct.unpack_from(endian + "H", buf, pos + 8)[0]
+                tick = _pcapng_tsresol(buf, pos + 16, end - 4, endian)
+                interfaces.append((linktype, tick))
+                if linktype not in self.linktypes:
+                    self.linktypes.append(linktype)
+            elif block_type == 3:  # Simple Packet Block
+                if not interfaces:
+                    raise CaptureError(f"{self.path}: simple packet block before any interface")
+                orig_len = struct.unpack_from(endian + "I", buf, pos + 8)[0]
+                cap_len = min(orig_len, block_len - 16)
+                number += 1
+                yield Frame(number, 0.0, interfaces[0][0], buf[pos + 12 : pos + 12 + cap_len])
+            elif block_type == _PCAPNG_SHB:
+                comment = _pcapng_comment(buf, pos + 24, end - 4, endian)
+                if comment:
+                    self.comments.append(comment)
+            pos = end
+
+
+def _pcapng_options(buf: bytes, start: int, stop: int, endian: str) -> Iterator[tuple[int, bytes]]:
+    pos = start
+    while pos + 4 <= stop:
+        code, length = struct.unpack_from(endian + "HH", buf, pos)
+        if code == 0:
+            return
+        yield code, buf[pos + 4 : pos + 4 + length]
+        pos += 4 + ((length + 3) & ~3)
+
+
+def _pcapng_tsresol(buf: bytes, start: int, stop: int, endian: str) -> float:
+    for code, value in _pcapng_options(buf, start, stop, endian):
+        if code == 9 and value:
+            raw = value[0]
+            return 2.0 ** -(raw & 0x7F) if raw & 0x80 else 10.0**-raw
+    return 1e-6
+
+
+def _pcapng_comment(buf: bytes, start: int, stop: int, endian: str) -> str | None:
+    for code, value in _pcapng_options(buf, start, stop, endian):
+        if code == 1:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Link, network and transport layers
+# ---------------------------------------------------------------------------
+
+_NULL_AF_INET: Final = 2
+_NULL_AF_INET6: Final = frozenset({10, 24, 28, 30})  # Linux, BSDs, FreeBSD, macOS
+
+
+def network_offset(linktype: int, data: bytes) -> tuple[int, int] | None:
+    """Return (offset of the IP header, IP version) or None for non-IP frames."""
+    if linktype == LINKTYPE_ETHERNET:
+        off = 12
+        ethertype = int.from_bytes(data[12:14], "big")
+        while ethertype in (0x8100, 0x88A8):
+            off += 4
+            ethertype = int.from_bytes(data[off : off + 2], "big")
+        off += 2
+        if ethertype == 0x0800:
+            return off, 4
+        if ethertype == 0x86DD:
+            return off, 6
+        return None
+    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
+        if len(data) < 4:
+            return None
+        family = int.from_bytes(data[:4], "little")
+        if family > 0xFFFF:  # written in the other byte order
+            family = int.from_bytes(data[:4], "big")
+        if family == _NULL_AF_INET:
+            return 4, 4
+        if family in _NULL_AF_INET6:
+            return 4, 6
+        return None
+    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+        if not data:
+            return None
+        version = data[0] >> 4
+        return (0, version) if version in (4, 6) else None
+    if linktype == LINKTYPE_LINUX_SLL:
+        proto = int.from_bytes(data[14:16], "big")
+        return (16, 4) if proto == 0x0800 else (16, 6) if proto == 0x86DD else None
+    if linktype == LINKTYPE_LINUX_SLL2:
+        proto = int.from_bytes(data[0:2], "big")
+        return (20, 4) if proto == 0x0800 else (20, 6) if proto == 0x86DD else None
+    return None
+
+
+_IPV4_CACHE: dict[bytes, str] = {}
+
+
+def _ipv4(raw: bytes) -> str:
+    text = _IPV4_CACHE.get(raw)
+    if text is None:
+        text = "%d.%d.%d.%d" % tuple(raw)  # noqa: UP031 - fastest here
+        if len(_IPV4_CACHE) < 65536:
+            _IPV4_CACHE[raw] = text
+    return text
+
+
+def parse_packet(frame: Frame) -> Packet | None:
+    """Decode a frame down to UDP or TCP.  Returns None for non-IP frames.
+
+    IPv4 fragments other than the first are returned with ``proto="other"``.
+    Truncated headers give ``None`` rather than an exception.
+    """
+    data = frame.data
+    located = network_offset(frame.linktype, data)
+    if located is None:
+        return None
+    off, version = located
+    if version == 4:
+        if len(data) < off + 20:
+            return None
+        ihl = (data[off] & 0x0F) * 4
+        total = int.from_bytes(data[off + 2 : off + 4], "big")
+        proto_num = data[off + 9]
+        frag = int.from_bytes(data[off + 6 : off + 8], "big") & 0x1FFF
+        src = _ipv4(data[off + 12 : off + 16])
+        dst = _ipv4(data[off + 16 : off + 20])
+        l4 = off + ihl
+        end = off + total if total >= ihl else len(data)
+        if frag:
+            proto_num = -1
+    elif version == 6:
+        if len(data) < off + 40:
+            return None
+        proto_num = data[off + 6]
+        src = str(ipaddress.IPv6Address(data[off + 8 : off + 24]))
+        dst = str(ipaddress.IPv6Address(data[off + 24 : off + 40]))
+        l4 = off + 40
+        end = l4 + int.from_bytes(data[off + 4 : off + 6], "big")
+    else:
+        return None
+    end = min(end, len(data))
+    if proto_num == IPPROTO_UDP and end - l4 >= 8:
+        sport = int.from_bytes(data[l4 : l4 + 2], "big")
+        dport = int.from_bytes(data[l4 + 2 : l4 + 4], "big")
+        ulen = int.from_bytes(data[l4 + 4 : l4 + 6], "big")
+        stop = l4 + ulen if 8 <= ulen <= end - l4 else end
+        return Packet(frame.number, frame.time, src, dst, sport, dport, "udp", data[l4 + 8 : stop])
+    if proto_num == IPPROTO_TCP and end - l4 >= 20:
+        sport = int.from_bytes(data[l4 : l4 + 2], "big")
+        dport = int.from_bytes(data[l4 + 2 : l4 + 4], "big")
+        seq = int.from_bytes(data[l4 + 4 : l4 + 8], "big")
+        ack = int.from_bytes(data[l4 + 8 : l4 + 12], "big")
+        doff = (data[l4 + 12] >> 4) * 4
+        flags = data[l4 + 13]
+        return Packet(
+            frame.number,
+            frame.time,
+            src,
+            dst,
+            sport,
+            dport,
+            "tcp",
+            data[l4 + doff : end],
+            seq,
+            ack,
+            flags,
+        )
+    return Packet(frame.number, frame.time, src, dst, 0, 0, "other", b"")
+
+
+def read_packets(path: str | os.PathLike[str]) -> Iterator[Packet]:
+    """Convenience: the transport-level packets of a capture (non-IP frames skipped)."""
+    with CaptureReader(path) as reader:
+        for frame in reader:
+            packet = parse_packet(frame)
+            if packet is not None:
+                yield packet
+
+
+TCP_FIN: Final = 0x01
+TCP_SYN: Final = 0x02
+TCP_RST: Final = 0x04
+TCP_PSH: Final = 0x08
+TCP_ACK: Final = 0x10

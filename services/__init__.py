@@ -1,0 +1,1 @@
+"""The stack's servers and clients on plain sockets (thin loops around sans-I/O logic)."""

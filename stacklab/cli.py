@@ -1,0 +1,101 @@
+"""The ``stacklab`` command line.
+
+Subcommands live in :mod:`stacklab.commands`, one module each, and are
+imported only when they run: ``stacklab verify`` must not pay for importing
+Scapy or matplotlib, and ``stacklab --help`` must answer at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+from typing import Any
+
+import click
+
+from stacklab import __version__
+
+# name -> (module under stacklab.commands, attribute, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "decode": ("decode", "decode", "Decode a capture into one readable line per packet."),
+    "verify": ("verify", "verify", "Check captures automatically: handshake, Go-Back-N, AIMD."),
+    "dissector": ("dissector", "dissector", "Write the generated Wireshark Lua dissector."),
+    "up": ("up", "up", "Start the whole stack on its default addresses."),
+    "serve": ("serve", "serve", "Run one service alone (dhcp, dns, origin, app-tcp, app-rudp)."),
+    "fetch": ("fetch", "fetch", "Run the client: DHCP -> DNS -> app server -> save the file."),
+    "chaos": ("chaos", "chaos", "Relay UDP through an impairing proxy (loss, delay, reorder...)."),
+    "capture": ("capture", "capture", "Record a scenario of the original project as pcapng."),
+    "demo": ("demo", "demo", "Boot the stack, capture every flow, verify it, report."),
+    "plot": ("plot", "plot", "Draw time-sequence, window and ladder diagrams of a capture."),
+    "report": ("report", "report", "Write one self-contained HTML report of a capture."),
+    "probe": ("probe", "probe", "Throw malformed packets at a server and see which ones hurt."),
+    "simulate": (
+        "simulate",
+        "simulate",
+        "Run the RUDP engine over a simulated network, checking invariants.",
+    ),
+    "bench": ("bench", "bench", "Measure transfer goodput: RUDP vs TCP app path vs raw UDP."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when it is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in COMMANDS if _available(name))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS or not _available(cmd_name):
+            return None
+        module_name, attr, _ = COMMANDS[cmd_name]
+        module = importlib.import_module(f"stacklab.commands.{module_name}")
+        command: click.Command = getattr(module, attr)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _available(name: str) -> bool:
+    """A command is listed once its module exists (parts of stacklab land one by one)."""
+    return importlib.util.find_spec(f"stacklab.commands.{COMMANDS[name][0]}") is not None
+
+
+def setup_logging(verbosity: int, quiet: bool = False) -> None:
+    """Route library logging to stderr through rich: WARNING by default, -v INFO, -vv DEBUG."""
+    from rich.logging import RichHandler
+
+    level = (
+        logging.ERROR
+        if quiet
+        else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)]
+    )
+    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="stacklab")
+@click.option("-v", "--verbose", count=True, help="More logging: -v for INFO, -vv for DEBUG.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+def cli(verbose: int, quiet: bool) -> None:
+    """stacklab: craft, run, capture and verify a small educational network stack.
+
+    DHCP and DNS speak JSON over UDP, the app server fetches URLs over TCP with
+    10-byte length-prefix framing or over RUDP (Go-Back-N with an AIMD window on
+    UDP). stacklab runs them, decodes their captures and checks them.
+    """
+    setup_logging(verbose, quiet)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point."""
+    return cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="stacklab")

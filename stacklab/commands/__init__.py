@@ -1,0 +1,1 @@
+"""One module per ``stacklab`` subcommand; see :data:`stacklab.cli.COMMANDS`."""

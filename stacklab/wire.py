@@ -1,0 +1,228 @@
+"""The wire facts of the stack: one source of truth.
+
+Every byte layout, flag letter and default address that the original
+programs put on the wire is defined here and nowhere else (see WIRE.md in the
+project documentation).  The fast struct codec used by the services, the
+Scapy layers in :mod:`stacklab.layers` and the generated Wireshark dissector
+are all derived from the tables in this module, and the test suite proves that
+they agree byte for byte.
+
+This module imports nothing heavy: it sits on the hot path of the transfer
+loop and of capture analysis.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final, NamedTuple
+
+# ---------------------------------------------------------------------------
+# Default addresses and ports (every one is configurable at run time)
+# ---------------------------------------------------------------------------
+
+DHCP_ADDR: Final = "127.0.0.1"
+DHCP_PORT: Final = 6767
+DNS_ADDR: Final = "127.0.0.1"
+DNS_PORT: Final = 5353
+APP_ADDR: Final = "127.0.0.3"
+APP_TCP_PORT: Final = 2121
+APP_RUDP_PORT: Final = 2122
+ORIGIN_ADDR: Final = "127.0.0.1"
+ORIGIN_PORT: Final = 8080
+OFFERED_ADDR: Final = "127.0.0.2"
+APP_DOMAIN: Final = "my-app-server.local"
+DEFAULT_URL: Final = f"http://{ORIGIN_ADDR}:{ORIGIN_PORT}/test_file.txt"
+
+
+class Endpoint(NamedTuple):
+    """A default (address, port) pair of one service."""
+
+    addr: str
+    port: int
+    transport: str  # "udp" or "tcp"
+
+
+DEFAULT_ENDPOINTS: Final[dict[str, Endpoint]] = {
+    "dhcp": Endpoint(DHCP_ADDR, DHCP_PORT, "udp"),
+    "dns": Endpoint(DNS_ADDR, DNS_PORT, "udp"),
+    "app-tcp": Endpoint(APP_ADDR, APP_TCP_PORT, "tcp"),
+    "app-rudp": Endpoint(APP_ADDR, APP_RUDP_PORT, "udp"),
+    "origin": Endpoint(ORIGIN_ADDR, ORIGIN_PORT, "tcp"),
+}
+
+# ---------------------------------------------------------------------------
+# DHCP and DNS (JSON over UDP)
+# ---------------------------------------------------------------------------
+
+DHCP_DISCOVER: Final = b"DISCOVER"
+"""The bare 8-byte keyword the original client sends (not JSON)."""
+
+DNS_STATUS_SUCCESS: Final = "SUCCESS"
+DNS_STATUS_NOT_FOUND: Final = "NOT_FOUND"
+DNS_STATUS_ERROR: Final = "ERROR"
+
+JSON_WELL_KNOWN_KEYS: Final = ("type", "assigned_ip", "domain", "status", "ip", "client_id")
+"""Keys that the Scapy JSON layers and the decoder expose as named fields."""
+
+# ---------------------------------------------------------------------------
+# App protocol over TCP: 10 ASCII decimal digits, zero padded, then the body
+# ---------------------------------------------------------------------------
+
+FRAME_PREFIX_LEN: Final = 10
+FRAME_MAX_BODY: Final = 10**FRAME_PREFIX_LEN - 1
+FETCH_COMMAND: Final = "FETCH"
+ERROR_PREFIX: Final = "ERROR: "
+ERROR_UNKNOWN_COMMAND: Final = "ERROR: Unknown command. Use: FETCH <url>"
+
+
+def fetch_error_text(url: str, reason: str) -> str:
+    """The byte-exact error text the original app server sends on a failed fetch."""
+    return f"ERROR: Could not fetch '{url}'. Reason: {reason}"
+
+
+def frame_prefix(length: int) -> bytes:
+    """The 10-digit prefix for a body of ``length`` bytes (``str(n).zfill(10)``)."""
+    if not 0 <= length <= FRAME_MAX_BODY:
+        raise ValueError(f"frame body length {length} does not fit {FRAME_PREFIX_LEN} digits")
+    return str(length).zfill(FRAME_PREFIX_LEN).encode("ascii")
+
+
+def encode_frame(body: bytes) -> bytes:
+    """Prefix ``body`` with its 10-digit length."""
+    return frame_prefix(len(body)) + body
+
+
+def parse_frame_prefix(prefix: bytes) -> int:
+    """Parse a 10-byte length prefix; raise ``ValueError`` unless it is 10 ASCII digits."""
+    if len(prefix) != FRAME_PREFIX_LEN or not prefix.isdigit():
+        raise ValueError(f"bad frame prefix {prefix!r}: expected {FRAME_PREFIX_LEN} ASCII digits")
+    return int(prefix)
+
+
+# ---------------------------------------------------------------------------
+# RUDP over UDP: struct.pack('!IIcH', seq, ack, flag, length) + payload
+# ---------------------------------------------------------------------------
+
+
+class HeaderField(NamedTuple):
+    """One field of the RUDP header; the table below drives every encoder."""
+
+    name: str
+    struct_code: str
+    size: int
+    description: str
+
+
+RUDP_HEADER_FIELDS: Final = (
+    HeaderField("seq", "I", 4, "Sequence number"),
+    HeaderField("ack", "I", 4, "Acknowledgement number"),
+    HeaderField("flag", "c", 1, "Flag (one ASCII letter)"),
+    HeaderField("len", "H", 2, "Payload length"),
+)
+RUDP_HEADER_FORMAT: Final = "!" + "".join(f.struct_code for f in RUDP_HEADER_FIELDS)
+RUDP_HEADER = struct.Struct(RUDP_HEADER_FORMAT)
+RUDP_HEADER_LEN: Final = RUDP_HEADER.size
+assert RUDP_HEADER_FORMAT == "!IIcH" and RUDP_HEADER_LEN == 11
+
+RUDP_MAX_SEQ: Final = 2**32 - 1
+RUDP_MAX_LEN: Final = 2**16 - 1
+
+
+class Flag(bytes, Enum):
+    """RUDP flag letters."""
+
+    SYN = b"S"
+    ACK = b"A"
+    DATA = b"D"
+    FIN = b"F"
+
+
+FLAG_NAMES: Final[dict[bytes, str]] = {f.value: f.name for f in Flag}
+"""Flag byte -> name, e.g. ``b"D" -> "DATA"``."""
+
+FLAG_BYTES: Final = frozenset(FLAG_NAMES)
+
+ORIGINAL_ISN: Final = 100
+"""The original client always starts at 100; verifiers must not assume it."""
+ORIGINAL_CHUNK_SIZE: Final = 500
+ORIGINAL_MAX_WINDOW: Final = 5
+ORIGINAL_TIMEOUT_S: Final = 1.0
+ORIGINAL_RECV_BUFFER: Final = 2048
+MAX_CHUNK_FOR_ORIGINAL_CLIENT: Final = ORIGINAL_RECV_BUFFER - RUDP_HEADER_LEN  # 2037
+STACKLAB_DEFAULT_CHUNK: Final = 1400
+"""Fits one Ethernet MTU: 1400 + 11 (RUDP) + 8 (UDP) + 20 (IPv4) + 4 (CRC) < 1500."""
+
+
+@dataclass(frozen=True, slots=True)
+class RudpHeader:
+    """A decoded RUDP header.  ``length`` is what the header says, not the truth."""
+
+    seq: int
+    ack: int
+    flag: bytes
+    length: int
+
+    @property
+    def flag_letter(self) -> str:
+        """The flag as a printable one-character string (``\\xNN`` when not ASCII)."""
+        return flag_letter(self.flag)
+
+
+def flag_letter(flag: bytes) -> str:
+    """A printable form of a flag byte."""
+    if len(flag) == 1 and 0x20 <= flag[0] < 0x7F:
+        return flag.decode("ascii")
+    return "".join(f"\\x{b:02x}" for b in flag)
+
+
+def pack_rudp(
+    seq: int, ack: int, flag: bytes, payload: bytes = b"", length: int | None = None
+) -> bytes:
+    """Encode a RUDP datagram.  ``length`` defaults to ``len(payload)``; pass it to lie."""
+    return RUDP_HEADER.pack(seq, ack, flag, len(payload) if length is None else length) + payload
+
+
+def pack_rudp_into(
+    buffer: bytearray | memoryview, seq: int, ack: int, flag: bytes, length: int
+) -> None:
+    """Write a header into the first 11 bytes of a preallocated buffer (hot path)."""
+    RUDP_HEADER.pack_into(buffer, 0, seq, ack, flag, length)
+
+
+class RudpDecodeError(ValueError):
+    """Raised when a datagram is too short to hold a RUDP header."""
+
+
+def unpack_rudp(datagram: bytes | memoryview) -> tuple[RudpHeader, bytes]:
+    """Split a datagram into header and payload.
+
+    The payload is what follows the header, cut at the header's ``length``
+    when the datagram is longer (the rest is padding).  A header whose
+    ``length`` claims more than is present is returned as is: callers decide
+    whether that is an error (see :func:`rudp_length_ok`).
+    """
+    if len(datagram) < RUDP_HEADER_LEN:
+        raise RudpDecodeError(
+            f"datagram of {len(datagram)} bytes is shorter than the {RUDP_HEADER_LEN}-byte RUDP header"
+        )
+    seq, ack, flag, length = RUDP_HEADER.unpack_from(datagram, 0)
+    payload = bytes(datagram[RUDP_HEADER_LEN : RUDP_HEADER_LEN + length])
+    return RudpHeader(seq, ack, flag, length), payload
+
+
+def rudp_length_ok(datagram: bytes | memoryview) -> bool:
+    """True when the header's length field equals the bytes that follow it."""
+    if len(datagram) < RUDP_HEADER_LEN:
+        return False
+    return int.from_bytes(datagram[9:11], "big") == len(datagram) - RUDP_HEADER_LEN
+
+
+def looks_like_rudp(datagram: bytes | memoryview) -> bool:
+    """The strict heuristic for RUDP on any UDP port: known flag and exact length."""
+    return (
+        len(datagram) >= RUDP_HEADER_LEN
+        and bytes(datagram[8:9]) in FLAG_BYTES
+        and rudp_length_ok(datagram)
+    )
