@@ -226,3 +226,19 @@ def looks_like_rudp(datagram: bytes | memoryview) -> bool:
         and bytes(datagram[8:9]) in FLAG_BYTES
         and rudp_length_ok(datagram)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """Which UDP/TCP ports carry which protocol, for decoders and verifiers.
+
+    Defaults follow the original programs; every tool that reads captures
+    takes ``--rudp-port``, ``--dns-port``, ``--dhcp-port`` and ``--app-port``
+    and builds one of these.
+    """
+
+    rudp: int = APP_RUDP_PORT
+    dns: int = DNS_PORT
+    dhcp: int = DHCP_PORT
+    app: int = APP_TCP_PORT
+    origin: int = ORIGIN_PORT
