@@ -1,0 +1,415 @@
+"""The chaos relay on real loopback sockets (ephemeral ports only) and its command line."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from stacklab.cli import cli
+from stacklab.commands.chaos import build_impairments, parse_hostport, split_direction
+from stacklab.errors import UserError
+from stacklab.services.base import BindError
+from stacklab.services.chaos import ChaosProxy
+from stacklab.services.impairment import Blackhole, Impairment
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition until it holds (fail after ``timeout``): waits for state, not for time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.001)
+
+
+class EchoServer:
+    """A UDP echo server on an ephemeral port, for relaying through the proxy."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.address = self.sock.getsockname()
+        self.peers: set[tuple[str, int]] = set()
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.received += 1
+            self.peers.add(addr)
+            self.sock.sendto(data, addr)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+def client_socket(timeout: float = 2.0) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(timeout)
+    return s
+
+
+def test_clean_relay_echoes_and_counts(echo: EchoServer) -> None:
+    with ChaosProxy(("127.0.0.1", 0), echo.address) as proxy:
+        assert isinstance(proxy, ChaosProxy)
+        port = proxy.address[1]
+        assert port != 0
+        c = client_socket()
+        try:
+            for i in range(20):
+                c.sendto(b"ping %d" % i, proxy.address)
+                data, src = c.recvfrom(65535)
+                assert data == b"ping %d" % i
+                assert src == proxy.address
+        finally:
+            c.close()
+        assert proxy.stats["up.received"] == proxy.stats["up.delivered"] == 20
+        assert proxy.stats["down.received"] == proxy.stats["down.delivered"] == 20
+        assert proxy.stats["clients"] == 1
+
+
+def test_many_clients_get_their_own_upstream_mapping(echo: EchoServer) -> None:
+    with ChaosProxy(("127.0.0.1", 0), echo.address) as proxy:
+        assert isinstance(proxy, ChaosProxy)
+        clients = [client_socket() for _ in range(5)]
+        try:
+            for i, c in enumerate(clients):
+                c.sendto(f"client {i}".encode(), proxy.address)
+            for i, c in enumerate(clients):
+                assert c.recvfrom(100)[0] == f"client {i}".encode()
+        finally:
+            for c in clients:
+                c.close()
+        assert proxy.stats["clients"] == 5
+        assert proxy.clients == 5
+        assert len(echo.peers) == 5  # the server sees one peer per client
+
+
+def _send_and_collect(proxy: ChaosProxy, n: int) -> None:
+    """Send ``n`` datagrams in small batches (so no kernel buffer overflows) and wait for echoes."""
+    c = client_socket(timeout=0.05)
+    try:
+        for i in range(n):
+            c.sendto(b"%05d" % i + bytes(200), proxy.address)
+            if i % 20 == 19 or i == n - 1:
+                wait_for(
+                    lambda: (
+                        proxy.stats["up.received"] == i + 1  # noqa: B023
+                        and proxy.stats["down.received"] == proxy.stats["up.delivered"]
+                    )
+                )
+    finally:
+        c.close()
+
+
+def test_same_seed_gives_the_same_decision_log(echo: EchoServer, tmp_path: Path) -> None:
+    imp = Impairment(loss=0.3, duplicate=0.1, corrupt=0.1)
+    logs = []
+    for run in range(2):
+        path = tmp_path / f"decisions{run}.jsonl"
+        proxy = ChaosProxy(
+            ("127.0.0.1", 0), echo.address, imp, Impairment(), seed=42, log_path=path
+        )
+        proxy.start()
+        try:
+            # One datagram at a time so the down-direction order is fixed too.
+            c = client_socket(timeout=0.05)
+            for i in range(150):
+                before = proxy.stats["down.received"]
+                c.sendto(b"%05d" % i, proxy.address)
+                wait_for(lambda: proxy.stats["up.received"] == i + 1)  # noqa: B023
+                delivered = proxy.stats["up.delivered"]
+                wait_for(lambda: proxy.stats["down.received"] == delivered)  # noqa: B023
+                assert proxy.stats["down.received"] >= before
+            c.close()
+        finally:
+            proxy.stop()
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        logs.append([{k: v for k, v in r.items() if k not in ("t", "client")} for r in records])
+        assert proxy.stats["up.loss"] > 20
+    assert logs[0] == logs[1]
+    assert {r["verdict"] for r in logs[0]} == {"deliver", "loss"}
+    assert any(r.get("duplicate") for r in logs[0])
+    assert any(r.get("corrupt") for r in logs[0])
+
+
+def test_loss_through_the_relay_matches_the_probability(echo: EchoServer) -> None:
+    with ChaosProxy(("127.0.0.1", 0), echo.address, Impairment(loss=0.2), seed=1) as proxy:
+        assert isinstance(proxy, ChaosProxy)
+        _send_and_collect(proxy, 1000)
+        lost = proxy.stats["up.loss"]
+        assert 150 < lost < 250  # Binomial(1000, 0.2): sd 12.6
+        assert proxy.stats["up.delivered"] == 1000 - lost
+        assert proxy.stats["down.received"] == 1000 - lost
+
+
+def test_delay_is_applied_both_ways(echo: EchoServer) -> None:
+    delayed = Impairment(delay_min=0.05, delay_max=0.05)
+    with ChaosProxy(("127.0.0.1", 0), echo.address, delayed, delayed) as proxy:
+        assert isinstance(proxy, ChaosProxy)
+        c = client_socket()
+        try:
+            start = time.monotonic()
+            c.sendto(b"slow", proxy.address)
+            assert c.recvfrom(100)[0] == b"slow"
+            assert time.monotonic() - start >= 0.1
+        finally:
+            c.close()
+
+
+def test_delayed_datagrams_keep_their_order_without_jitter(echo: EchoServer) -> None:
+    delayed = Impairment(delay_min=0.02, delay_max=0.02)
+    with ChaosProxy(("127.0.0.1", 0), echo.address, delayed) as proxy:
+        assert isinstance(proxy, ChaosProxy)
+        c = client_socket()
+        try:
+            for i in range(50):
+                c.sendto(b"%03d" % i, proxy.address)
+            got = [c.recvfrom(100)[0] for _ in range(50)]
+        finally:
+            c.close()
+        assert got == [b"%03d" % i for i in range(50)]
+
+
+def test_duplication_and_corruption_reach_the_client(echo: EchoServer) -> None:
+    with ChaosProxy(
+        ("127.0.0.1", 0), echo.address, Impairment(duplicate=1.0), Impairment(corrupt=1.0)
+    ) as proxy:
+        assert isinstance(proxy, ChaosProxy)
+        c = client_socket()
+        try:
+            payload = bytes(range(64))
+            c.sendto(payload, proxy.address)
+            first, second = c.recvfrom(100)[0], c.recvfrom(100)[0]
+        finally:
+            c.close()
+        assert echo.received == 2  # duplicated on the way up
+        for echoed in (first, second):
+            assert len(echoed) == len(payload) and echoed != payload  # corrupted on the way down
+
+
+def test_blackhole_drops_everything_inside_the_window(echo: EchoServer) -> None:
+    hole = Impairment(blackholes=(Blackhole(0.0, 3600.0),))
+    with ChaosProxy(("127.0.0.1", 0), echo.address, hole) as proxy:
+        assert isinstance(proxy, ChaosProxy)
+        c = client_socket(timeout=0.05)
+        try:
+            for _ in range(10):
+                c.sendto(b"x", proxy.address)
+            wait_for(lambda: proxy.stats["up.received"] == 10)
+        finally:
+            c.close()
+        assert proxy.stats["up.blackhole"] == 10
+        assert echo.received == 0
+
+
+def test_rate_limit_queue_drops_the_excess(echo: EchoServer) -> None:
+    slow = Impairment(rate_bps=80_000, queue_limit=5)  # 1000 bytes take 0.1 s
+    with ChaosProxy(("127.0.0.1", 0), echo.address, slow) as proxy:
+        assert isinstance(proxy, ChaosProxy)
+        c = client_socket()
+        try:
+            for _ in range(20):
+                c.sendto(bytes(1000), proxy.address)
+            wait_for(lambda: proxy.stats["up.received"] == 20)
+            # A burst of 20 arrives faster than 0.1 s per datagram: most overflow the queue.
+            assert proxy.stats["up.queue"] >= 10
+            wait_for(lambda: echo.received == proxy.stats["up.delivered"])
+        finally:
+            c.close()
+
+
+def test_idle_mappings_expire(echo: EchoServer) -> None:
+    with ChaosProxy(("127.0.0.1", 0), echo.address, idle_timeout=0.1) as proxy:
+        assert isinstance(proxy, ChaosProxy)
+        c = client_socket()
+        try:
+            c.sendto(b"hi", proxy.address)
+            assert c.recvfrom(10)[0] == b"hi"
+            wait_for(lambda: proxy.stats["expired"] == 1)
+            assert proxy.clients == 0
+            c.sendto(b"again", proxy.address)  # a new mapping opens transparently
+            assert c.recvfrom(10)[0] == b"again"
+            assert proxy.stats["clients"] == 2
+        finally:
+            c.close()
+
+
+def test_stop_is_idempotent_and_frees_the_port(echo: EchoServer) -> None:
+    proxy = ChaosProxy(("127.0.0.1", 0), echo.address, Impairment(delay_min=5, delay_max=5))
+    proxy.start()
+    addr = proxy.address
+    c = client_socket()
+    c.sendto(b"pending", addr)  # leaves a datagram waiting in the scheduler
+    wait_for(lambda: proxy.stats["up.received"] == 1)
+    c.close()
+    start = time.monotonic()
+    proxy.stop()
+    proxy.stop()
+    assert time.monotonic() - start < 2
+    rebound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rebound.bind(addr)
+    rebound.close()
+
+
+def test_bind_error_names_the_address(echo: EchoServer) -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        proxy = ChaosProxy(taken.getsockname(), echo.address)
+        with pytest.raises(BindError, match="address in use"):
+            proxy.start()
+        proxy.stop()
+    finally:
+        taken.close()
+
+
+def test_unreachable_upstream_is_counted_not_fatal() -> None:
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    dead = closed.getsockname()
+    closed.close()
+    with ChaosProxy(("127.0.0.1", 0), dead) as proxy:
+        assert isinstance(proxy, ChaosProxy)
+        c = client_socket()
+        try:
+            for _ in range(3):
+                c.sendto(b"anyone?", proxy.address)
+            wait_for(lambda: proxy.stats["up.received"] == 3)
+        finally:
+            c.close()
+        assert proxy.stats["errors"] == 0
+
+
+# -- command line ------------------------------------------------------------
+
+
+def test_direction_prefixes() -> None:
+    assert split_direction("0.1") == (("up", "down"), "0.1")
+    assert split_direction("up=0.1") == (("up",), "0.1")
+    assert split_direction("both=5:10") == (("up", "down"), "5:10")
+    with pytest.raises(UserError):
+        split_direction("sideways=0.1")
+
+
+def test_build_impairments_per_direction() -> None:
+    imps = build_impairments(
+        loss=["0.1", "down=0.3"],
+        delay=["5:20"],
+        burst=["up=0.01:0.2"],
+        rate=["down=1000"],
+        blackhole=["2:1", "up=10:5"],
+    )
+    up, down = imps["up"], imps["down"]
+    assert up.loss == 0.1 and down.loss == 0.3
+    assert up.delay_min == down.delay_min == 0.005 and up.delay_max == 0.02
+    assert up.burst is not None and up.burst.p_exit == 0.2 and down.burst is None
+    assert down.rate_bps == 1e6 and up.rate_bps is None
+    assert up.blackholes == (Blackhole(2, 1), Blackhole(10, 5))
+    assert down.blackholes == (Blackhole(2, 1),)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--loss", "2"],
+        ["--loss", "abc"],
+        ["--delay", "20:5"],
+        ["--delay", "1:2:3"],
+        ["--burst", "0.5"],
+        ["--rate", "0"],
+        ["--queue", "1.5"],
+        ["--blackhole", "3"],
+        ["--listen", "nowhere"],
+        ["--upstream", "127.0.0.1:99999"],
+        ["--loss", "left=0.1"],
+    ],
+)
+def test_bad_options_exit_2_with_one_line(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["chaos", *args, "--duration", "0"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+def test_parse_hostport_ipv6() -> None:
+    assert parse_hostport("[::1]:53", "x") == ("::1", 53)
+
+
+def test_cli_relays_and_prints_counters(echo: EchoServer, tmp_path: Path) -> None:
+    # Find a free port for the CLI's proxy by binding and releasing it: the CLI
+    # prints its port too, but the test needs it before the command returns.
+    log_path = tmp_path / "log.jsonl"
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    got: list[bytes] = []
+
+    def talk() -> None:
+        c = client_socket(timeout=0.2)
+        try:
+            deadline = time.monotonic() + 5
+            while not got and time.monotonic() < deadline:
+                c.sendto(b"cli", ("127.0.0.1", port))
+                try:
+                    got.append(c.recvfrom(10)[0])
+                except TimeoutError:
+                    continue
+        finally:
+            c.close()
+
+    talker = threading.Thread(target=talk)
+    talker.start()
+    result = CliRunner().invoke(
+        cli,
+        [
+            "chaos",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            f"{echo.address[0]}:{echo.address[1]}",
+            "--delay",
+            "1:2",
+            "--seed",
+            "3",
+            "--log",
+            str(log_path),
+            "--duration",
+            "1.5",
+        ],
+    )
+    talker.join()
+    assert result.exit_code == 0, result.output
+    assert got == [b"cli"]
+    assert "chaos counters" in result.output and "received" in result.output
+    assert "delay 1-2 ms" in result.output
+    first = json.loads(log_path.read_text().splitlines()[0])
+    assert first["dir"] == "up" and first["verdict"] == "deliver"
