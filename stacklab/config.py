@@ -142,6 +142,10 @@ class StackConfig:
         origin_host = self.origin.host
         if ":" in origin_host:
             origin_host = f"[{origin_host}]"
+        if not self.fetch.allow and self.origin.port == 0:
+            raise ConfigError(
+                "the default fetch allowlist needs the origin's real port: start the origin first"
+            )
         allow = tuple(self.fetch.allow) or (f"{origin_host}:{self.origin.port}",)
         try:
             return FetchPolicy(
@@ -304,4 +308,5 @@ def _validate(config: StackConfig) -> None:
             ipaddress.IPv4Address(ip)
         except ValueError:
             raise ConfigError(f"dns.records.{name} {ip!r} is not an IPv4 address") from None
-    config.fetch_policy()  # validates the allowlist entries
+    if config.fetch.allow or config.origin.port != 0:
+        config.fetch_policy()  # validates the allowlist entries

@@ -1,0 +1,221 @@
+"""``stacklab fetch URL``: the original client, DHCP -> DNS -> app server -> save.
+
+Every failure is one line and a non-zero exit, and no output file appears
+unless the whole body arrived (it is written to a temporary file and renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import posixpath
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TransferSpeedColumn,
+)
+
+from stacklab import wire
+from stacklab.errors import UserError
+
+PROGRESS_AFTER_S = 0.5
+"""Show a progress bar only for transfers that last longer than this."""
+
+
+class FetchFailed(UserError):
+    """The transfer failed (no answer, NOT_FOUND, refused, server ERROR, timeout): exit 1."""
+
+    exit_code = 1
+
+
+def parse_hostport(text: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into a tuple, or a UserError naming the option."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{option} {text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def default_output(url: str) -> str:
+    """The URL's file name (``index.html`` when the path has none)."""
+    name = posixpath.basename(unquote(urlsplit(url).path))
+    if name in ("", ".", "..") or "\x00" in name:
+        return "index.html"
+    return name
+
+
+class LazyProgress:
+    """A rich progress bar that appears only once a transfer has lasted a moment."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self.enabled = enabled
+        self.label = label
+        self.started = time.monotonic()
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._progress is None:
+            if time.monotonic() - self.started < PROGRESS_AFTER_S:
+                return
+            self._progress = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=total or None)
+        assert self._task is not None
+        self._progress.update(self._task, completed=done, total=total or None)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@contextmanager
+def phase(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.perf_counter() - start, 6)
+
+
+def _load_rudp() -> Callable[..., bytes]:
+    try:
+        module = importlib.import_module("stacklab.services.rudp_client")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("stacklab.services.rudp_client"):
+            raise UserError("RUDP transport is not available in this installation") from None
+        raise
+    fetch_rudp: Callable[..., bytes] = module.fetch_rudp
+    return fetch_rudp
+
+
+@click.command("fetch")
+@click.argument("url", default=wire.DEFAULT_URL)
+@click.option(
+    "--transport",
+    type=click.Choice(["tcp", "rudp"]),
+    default="tcp",
+    show_default=True,
+    help="App protocol: framed TCP (2121) or RUDP (2122).",
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="File to write (default: URL's name)."
+)
+@click.option("--server", help="App server HOST:PORT; skips DHCP and DNS.")
+@click.option(
+    "--dhcp",
+    default=f"{wire.DHCP_ADDR}:{wire.DHCP_PORT}",
+    show_default=True,
+    help="DHCP server HOST:PORT.",
+)
+@click.option(
+    "--dns",
+    default=f"{wire.DNS_ADDR}:{wire.DNS_PORT}",
+    show_default=True,
+    help="DNS server HOST:PORT.",
+)
+@click.option(
+    "--name", default=wire.APP_DOMAIN, show_default=True, help="App server name to resolve."
+)
+@click.option(
+    "--port", type=int, default=None, help="App server port (default: 2121 tcp, 2122 rudp)."
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for each answer (DHCP/DNS attempt, connect, each read).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a sentence.")
+def fetch(
+    url: str,
+    transport: str,
+    output: str | None,
+    server: str | None,
+    dhcp: str,
+    dns: str,
+    name: str,
+    port: int | None,
+    timeout: float,
+    as_json: bool,
+    **rudp_options: Any,
+) -> None:
+    """Fetch URL through the app server and save it (default URL: the original test file)."""
+    from stacklab.services import client
+
+    if timeout <= 0:
+        raise UserError("--timeout must be positive")
+    out_path = Path(output or default_output(url))
+    if out_path.parent and not out_path.parent.is_dir():
+        raise UserError(f"output directory {str(out_path.parent)!r} does not exist")
+    fetch_rudp = _load_rudp() if transport == "rudp" else None
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {"url": url, "transport": transport}
+    progress = LazyProgress(not as_json, f"{transport} {default_output(url)}")
+    try:
+        if server is not None:
+            app = parse_hostport(server, "--server")
+        else:
+            dhcp_addr, dns_addr = parse_hostport(dhcp, "--dhcp"), parse_hostport(dns, "--dns")
+            with phase(timings, "dhcp"):
+                summary["assigned_ip"] = client.discover(dhcp_addr, timeout=timeout)
+            with phase(timings, "dns"):
+                resolved = client.resolve(dns_addr, name, timeout=timeout)
+            default_port = wire.APP_TCP_PORT if transport == "tcp" else wire.APP_RUDP_PORT
+            app = (resolved, port or default_port)
+        summary["server"] = f"{app[0]}:{app[1]}"
+        with phase(timings, "transfer"):
+            if fetch_rudp is not None:
+                data = fetch_rudp(app, url, progress=progress, **rudp_options)
+            else:
+                data = client.fetch_tcp(app, url, timeout=timeout, progress=progress)
+    except client.ClientError as exc:
+        raise FetchFailed(str(exc)) from None
+    finally:
+        progress.close()
+    with phase(timings, "save"):
+        try:
+            client.save_atomically(out_path, data)
+        except OSError as exc:
+            raise FetchFailed(f"cannot write {str(out_path)!r}: {exc.strerror or exc}") from None
+    summary.update(
+        output=str(out_path),
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        timings=timings,
+    )
+    console = Console()
+    if as_json:
+        console.out(json.dumps(summary, indent=2), highlight=False)
+        return
+    seconds = timings["transfer"]
+    rate = len(data) / seconds / 1e6 if seconds > 0 else float("inf")
+    console.print(
+        f"saved {len(data)} bytes to {out_path} from {summary['server']} over {transport} "
+        f"in {seconds:.3f} s ({rate:.1f} MB/s), sha256 {summary['sha256'][:16]}…",
+        highlight=False,
+        soft_wrap=True,
+    )
