@@ -212,13 +212,21 @@ def _show(console: object, document: dict[str, object], pcaps: list[Path]) -> No
             highlight=False,
         )
         for sent in failure["sent"]:
-            console.print(f"  sent    {sent['decoded']}", markup=False, highlight=False)
-            console.print(f"          hex {sent['hex']}", markup=False, highlight=False)
-        console.print(f"  result  {failure['detail']}", markup=False, highlight=False)
-        console.print(f"  replay  {failure['replay']}", markup=False, highlight=False)
+            console.print(
+                f"  sent    {sent['decoded']}", markup=False, highlight=False, soft_wrap=True
+            )
+            console.print(
+                f"          hex {sent['hex']}", markup=False, highlight=False, soft_wrap=True
+            )
+        console.print(
+            f"  result  {failure['detail']}", markup=False, highlight=False, soft_wrap=True
+        )
+        console.print(
+            f"  replay  {failure['replay']}", markup=False, highlight=False, soft_wrap=True
+        )
     if document["stopped"]:
         console.print(f"[bold red]stopped:[/] {document['stopped']}", highlight=False)
     for path in pcaps:
-        console.print(f"wrote {path}", markup=False, highlight=False)
+        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
     if not failures:
         console.print("[green]no failure[/]")
