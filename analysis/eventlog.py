@@ -1,0 +1,157 @@
+"""Cross-check a capture against the sender's own events log (``--events FILE``).
+
+The RUDP engine can write what it did as JSON lines (``{"time", "name",
+"data"}``).  What the sender says it sent, retransmitted and used as its
+window must agree with what the capture shows; a disagreement means either
+the capture lost packets or the engine's bookkeeping is wrong, and both are
+worth a failing check.  The log is read tolerantly: unknown events, blank or
+broken lines are skipped (and counted), flat objects without ``data`` work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from stacklab.analysis.sessions import Check, RudpSessionFacts, VerifyOptions
+
+log = logging.getLogger(__name__)
+
+
+class EventLogError(ValueError):
+    """The events file cannot be read at all."""
+
+
+@dataclass
+class SenderLog:
+    """What the sender logged, summed up."""
+
+    lines: int = 0
+    skipped: int = 0
+    data_sent: int = 0
+    data_retransmitted: int = 0
+    traced: bool = False
+    windows: list[int] = field(default_factory=list)
+    timeouts: int = 0
+    fast_retransmits: int = 0
+    go_backs: int = 0
+
+    @property
+    def max_window(self) -> int:
+        return max(self.windows, default=1)
+
+
+def read_events(path: str) -> SenderLog:
+    """Summarise a JSON-lines events file; raise EventLogError if it cannot be opened."""
+    out = SenderLog()
+    try:
+        handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise EventLogError(f"{path}: cannot read the events file: {exc.strerror}") from None
+    with handle:
+        for raw in handle:
+            line = raw.strip()
+            if not line:
+                continue
+            out.lines += 1
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                out.skipped += 1
+                continue
+            if not isinstance(obj, dict):
+                out.skipped += 1
+                continue
+            _apply(out, obj)
+    return out
+
+
+def _apply(out: SenderLog, obj: dict[str, Any]) -> None:
+    name = str(obj.get("name") or obj.get("event") or obj.get("type") or "")
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        data = obj
+    short = name.rsplit(":", 1)[-1].lower()
+    if short == "packet_sent":
+        out.traced = True
+        if str(data.get("flag", "")) == "D":
+            out.data_sent += 1
+            if data.get("retransmission"):
+                out.data_retransmitted += 1
+    elif short == "window_changed":
+        new = data.get("new")
+        if isinstance(new, int):
+            out.windows.append(new)
+    elif short == "timeout":
+        out.timeouts += 1
+    elif short == "fast_retransmit":
+        out.fast_retransmits += 1
+    elif short == "go_back":
+        out.go_backs += 1
+    else:
+        return
+
+
+def cross_check(path: str, sessions: list[RudpSessionFacts], options: VerifyOptions) -> list[Check]:
+    """The ``rudp.events`` check: the logged sender against the capture's session."""
+    try:
+        logged = read_events(path)
+    except EventLogError as exc:
+        return [Check("rudp.events", "-", "fail", str(exc))]
+    if not sessions:
+        return [
+            Check(
+                "rudp.events",
+                "-",
+                "fail",
+                "an events log was given but the capture has no RUDP session",
+            )
+        ]
+    session = _match(logged, sessions)
+    problems: list[str] = []
+    if logged.traced:
+        if logged.data_sent != session.data_packets:
+            problems.append(
+                f"sender logged {logged.data_sent} DATA packets, capture shows {session.data_packets}"
+            )
+        if logged.data_retransmitted != session.retransmissions:
+            problems.append(
+                f"sender logged {logged.data_retransmitted} retransmissions, capture shows {session.retransmissions}"
+            )
+    if session.max_flight > logged.max_window:
+        problems.append(
+            f"capture shows {session.max_flight} chunks in flight, the sender's window never exceeded {logged.max_window}"
+        )
+    if logged.max_window > options.max_window:
+        problems.append(
+            f"sender logged a window of {logged.max_window} > max window {options.max_window}"
+        )
+    if logged.go_backs and session.go_backs > logged.go_backs:
+        problems.append(
+            f"capture shows {session.go_backs} go-backs, the sender logged {logged.go_backs}"
+        )
+    summary = (
+        f"log: {logged.data_sent} DATA, {logged.data_retransmitted} retransmitted, max window "
+        f"{logged.max_window}, {logged.timeouts} timeouts, {logged.fast_retransmits} fast retransmits"
+    )
+    if logged.skipped:
+        summary += f" ({logged.skipped} unreadable lines skipped)"
+    if problems:
+        return [
+            Check("rudp.events", session.key, "fail", "; ".join(problems), [session.first_frame])
+        ]
+    if not logged.traced:
+        summary += "; no per-packet events (engine not traced): only the window compared"
+    return [Check("rudp.events", session.key, "pass", summary, [session.first_frame])]
+
+
+def _match(logged: SenderLog, sessions: list[RudpSessionFacts]) -> RudpSessionFacts:
+    """The session the log describes: the only one, or the one with the same DATA count."""
+    if len(sessions) == 1:
+        return sessions[0]
+    for session in sessions:
+        if session.data_packets == logged.data_sent:
+            return session
+    return max(sessions, key=lambda s: s.data_packets)

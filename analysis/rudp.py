@@ -1,0 +1,587 @@
+"""Follow RUDP exchanges through a capture, one datagram at a time.
+
+The tracker infers what the sender (the server) must have been doing from
+what the wire shows: the base (lowest unacknowledged chunk) from the client's
+cumulative ACKs, go-backs from DATA that does not continue with the previous
+chunk + 1, and the AIMD window by replaying the rule on the observed ACKs and
+loss events: start at 1, +1 per ACK that advances the base (capped at the
+maximum window), halve (floor 1) on a timeout, and on a duplicate-ACK
+go-back only if new data was acknowledged since the last halving.
+
+It records facts (:class:`~stacklab.analysis.sessions.RudpSessionFacts`) and
+*findings*: observations that break a rule, tagged with the check they
+belong to and the frame that shows them.  Which check owns which rule:
+
+* ``rudp.handshake``: SYN seq=x, ACK ack=x+1, command DATA seq=x+1, its ACK
+  (ack = x+1, or x+1+length as in older captures), in this order;
+* ``rudp.gbn``: a go-back resends from the lowest unacknowledged chunk and
+  continues in order; it follows a timeout (no progress for ``min_rto``) or
+  duplicate ACKs; no chunk beyond base + max_window - 1;
+* ``rudp.aimd``: no DATA beyond base + (AIMD window) - 1, the window being
+  the replayed one above; what exceeds the maximum window itself is the
+  Go-Back-N bound's business, so one broken rule fails one check;
+* ``rudp.delivery``: retransmissions carry the same bytes, ACKs only cover
+  chunks that were sent;
+* ``rudp.teardown``: FIN seq = N+1 only after chunk N is acknowledged, no
+  DATA after it.
+
+Memory per session is bounded: the payloads of unacknowledged chunks (to
+compare retransmissions) are dropped as the base advances, the content is
+hashed incrementally in chunk order, and a finished session keeps only its
+summary.  Nothing here reads files or clocks: the caller feeds datagrams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import deque
+
+from stacklab.analysis.scan import flow_endpoints
+from stacklab.analysis.sessions import Finding, RudpSessionFacts
+from stacklab.wire import ORIGINAL_MAX_WINDOW, RUDP_HEADER, RUDP_HEADER_LEN
+
+log = logging.getLogger(__name__)
+
+MAX_FINDINGS_PER_CHECK = 20
+"""Findings kept per check and session (all of them are counted)."""
+_MAX_PENDING = 4096
+"""Unacknowledged chunks whose payload is kept for comparison."""
+_RECENT_CLOSED = 4096
+"""Finished sessions remembered for late duplicates (FIN, its ACK)."""
+
+_unpack = RUDP_HEADER.unpack_from
+_SYN, _ACK, _DATA, _FIN = b"S", b"A", b"D", b"F"
+
+
+def _r(t: float) -> float:
+    return round(t, 6)
+
+
+class RudpSession:
+    """The live state of one exchange; :meth:`finish` turns it into facts.
+
+    Hot counters live in slots and are copied into the facts at the end.
+    """
+
+    __slots__ = (
+        "_acked_since_loss",
+        "_burst_max",
+        "_burst_start",
+        "_hash",
+        "_hash_next",
+        "_last_advance",
+        "_last_dupack",
+        "_last_sent",
+        "_pending",
+        "_prev_base",
+        "_synack",
+        "bytes",
+        "cmd_len",
+        "data_packets",
+        "dupacks",
+        "end",
+        "f",
+        "finished",
+        "highest_ack",
+        "highest_sent",
+        "keep_series",
+        "last_frame",
+        "max_flight",
+        "max_window",
+        "min_rto",
+        "model_max",
+        "packets",
+        "retransmissions",
+        "series",
+        "window",
+    )
+
+    def __init__(
+        self,
+        client: str,
+        server: str,
+        *,
+        max_window: int = ORIGINAL_MAX_WINDOW,
+        min_rto: float = 0.2,
+        keep_series: bool = True,
+    ) -> None:
+        self.f = RudpSessionFacts(client, server)
+        self.max_window = max_window
+        self.min_rto = min_rto
+        self.keep_series = keep_series
+        self.window = 1
+        self.model_max = 0
+        self.highest_ack = 0
+        self.highest_sent = 0
+        self.dupacks = 0
+        self.cmd_len = 0
+        self.packets = 0
+        self.last_frame = 0
+        self.end = 0.0
+        self.data_packets = 0
+        self.retransmissions = 0
+        self.bytes = 0
+        self.max_flight = 0
+        self.finished = False
+        self.series: list[tuple[float, int]] = []
+        self._acked_since_loss = True
+        self._last_sent = 0
+        self._last_advance = 0.0
+        self._last_dupack = -1.0
+        self._prev_base = 1
+        self._pending: dict[int, list] = {}  # chunk -> [payload, last transmission time]
+        self._hash: hashlib._Hash | None = hashlib.sha256()
+        self._hash_next = 1
+        self._burst_start = -1.0
+        self._burst_max = 0
+        self._synack: int | None = None
+
+    # -- bookkeeping --------------------------------------------------------
+
+    def find(self, check: str, frame: int, detail: str) -> None:
+        """Record a rule break (the first few are kept with their frames)."""
+        f = self.f
+        count = f.finding_counts.get(check, 0) + 1
+        f.finding_counts[check] = count
+        if count <= MAX_FINDINGS_PER_CHECK:
+            f.findings.append(Finding(check, frame, detail))
+
+    # -- client -> server ---------------------------------------------------
+
+    def client_other(self, number: int, seq: int, flag: bytes, payload: bytes) -> None:
+        """A client datagram that is not an ACK: the SYN or the command."""
+        f = self.f
+        if flag == _SYN:
+            if f.isn is None:
+                f.isn = seq
+                f.frames["syn"] = number
+                if "synack" in f.frames:
+                    self.find(
+                        "rudp.handshake", number, f"SYN at frame {number} after the server's ACK"
+                    )
+            elif seq != f.isn:
+                self.find("rudp.handshake", number, f"second SYN with seq {seq}, first had {f.isn}")
+        elif flag == _DATA:
+            self._command(number, seq, payload)
+        else:
+            f.malformed += 1  # not a flag of the protocol: counted, not judged
+
+    def _command(self, number: int, seq: int, payload: bytes) -> None:
+        f = self.f
+        if "command" in f.frames:
+            return  # a retransmitted command
+        f.frames["command"] = number
+        f.command = payload.decode("utf-8", "replace")
+        self.cmd_len = len(payload)
+        if f.isn is None:
+            self.find("rudp.handshake", number, "command DATA without a SYN before it")
+        elif seq != f.isn + 1:
+            self.find(
+                "rudp.handshake",
+                number,
+                f"command DATA has seq {seq}, expected ISN+1 = {f.isn + 1}",
+            )
+        if "synack" not in f.frames:
+            self.find("rudp.handshake", number, "command DATA before the server's SYN-ACK")
+
+    def chunk_ack(self, number: int, time: float, ack: int) -> None:
+        """A client ACK: cumulative for chunks, or the ACK of the FIN."""
+        if self._burst_start >= 0.0:
+            if self.keep_series:
+                self.series.append((self._burst_start, self._burst_max))
+            self._burst_start = -1.0
+        highest = self.highest_ack
+        if ack > highest:
+            f = self.f
+            if f.fin_seq is not None and ack == f.fin_seq:
+                if not f.fin_acked:
+                    f.fin_acked = True
+                    f.frames["fin_ack"] = number
+                return
+            if ack > self.highest_sent:
+                self.find(
+                    "rudp.delivery",
+                    number,
+                    f"ACK {ack} acknowledges a chunk never sent (highest {self.highest_sent})",
+                )
+                return
+            self._prev_base = highest + 1
+            self.highest_ack = ack
+            self._last_advance = time
+            self.dupacks = 0
+            self._acked_since_loss = True
+            if self.window < self.max_window:
+                self.window += 1
+            pending = self._pending
+            entry = pending.get(ack)
+            if entry is not None:
+                delay = time - entry[1]
+                f.max_ack_delay = max(f.max_ack_delay, delay)
+            if len(pending) == 1 or ack - highest == 1:
+                pending.pop(ack, None)
+                if ack - highest != 1:
+                    for chunk in [c for c in pending if c <= ack]:
+                        del pending[chunk]
+            else:
+                for chunk in [c for c in pending if c <= ack]:
+                    del pending[chunk]
+            if ack == self.highest_sent:
+                f.frames["last_ack"] = number
+        elif ack == highest and self.highest_sent > highest:
+            self.dupacks += 1
+            self.f.duplicate_acks += 1
+            self._last_dupack = time
+        elif self.f.fin_seq is not None and ack == self.f.fin_seq and not self.f.fin_acked:
+            self.f.fin_acked = True
+            self.f.frames["fin_ack"] = number
+
+    # -- server -> client ---------------------------------------------------
+
+    def server_other(self, number: int, seq: int, ack: int, flag: bytes) -> None:
+        """A server datagram that is not DATA: a handshake ACK or the FIN."""
+        if flag == _ACK:
+            self._handshake_ack(number, ack)
+        elif flag == _FIN:
+            self._fin(number, seq)
+        else:
+            self.f.malformed += 1
+
+    def _handshake_ack(self, number: int, ack: int) -> None:
+        f = self.f
+        isn = f.isn
+        frames = f.frames
+        if "synack" not in frames:
+            frames["synack"] = number
+            self._synack = ack
+            if isn is None:
+                self.find("rudp.handshake", number, "server ACK without a SYN before it")
+            elif ack != isn + 1:
+                self.find(
+                    "rudp.handshake",
+                    number,
+                    f"SYN-ACK acknowledges {ack}, expected ISN+1 = {isn + 1}",
+                )
+            return
+        if "command" not in frames:
+            if ack != self._synack:
+                self.find("rudp.handshake", number, f"server ACK {ack} before the command DATA")
+            return
+        if "command_ack" not in frames:
+            frames["command_ack"] = number
+            if isn is None:
+                return
+            if ack == isn + 1:
+                f.command_ack = "seq"
+            elif ack == isn + 1 + self.cmd_len:
+                f.command_ack = "bytes"
+            else:
+                self.find(
+                    "rudp.handshake",
+                    number,
+                    f"command ACK acknowledges {ack}, expected {isn + 1} (or {isn + 1 + self.cmd_len})",
+                )
+            f.handshake = "rudp.handshake" not in f.finding_counts
+
+    def data(self, number: int, time: float, chunk: int, payload: bytes) -> None:
+        """A DATA chunk from the server: the heart of the Go-Back-N and AIMD checks."""
+        self.data_packets += 1
+        window = self.window
+        self.model_max = max(self.model_max, window)
+        if self.data_packets == 1:
+            self._first_data(number)
+        last = self._last_sent
+        highest_sent = self.highest_sent
+        highest_ack = self.highest_ack
+        if chunk != last + 1:
+            if chunk <= last:
+                self._go_back(number, time, chunk, highest_ack + 1)
+                window = self.window
+            elif chunk - 1 > highest_ack:
+                if chunk - 1 <= highest_sent:
+                    self.find(
+                        "rudp.gbn",
+                        number,
+                        f"jumped from {last} to {chunk}: {last + 1}..{chunk - 1} neither acknowledged "
+                        "nor resent (not a go-back)",
+                    )
+                else:
+                    self.find(
+                        "rudp.gbn",
+                        number,
+                        f"chunk {chunk} skips {highest_sent + 1}..{chunk - 1}, never sent",
+                    )
+        # Window bounds: the Go-Back-N limit first, then the AIMD window.
+        flight = chunk - highest_ack
+        if flight > window:
+            self._over_window(number, chunk, flight)
+        self.max_flight = max(self.max_flight, flight)
+        if self._burst_start < 0.0:
+            self._burst_start = time
+            self._burst_max = flight
+        elif flight > self._burst_max:
+            self._burst_max = flight
+        # Content: new chunks are hashed in order, retransmissions compared.
+        if chunk <= highest_sent:
+            self.retransmissions += 1
+            entry = self._pending.get(chunk)
+            if entry is not None:
+                if entry[0] != payload:
+                    self.find("rudp.delivery", number, f"chunk {chunk} resent with different bytes")
+                entry[1] = time
+        else:
+            self.highest_sent = chunk
+            self.bytes += len(payload)
+            if self._hash is not None:
+                if chunk == self._hash_next:
+                    self._hash.update(payload)
+                    self._hash_next = chunk + 1
+                else:
+                    self._hash = None
+            if len(self._pending) < _MAX_PENDING:
+                self._pending[chunk] = [payload, time]
+        self._last_sent = chunk
+        if self.f.fin_seq is not None and chunk >= self.f.fin_seq:
+            self.find(
+                "rudp.teardown", number, f"DATA {chunk} at or after the FIN ({self.f.fin_seq})"
+            )
+
+    def _first_data(self, number: int) -> None:
+        if "command_ack" not in self.f.frames:
+            self.find("rudp.handshake", number, "DATA before the command was acknowledged")
+
+    def _over_window(self, number: int, chunk: int, flight: int) -> None:
+        if flight > self.max_window:
+            self.find(
+                "rudp.gbn",
+                number,
+                f"chunk {chunk} beyond base + window - 1 = {self.highest_ack + self.max_window} "
+                f"(max window {self.max_window})",
+            )
+        else:
+            self.find(
+                "rudp.aimd",
+                number,
+                f"chunk {chunk} with {flight} in flight, but the AIMD window is {self.window}",
+            )
+
+    def _go_back(self, number: int, time: float, chunk: int, base: int) -> None:
+        f = self.f
+        f.go_backs += 1
+        if chunk > base:
+            self.find(
+                "rudp.gbn",
+                number,
+                f"resent chunk {chunk}, but the lowest unacknowledged chunk is {base} (selective resend)",
+            )
+        elif chunk < self._prev_base:
+            self.find(
+                "rudp.gbn", number, f"went back to chunk {chunk}, acknowledged before the last ACK"
+            )
+        entry = self._pending.get(chunk)
+        previous = entry[1] if entry is not None else self._last_advance
+        f.timeouts.append(_r(time - previous))
+        progress = max(previous, self._last_advance)
+        if self.dupacks and time - self._last_dupack < self.min_rto:
+            f.go_back_kinds["dupack"] += 1
+            if self._acked_since_loss:
+                self.window = max(self.window // 2, 1)
+        elif time - progress >= self.min_rto * 0.95:
+            f.go_back_kinds["timeout"] += 1
+            self.window = max(self.window // 2, 1)
+        else:
+            self.find(
+                "rudp.gbn",
+                number,
+                f"go-back to {chunk} only {time - progress:.3f} s after progress, with no duplicate ACK",
+            )
+            self.window = max(self.window // 2, 1)
+        self._acked_since_loss = False
+        self.dupacks = 0
+
+    def _fin(self, number: int, seq: int) -> None:
+        f = self.f
+        if f.fin_seq is not None:
+            if seq != f.fin_seq:
+                self.find(
+                    "rudp.teardown", number, f"second FIN with seq {seq}, first had {f.fin_seq}"
+                )
+            return
+        f.fin_seq = seq
+        f.frames["fin"] = number
+        if self.highest_ack < self.highest_sent:
+            self.find(
+                "rudp.teardown",
+                number,
+                f"FIN sent while chunks {self.highest_ack + 1}..{self.highest_sent} were unacknowledged",
+            )
+        if seq != self.highest_sent + 1:
+            self.find(
+                "rudp.teardown",
+                number,
+                f"FIN seq {seq}, expected last chunk + 1 = {self.highest_sent + 1}",
+            )
+
+    # -- result --------------------------------------------------------------
+
+    def finish(self) -> RudpSessionFacts:
+        """Close the session: compute the verdict facts and drop the heavy state."""
+        f = self.f
+        if self.finished:
+            return f
+        self.finished = True
+        if self._burst_start >= 0.0 and self.keep_series:
+            self.series.append((self._burst_start, self._burst_max))
+        start = f.start
+        f.flights = [[_r(t - start), m] for t, m in self.series]
+        self.series = []
+        f.packets = self.packets
+        f.last_frame = self.last_frame
+        f.end = _r(self.end)
+        f.data_packets = self.data_packets
+        f.retransmissions = self.retransmissions
+        f.bytes = self.bytes
+        f.chunks = self.highest_sent
+        f.max_flight = self.max_flight
+        f.max_window = self.model_max
+        f.max_ack_delay = _r(f.max_ack_delay)
+        last_chunk = f.fin_seq - 1 if f.fin_seq is not None else self.highest_sent
+        f.all_acked = (
+            f.fin_seq is not None
+            and last_chunk >= 1
+            and self.highest_ack >= last_chunk
+            and self.highest_sent == last_chunk
+        )
+        if f.all_acked and self._hash is not None and self._hash_next == last_chunk + 1:
+            f.sha256 = self._hash.hexdigest()
+        f.complete = f.all_acked and f.fin_acked
+        self._pending = {}
+        self._hash = None
+        return f
+
+    def sync(self) -> None:
+        """Refresh the facts of a finished session after late duplicates."""
+        f = self.f
+        f.packets = self.packets
+        f.last_frame = self.last_frame
+        f.end = _r(self.end)
+
+
+FlowKey = bytes | tuple[str, int, str, int]
+
+
+def reverse_key(key: FlowKey) -> FlowKey:
+    """The flow key of the other direction."""
+    if isinstance(key, tuple):
+        return (key[2], key[3], key[0], key[1])
+    return key[4:8] + key[0:4] + key[10:12] + key[8:10]
+
+
+class RudpTracker:
+    """Route RUDP datagrams to their session; hand out finished sessions.
+
+    A datagram to ``port`` comes from a client, one from ``port`` from the
+    server.  A SYN on a flow whose session already went past its command
+    starts a new session (client port reuse).  A session whose FIN is
+    acknowledged is finished at once (its heavy state freed) and stays
+    reachable for late duplicates until many newer sessions have finished.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        max_window: int = ORIGINAL_MAX_WINDOW,
+        min_rto: float = 0.2,
+        keep_series: bool = True,
+    ) -> None:
+        self.port = port
+        self.max_window = max_window
+        self.min_rto = min_rto
+        self.keep_series = keep_series
+        self.flows: dict[FlowKey, tuple[RudpSession, bool]] = {}
+        self.recent: deque[tuple[FlowKey, RudpSession]] = deque()
+        self.done: list[RudpSessionFacts] = []
+        self.sessions_seen: list[RudpSession] = []
+        self.stray = 0
+
+    def _new(
+        self, key: FlowKey, from_client: bool, number: int, time: float
+    ) -> tuple[RudpSession, bool]:
+        client_key = key if from_client else reverse_key(key)
+        src, sport, dst, dport = flow_endpoints(client_key)
+        session = RudpSession(
+            _ep(src, sport),
+            _ep(dst, dport),
+            max_window=self.max_window,
+            min_rto=self.min_rto,
+            keep_series=self.keep_series,
+        )
+        session.f.start = _r(time)
+        session.f.first_frame = number
+        self.flows[client_key] = (session, True)
+        self.flows[reverse_key(client_key)] = (session, False)
+        self.sessions_seen.append(session)
+        return session, from_client
+
+    def feed(self, number: int, time: float, key: FlowKey, to_port: bool, datagram: bytes) -> None:
+        """One UDP datagram on the RUDP port; ``to_port``: sent to it, i.e. by a client."""
+        size = len(datagram)
+        entry = self.flows.get(key)
+        if size < RUDP_HEADER_LEN:
+            if entry is not None:
+                entry[0].f.malformed += 1
+            else:
+                self.stray += 1
+            return
+        seq, ack, flag, length = _unpack(datagram)
+        if entry is None:
+            entry = self._new(key, to_port, number, time)
+        elif flag == _SYN and entry[1] and ("command" in entry[0].f.frames or entry[0].finished):
+            self._finish(entry[0])
+            entry = self._new(key, True, number, time)
+        session, from_client = entry
+        session.packets += 1
+        session.last_frame = number
+        session.end = time
+        if size - RUDP_HEADER_LEN != length:
+            session.f.malformed += 1
+        if from_client:
+            if flag == _ACK:
+                session.chunk_ack(number, time, ack)
+                if session.f.fin_acked and not session.finished:
+                    self._finish(session, key)
+            else:
+                session.client_other(
+                    number, seq, flag, datagram[RUDP_HEADER_LEN : RUDP_HEADER_LEN + length]
+                )
+        elif flag == _DATA:
+            session.data(number, time, seq, datagram[RUDP_HEADER_LEN : RUDP_HEADER_LEN + length])
+        else:
+            session.server_other(number, seq, ack, flag)
+        if session.finished:
+            session.sync()
+
+    def _finish(self, session: RudpSession, key: FlowKey | None = None) -> None:
+        if session.finished:
+            return
+        self.done.append(session.finish())
+        if key is not None:
+            self.recent.append((key, session))
+            if len(self.recent) > _RECENT_CLOSED:
+                old_key, old = self.recent.popleft()
+                for k in (old_key, reverse_key(old_key)):
+                    if k in self.flows and self.flows[k][0] is old:
+                        del self.flows[k]
+
+    def sessions(self) -> list[RudpSessionFacts]:
+        """Every session, finished or not, in order of first frame (call once, at the end)."""
+        for session in self.sessions_seen:
+            if not session.finished:
+                self.done.append(session.finish())
+        self.sessions_seen = []
+        return sorted(self.done, key=lambda s: s.first_frame)
+
+
+def _ep(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"

@@ -1,0 +1,266 @@
+"""The facts a capture analysis produces: the public model of ``stacklab verify``.
+
+``analyze_capture(path, options)`` (in :mod:`stacklab.analysis.verify`)
+returns a :class:`CaptureAnalysis`; the plots and the HTML report read the
+same objects, and ``--json`` prints :meth:`CaptureAnalysis.to_json`.  Every
+object here is plain data: the trackers that fill them in live in
+:mod:`~stacklab.analysis.rudp` and :mod:`~stacklab.analysis.services`, the
+judgements in :mod:`~stacklab.analysis.checks`.
+
+Times are seconds since the epoch rounded to the microsecond, so that two
+engines reading the same file agree exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
+
+Status = Literal["pass", "fail", "skip"]
+
+RUDP_CHECKS = ("rudp.handshake", "rudp.delivery", "rudp.gbn", "rudp.aimd", "rudp.teardown")
+SERVICE_CHECKS = ("dhcp.offer", "dns.answer", "app.framing")
+ALL_CHECKS = (*RUDP_CHECKS, *SERVICE_CHECKS, "rudp.events", "capture.traffic")
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """What to look for and how strictly.
+
+    ``expect`` narrows what must be present: ``None`` means every RUDP check
+    for each RUDP session (DHCP, DNS and app checks whenever that traffic is
+    present); otherwise a set of check ids (``rudp.handshake``...).
+    ``min_rto`` is the shortest retransmission timeout a sender may use (a
+    go-back sooner than that after progress, with no duplicate ACK, is
+    unexplained).
+    """
+
+    ports: Ports = field(default_factory=Ports)
+    max_window: int = ORIGINAL_MAX_WINDOW
+    expect: frozenset[str] | None = None
+    min_rto: float = 0.2
+    events_path: str | None = None
+    keep_series: bool = True
+
+
+@dataclass
+class Check:
+    """One verdict: a rule applied to one session (or to the whole capture)."""
+
+    id: str
+    session: str
+    status: Status
+    detail: str
+    frames: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "session": self.session,
+            "status": self.status,
+            "detail": self.detail,
+            "frames": self.frames,
+        }
+
+
+@dataclass
+class Finding:
+    """Something a tracker saw that breaks a rule, with the frame that shows it."""
+
+    check: str
+    frame: int
+    detail: str
+
+
+@dataclass
+class RudpSessionFacts:
+    """Everything observed about one RUDP exchange (client ip:port <-> server ip:port).
+
+    ``chunks`` is the highest chunk number, ``flights`` is ``[time, flight]``
+    per burst of server DATA (a burst ends at the next client ACK), and
+    ``go_back_kinds`` tells how many go-backs followed a timeout or duplicate
+    ACKs.  ``findings`` are the rule breaks the tracker saw, ``frames`` the
+    frame numbers of the handshake, FIN and so on, for pointing at them.
+    """
+
+    client: str
+    server: str
+    isn: int | None = None
+    command: str | None = None
+    command_ack: str | None = None  # "seq" (ack = seq) or "bytes" (ack = seq + length)
+    chunks: int = 0
+    bytes: int = 0
+    sha256: str | None = None
+    data_packets: int = 0
+    retransmissions: int = 0
+    go_backs: int = 0
+    go_back_kinds: dict[str, int] = field(default_factory=lambda: {"timeout": 0, "dupack": 0})
+    timeouts: list[float] = field(default_factory=list)
+    max_flight: int = 0
+    max_window: int = 0  # the largest window the AIMD model allowed
+    flights: list[list[float]] = field(default_factory=list)
+    duplicate_acks: int = 0
+    max_ack_delay: float = 0.0  # longest wait from a chunk's last transmission to its ACK
+    malformed: int = 0
+    handshake: bool = False
+    fin_seq: int | None = None
+    fin_acked: bool = False
+    all_acked: bool = False
+    complete: bool = False
+    start: float = 0.0
+    end: float = 0.0
+    first_frame: int = 0
+    last_frame: int = 0
+    packets: int = 0
+    frames: dict[str, int] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    finding_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.client}->{self.server}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "server": self.server,
+            "isn": self.isn,
+            "command": self.command,
+            "command_ack": self.command_ack,
+            "chunks": self.chunks,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "data_packets": self.data_packets,
+            "retransmissions": self.retransmissions,
+            "go_backs": self.go_backs,
+            "go_back_kinds": dict(self.go_back_kinds),
+            "timeouts": self.timeouts,
+            "max_flight": self.max_flight,
+            "max_window": self.max_window,
+            "flights": self.flights,
+            "duplicate_acks": self.duplicate_acks,
+            "max_ack_delay": self.max_ack_delay,
+            "malformed": self.malformed,
+            "handshake": self.handshake,
+            "fin_seq": self.fin_seq,
+            "complete": self.complete,
+            "start": self.start,
+            "end": self.end,
+            "duration": round(self.end - self.start, 6),
+            "packets": self.packets,
+            "first_frame": self.first_frame,
+            "last_frame": self.last_frame,
+            "frames": dict(self.frames),
+        }
+
+
+@dataclass
+class TcpSessionFacts:
+    """One app-protocol connection over TCP: the framed request and response."""
+
+    client: str
+    server: str
+    request: str | None = None
+    request_length: int | None = None
+    response_length: int | None = None
+    response_bytes: int = 0
+    response_sha256: str | None = None
+    error: str | None = None  # framing problem, if any
+    closed: bool = False
+    first_frame: int = 0
+    last_frame: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.client}->{self.server}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "server": self.server,
+            "request": self.request,
+            "request_length": self.request_length,
+            "response_length": self.response_length,
+            "response_bytes": self.response_bytes,
+            "response_sha256": self.response_sha256,
+            "error": self.error,
+            "closed": self.closed,
+            "first_frame": self.first_frame,
+            "last_frame": self.last_frame,
+        }
+
+
+@dataclass
+class ExchangeFacts:
+    """One DHCP or DNS request and its reply (JSON over UDP)."""
+
+    kind: Literal["dhcp", "dns"]
+    client: str
+    server: str
+    request: Any = None
+    reply: Any = None
+    request_frame: int = 0
+    reply_frame: int | None = None
+    problem: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.client}->{self.server}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "server": self.server,
+            "request": self.request,
+            "reply": self.reply,
+            "request_frame": self.request_frame,
+            "reply_frame": self.reply_frame,
+            "problem": self.problem,
+        }
+
+
+@dataclass
+class CaptureAnalysis:
+    """The analysis of one capture file."""
+
+    path: str
+    packets: int = 0
+    link_type: str = "unknown"
+    truncated: bool = False
+    engine: str = "native"
+    rudp_sessions: list[RudpSessionFacts] = field(default_factory=list)
+    tcp_sessions: list[TcpSessionFacts] = field(default_factory=list)
+    dhcp: list[ExchangeFacts] = field(default_factory=list)
+    dns: list[ExchangeFacts] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.status != "fail" for check in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "packets": self.packets,
+            "link_type": self.link_type,
+            "truncated": self.truncated,
+            "passed": self.passed,
+            "warnings": self.warnings,
+            "checks": [c.to_json() for c in self.checks],
+            "rudp_sessions": [s.to_json() for s in self.rudp_sessions],
+            "tcp_sessions": [s.to_json() for s in self.tcp_sessions],
+            "dhcp": [e.to_json() for e in self.dhcp],
+            "dns": [e.to_json() for e in self.dns],
+        }
+
+
+def report_json(analyses: list[CaptureAnalysis]) -> dict[str, Any]:
+    """The ``--json`` document: every capture, and whether all of them passed."""
+    return {
+        "captures": [a.to_json() for a in analyses],
+        "passed": all(a.passed for a in analyses),
+    }
