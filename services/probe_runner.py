@@ -308,8 +308,12 @@ class ProbeRunner:
     ) -> ProbeSummary:
         """Run ``cases`` in order; stop early when the server stays dead after a failure."""
         summary = ProbeSummary()
-        for case in cases:
-            result = self.run_case(case)
+        pending = iter(cases)
+        case = next(pending, None)
+        while case is not None:
+            following = next(pending, None)
+            # After the last case nothing depends on the server coming back: do not wait.
+            result = self.run_case(case, recover=following is not None)
             summary.add(result)
             if on_result is not None:
                 on_result(result)
@@ -319,9 +323,10 @@ class ProbeRunner:
                     f"after case {case.index}"
                 )
                 break
+            case = following
         return summary
 
-    def run_case(self, case: Case) -> CaseResult:
+    def run_case(self, case: Case, recover: bool = True) -> CaseResult:
         """Send one case, check liveness, classify; wait for recovery after a failure."""
         self._log = []
         started = time.monotonic()
@@ -331,7 +336,7 @@ class ProbeRunner:
             result = self._run_tcp_case(case)
         result.exchanges = self._log
         self._log = None
-        if result.failed:
+        if result.failed and recover:
             result.server_dead = not self.wait_for_recovery()
         result.elapsed = time.monotonic() - started
         return result
