@@ -26,6 +26,8 @@ from stacklab.wire import ERROR_PREFIX, frame_prefix
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
+SMALL_RESPONSE = 256 * 1024
+"""Responses up to this size are copied behind their prefix and sent in one write."""
 ERROR_BUSY = ERROR_PREFIX + "Server busy, try again later"
 ERROR_TIMEOUT = ERROR_PREFIX + "Timed out waiting for the request"
 
@@ -105,9 +107,17 @@ class TcpAppServer(LoopService):
             self.count("requests")
             response = handle_command(body, self.policy)
             conn.settimeout(self.settings.read_timeout)  # per send: a slow reader still progresses
-            conn.sendall(frame_prefix(len(response)))
-            conn.sendall(response)
-            self.count("replies")
+            self.count("replies")  # before sending: a client that got its reply sees it counted
+            try:
+                if len(response) <= SMALL_RESPONSE:
+                    # one segment, as the original sent it; two writes would meet Nagle's delay
+                    conn.sendall(frame_prefix(len(response)) + response)
+                else:
+                    conn.sendall(frame_prefix(len(response)))
+                    conn.sendall(response)
+            except OSError:
+                self.count("replies", -1)
+                raise
             self.count("bytes_sent", len(response) + 10)
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_WR)

@@ -249,11 +249,12 @@ class UdpService(LoopService):
             if reply is None:
                 self.count("dropped")
                 continue
+            self.count("replies")  # before sending: a client that got its reply sees it counted
             try:
                 sock.sendto(reply, addr)
             except OSError as exc:
+                self.count("replies", -1)
                 self.count("errors")
                 log.warning("%s: cannot reply to %s:%d: %s", self.name, addr[0], addr[1], exc)
                 continue
-            self.count("replies")
             log.debug("%s: replied %d bytes to %s:%d", self.name, len(reply), addr[0], addr[1])
