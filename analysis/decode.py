@@ -34,13 +34,12 @@ from stacklab.analysis.tcpstream import ConnKey, TcpReassembler
 from stacklab.framing import FrameDecoder, FramingError
 from stacklab.wire import (
     DHCP_DISCOVER,
+    RUDP_HEADER,
     RUDP_HEADER_LEN,
     Ports,
-    RudpDecodeError,
     RudpHeader,
     flag_letter,
     looks_like_rudp,
-    unpack_rudp,
 )
 
 log = logging.getLogger(__name__)
@@ -68,11 +67,15 @@ def rudp_summary(header: RudpHeader, payload_len: int) -> str:
     ``payload_len`` is the number of bytes that follow the header in the
     datagram, so a length field that claims more (or less) is visible.
     """
-    text = f"RUDP {flag_letter(header.flag)} seq={header.seq} ack={header.ack} len={header.length}"
-    if payload_len < header.length:
+    return _rudp_text(flag_letter(header.flag), header.seq, header.ack, header.length, payload_len)
+
+
+def _rudp_text(letter: str, seq: int, ack: int, length: int, payload_len: int) -> str:
+    text = f"RUDP {letter} seq={seq} ack={ack} len={length}"
+    if payload_len < length:
         text += f" (only {payload_len} bytes present)"
-    elif payload_len > header.length:
-        text += f" (+{payload_len - header.length} bytes padding)"
+    elif payload_len > length:
+        text += f" (+{payload_len - length} bytes padding)"
     return text
 
 
@@ -226,7 +229,8 @@ class DecodedPacket:
     """One decoded packet (or one app frame completed by a TCP segment).
 
     ``info`` is the protocol-specific part, stored under the protocol's name
-    in :meth:`to_json`; ``text`` is the summary.
+    in :meth:`to_json`; ``text`` is the summary, or None for RUDP, whose
+    summary is only built when asked for (``--json`` never pays for it).
     """
 
     frame: int
@@ -234,7 +238,7 @@ class DecodedPacket:
     src: str
     dst: str
     proto: str
-    text: str
+    text: str | None
     info: dict[str, Any] | None = field(default=None)
 
     def to_json(self) -> dict[str, Any]:
@@ -252,12 +256,14 @@ class DecodedPacket:
 
     def summary(self) -> str:
         """The protocol part of the line, e.g. ``RUDP D seq=3 ack=0 len=500``."""
+        if self.text is None:
+            self.text = rudp_info_summary(self.info or {})
         return self.text
 
     def line(self) -> str:
         """The whole plain-text line: number, relative time, endpoints, summary."""
         route = f"{self.src} -> {self.dst}" if self.src else "-"
-        return f"{self.frame:>6} {self.time:>11.6f}  {route:<45} {self.text}"
+        return f"{self.frame:>6} {self.time:>11.6f}  {route:<45} {self.summary()}"
 
 
 # ---------------------------------------------------------------------------
@@ -265,21 +271,37 @@ class DecodedPacket:
 # ---------------------------------------------------------------------------
 
 
+_FLAG_LETTERS: Final = {bytes([b]): flag_letter(bytes([b])) for b in range(256)}
+
+
+def rudp_info(datagram: bytes) -> dict[str, Any] | None:
+    """The RUDP fields of a datagram (``--json`` form), or None when shorter than a header.
+
+    The hot path of ``stacklab decode``: one ``unpack_from``, no payload copy.
+    """
+    if len(datagram) < RUDP_HEADER_LEN:
+        return None
+    seq, ack, flag, length = RUDP_HEADER.unpack_from(datagram, 0)
+    return {
+        "seq": seq,
+        "ack": ack,
+        "flag": _FLAG_LETTERS[flag],
+        "len": length,
+        "payload_len": len(datagram) - RUDP_HEADER_LEN,
+    }
+
+
+def rudp_info_summary(info: dict[str, Any]) -> str:
+    """The summary line of :func:`rudp_info`'s fields (same text as :func:`rudp_summary`)."""
+    return _rudp_text(info["flag"], info["seq"], info["ack"], info["len"], info["payload_len"])
+
+
 def decode_rudp(datagram: bytes) -> tuple[dict[str, Any], str] | None:
     """RUDP fields and summary of a datagram, or None when it is shorter than a header."""
-    try:
-        header, _payload = unpack_rudp(datagram)
-    except RudpDecodeError:
+    info = rudp_info(datagram)
+    if info is None:
         return None
-    payload_len = len(datagram) - RUDP_HEADER_LEN
-    info = {
-        "seq": header.seq,
-        "ack": header.ack,
-        "flag": header.flag_letter,
-        "len": header.length,
-        "payload_len": payload_len,
-    }
-    return info, rudp_summary(header, payload_len)
+    return info, rudp_info_summary(info)
 
 
 def decode_dns(payload: bytes) -> tuple[dict[str, Any], str]:
@@ -379,10 +401,9 @@ class _Decoder:
         src, dst = packet.src_ep, packet.dst_ep
         both = (packet.sport, packet.dport)
         if ports.rudp in both or (self.heuristic and looks_like_rudp(payload)):
-            decoded = decode_rudp(payload)
-            if decoded is not None:
-                info, text = decoded
-                return DecodedPacket(packet.number, rel, src, dst, "rudp", text, info)
+            info = rudp_info(payload)
+            if info is not None:
+                return DecodedPacket(packet.number, rel, src, dst, "rudp", None, info)
             note = f"too short for RUDP ({len(payload)} bytes)"
             return DecodedPacket(
                 packet.number,
