@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,3 +249,46 @@ def test_default_output_name() -> None:
     assert default_output("http://h:1/dir/file%20name.txt?x=1") == "file name.txt"
     assert default_output("http://h:1/") == "index.html"
     assert default_output("http://h:1/..") == "index.html"
+
+
+def test_rudp_transport_calls_fetch_rudp(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract with the RUDP client: fetch_rudp(server, url, progress=...) -> bytes."""
+    import types
+
+    calls: list[tuple[tuple[str, int], str]] = []
+
+    def fake_fetch_rudp(server: tuple[str, int], url: str, *, progress: object = None) -> bytes:
+        calls.append((server, url))
+        assert callable(progress)
+        return b"over rudp"
+
+    module = types.ModuleType("stacklab.services.rudp_client")
+    module.fetch_rudp = fake_fetch_rudp  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "stacklab.services.rudp_client", module)
+    url = origin_url(stack)
+    code, _, err = run_fetch(
+        [
+            url,
+            "--transport",
+            "rudp",
+            "--dhcp",
+            hostport(stack, "dhcp"),
+            "--dns",
+            hostport(stack, "dns"),
+        ],
+        tmp_path,
+    )
+    assert code == 0, err
+    assert calls == [(("127.0.0.3", 2122), url)]
+    assert (tmp_path / "test_file.txt").read_bytes() == b"over rudp"
+
+
+def test_rudp_transport_missing_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "stacklab.services.rudp_client", None)  # import fails
+    code, _, err = run_fetch(["--transport", "rudp", "--server", "127.0.0.1:2122"], tmp_path)
+    assert code == 2
+    assert err == "stacklab: error: RUDP transport is not available in this installation\n"

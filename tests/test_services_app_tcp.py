@@ -205,3 +205,38 @@ def test_response_cap_and_stop_frees_the_port(origin: OriginServer) -> None:
         addr = server.address
     with socket.create_server(addr):
         pass  # the port is free again after stop()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "expected"),
+    [
+        (encode_frame(b"\xff\xfe\xfdFETCH"), ERROR_UNKNOWN_COMMAND.encode()),
+        (
+            encode_frame(b"FETCH"),
+            b"ERROR: Could not fetch ''. Reason: scheme '(none)' is not allowed",
+        ),
+        (encode_frame(b"fetch http://x/"), ERROR_UNKNOWN_COMMAND.encode()),
+        (
+            encode_frame(b"FETCH http://127.0.0.1:9/" + b"a" * 60_000),
+            b"Reason: host 127.0.0.1:9 is not on the allowlist",
+        ),
+        (encode_frame(b"FETCH " + b"http://[" * 3000), b"Reason: malformed URL: Invalid IPv6 URL"),
+    ],
+)
+def test_odd_commands_get_the_documented_error(
+    app: TcpAppServer, request_bytes: bytes, expected: bytes
+) -> None:
+    reply = original_fetch(app.address, request_bytes)
+    assert int(reply[:10]) == len(reply) - 10
+    assert reply[10:].startswith(b"ERROR: ") and reply.endswith(expected)
+
+
+def test_truncated_request_is_dropped_and_the_server_keeps_serving(
+    app: TcpAppServer, origin: OriginServer
+) -> None:
+    with socket.create_connection(app.address, timeout=5) as sock:
+        sock.sendall(b"0000000041FETCH http")
+        sock.shutdown(socket.SHUT_WR)  # the client gives up mid-frame
+        assert recv_all(sock) == b""
+    assert fetch_tcp(app.address, url_of(origin, "test_file.txt"), timeout=5) == TEST_FILE
+    assert app.stats["incomplete"] == 1 and app.stats["errors"] == 0
