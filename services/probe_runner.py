@@ -227,13 +227,17 @@ class ProbeSummary:
     """Counts by class and the failing cases, in the order they ran."""
 
     results: Counter[str] = field(default_factory=Counter)
+    by_kind: dict[str, Counter[str]] = field(default_factory=dict)
     failures: list[CaseResult] = field(default_factory=list)
     cases_run: int = 0
+    elapsed: float = 0.0
     stopped: str | None = None
 
     def add(self, result: CaseResult) -> None:
         self.cases_run += 1
+        self.elapsed += result.elapsed
         self.results[result.outcome] += 1
+        self.by_kind.setdefault(result.case.kind, Counter())[result.outcome] += 1
         if result.failed:
             self.failures.append(result)
 

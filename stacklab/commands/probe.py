@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -185,48 +186,54 @@ def probe(
     sys.exit(1 if summary.failures else 0)
 
 
-def _show(console: object, document: dict[str, object], pcaps: list[Path]) -> None:
-    """The human summary: one table of classes, then each failure with its replay command."""
+def _show(console: object, document: dict[str, Any], pcaps: list[Path]) -> None:
+    """The human summary: counts per case kind and class, then each failure with its replay."""
     from rich.console import Console
     from rich.table import Table
 
     assert isinstance(console, Console)
-    results = document["results"]
-    assert isinstance(results, dict)
-    table = Table(
-        title=f"probe {document['protocol']} {document['target']} (seed {document['seed']})"
+    results: dict[str, int] = document["results"]
+    console.print(
+        f"probe [bold]{document['protocol']}[/] {document['target']}: {document['cases']} cases "
+        f"in {document['seconds']} s (seed {document['seed']})",
+        highlight=False,
     )
-    table.add_column("result")
-    table.add_column("cases", justify="right")
-    for name, n in results.items():
-        style = "bold red" if name == "failure" and n else None
-        table.add_row(name, str(n), style=style)
-    table.add_row("total", str(document["cases"]), style="bold")
+    table = Table()
+    table.add_column("case kind")
+    for name in results:
+        table.add_column(name, justify="right")
+    by_kind: dict[str, dict[str, int]] = document["by_kind"]
+    for kind, counts in by_kind.items():
+        table.add_row(
+            kind,
+            *(str(counts.get(name, "")) for name in results),
+            style="bold red" if counts.get("failure") else None,
+        )
+    table.add_section()
+    table.add_row(
+        "total",
+        *(str(n) for n in results.values()),
+        style="bold red" if results.get("failure") else "bold",
+    )
     console.print(table)
-    failures = document["failures"]
-    assert isinstance(failures, list)
-    for failure in failures:
+
+    def plain(text: str) -> None:  # never wrapped: hex and replay lines must stay copy-pasteable
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    for failure in document["failures"]:
         console.print(
             f"[bold red]FAIL[/] case {failure['case']} ({failure['case_kind']}: "
             f"{failure['description']})",
             highlight=False,
         )
         for sent in failure["sent"]:
-            console.print(
-                f"  sent    {sent['decoded']}", markup=False, highlight=False, soft_wrap=True
-            )
-            console.print(
-                f"          hex {sent['hex']}", markup=False, highlight=False, soft_wrap=True
-            )
-        console.print(
-            f"  result  {failure['detail']}", markup=False, highlight=False, soft_wrap=True
-        )
-        console.print(
-            f"  replay  {failure['replay']}", markup=False, highlight=False, soft_wrap=True
-        )
+            plain(f"  sent    {sent['decoded']}")
+            plain(f"          hex {sent['hex']}")
+        plain(f"  result  {failure['detail']}")
+        plain(f"  replay  {failure['replay']}")
     if document["stopped"]:
         console.print(f"[bold red]stopped:[/] {document['stopped']}", highlight=False)
     for path in pcaps:
-        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
-    if not failures:
+        plain(f"wrote {path}")
+    if not document["failures"]:
         console.print("[green]no failure[/]")
