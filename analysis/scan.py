@@ -419,7 +419,7 @@ class CaptureScan:
                             continue
                         if sport not in udp_watch and dport not in udp_watch:
                             continue
-                    if proto != 6 or (sport not in tcp_watch and dport not in tcp_watch):
+                    elif proto != 6 or (sport not in tcp_watch and dport not in tcp_watch):
                         continue
                 lt, tick = interfaces[if_id]
                 item = general(

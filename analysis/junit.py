@@ -1,0 +1,59 @@
+"""JUnit XML for CI systems: one test case per check per session.
+
+CI servers (GitLab, Jenkins, GitHub test reporters) understand JUnit XML; a
+capture becomes a test suite, each check a test case named after the check
+and its session, with ``<failure>`` carrying the detail and the frames that
+show the problem, and ``<skipped>`` for checks that had nothing to judge.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+
+from stacklab.analysis.sessions import CaptureAnalysis
+
+
+def junit_tree(analyses: list[CaptureAnalysis]) -> ET.ElementTree:
+    """Build the ``<testsuites>`` document."""
+    root = ET.Element("testsuites", name="stacklab verify")
+    total = failures = skipped = 0
+    for analysis in analyses:
+        suite = ET.SubElement(root, "testsuite", name=analysis.path)
+        fails = skips = 0
+        for check in analysis.checks:
+            case = ET.SubElement(
+                suite, "testcase", classname=check.id, name=f"{check.id} [{check.session}]"
+            )
+            frames = ", ".join(str(f) for f in check.frames)
+            if check.status == "fail":
+                fails += 1
+                failure = ET.SubElement(case, "failure", message=check.detail, type=check.id)
+                failure.text = f"{check.detail}\nframes: {frames or '-'}"
+            elif check.status == "skip":
+                skips += 1
+                ET.SubElement(case, "skipped", message=check.detail)
+            else:
+                out = ET.SubElement(case, "system-out")
+                out.text = f"{check.detail}\nframes: {frames or '-'}"
+        suite.set("tests", str(len(analysis.checks)))
+        suite.set("failures", str(fails))
+        suite.set("errors", "0")
+        suite.set("skipped", str(skips))
+        if analysis.warnings:
+            err = ET.SubElement(suite, "system-err")
+            err.text = "\n".join(analysis.warnings)
+        total += len(analysis.checks)
+        failures += fails
+        skipped += skips
+    root.set("tests", str(total))
+    root.set("failures", str(failures))
+    root.set("errors", "0")
+    root.set("skipped", str(skipped))
+    ET.indent(root)
+    return ET.ElementTree(root)
+
+
+def write_junit(analyses: list[CaptureAnalysis], path: str | os.PathLike[str]) -> None:
+    """Write the JUnit XML file (raises OSError when it cannot be written)."""
+    junit_tree(analyses).write(path, encoding="utf-8", xml_declaration=True)
