@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Final
 
 import click
@@ -103,18 +104,22 @@ def verify(
         events_path=events_path,
         keep_series=as_json,
     )
+    analyze: Callable[[str, VerifyOptions], CaptureAnalysis]
+    errors: tuple[type[Exception], ...] = (CaptureError,)
     if engine == "tshark":
-        from stacklab.analysis.tshark_engine import TsharkError
-        from stacklab.analysis.tshark_engine import analyze_capture as analyze
-    else:
-        from stacklab.analysis.verify import analyze_capture as analyze
+        from stacklab.analysis import tshark_engine
 
-        TsharkError = CaptureError
+        analyze = tshark_engine.analyze_capture
+        errors = (CaptureError, tshark_engine.TsharkError)
+    else:
+        from stacklab.analysis.verify import analyze_capture
+
+        analyze = analyze_capture
     analyses: list[CaptureAnalysis] = []
     for path in captures:
         try:
             analyses.append(analyze(path, options))
-        except (CaptureError, TsharkError) as exc:
+        except errors as exc:
             raise UserError(str(exc)) from None
     for analysis in analyses:
         for warning in analysis.warnings:
