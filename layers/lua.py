@@ -83,9 +83,21 @@ def _rudp_fields() -> tuple[str, str, str]:
     return "\n".join(declarations), ", ".join(names), "\n".join(adds)
 
 
+def _offset_of(name: str) -> tuple[int, int]:
+    """(offset, size) of a header field, from the table."""
+    offset = 0
+    for spec in RUDP_HEADER_FIELDS:
+        if spec.name == name:
+            return offset, spec.size
+        offset += spec.size
+    raise KeyError(name)
+
+
 def generate_dissector(ports: Ports = Ports()) -> str:  # noqa: B008 - frozen, immutable
     """The Lua source of the dissector; ``ports`` are the preference defaults."""
     declarations, field_list, tree_adds = _rudp_fields()
+    flag_at, flag_size = _offset_of(_FLAG_FIELD)
+    len_at, len_size = _offset_of(_LENGTH_FIELD)
     flag_bytes = ", ".join(f"[{flag.value[0]:#04x}] = true" for flag in Flag)
     return _TEMPLATE.format(
         declarations=declarations,
@@ -95,6 +107,10 @@ def generate_dissector(ports: Ports = Ports()) -> str:  # noqa: B008 - frozen, i
         header_len=RUDP_HEADER_LEN,
         len_field=_LENGTH_FIELD,
         flag_field=_FLAG_FIELD,
+        flag_at=flag_at,
+        flag_size=flag_size,
+        len_at=len_at,
+        len_size=len_size,
         prefix_len=FRAME_PREFIX_LEN,
         rudp_port=ports.rudp,
         app_port=ports.app,
@@ -182,10 +198,10 @@ local function slrudp_heuristic(tvb, pinfo, tree)
     if total < RUDP_HEADER_LEN then
         return false
     end
-    if not rudp_known_flags[tvb(8, 1):uint()] then
+    if not rudp_known_flags[tvb({flag_at}, {flag_size}):uint()] then
         return false
     end
-    if tvb(9, 2):uint() ~= total - RUDP_HEADER_LEN then
+    if tvb({len_at}, {len_size}):uint() ~= total - RUDP_HEADER_LEN then
         return false
     end
     slrudp.dissector(tvb, pinfo, tree)

@@ -198,6 +198,7 @@ def test_odd_packets_ports_and_heuristic(tmp_path: Path, lua_script: Path) -> No
         _tcp(1000, stream[:4]),
         _tcp(1004, stream[4:30]),
         _tcp(1030, stream[30:]),
+        _udp(4000, 9002, pack_rudp(7, 0, b"S") + b"x"),  # the heuristic wants an exact length
     ]
     capture = tmp_path / "odd.pcap"
     wrpcap(str(capture), packets)
