@@ -42,7 +42,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, Protocol
 
 DROP_BLACKHOLE: Final = "blackhole"
 DROP_LOSS: Final = "loss"
@@ -50,6 +50,14 @@ DROP_BURST: Final = "burst"
 DROP_QUEUE: Final = "queue"
 DELIVER: Final = "deliver"
 VERDICTS: Final = (DELIVER, DROP_LOSS, DROP_BURST, DROP_BLACKHOLE, DROP_QUEUE)
+
+
+class RandomSource(Protocol):
+    """What the model needs from a generator; ``random.Random`` fits."""
+
+    def random(self) -> float: ...
+
+    def getrandbits(self, k: int, /) -> int: ...
 
 
 def derive_rng(seed: int, label: str) -> random.Random:
@@ -159,20 +167,20 @@ class Impairment:
         if self.burst:
             b = self.burst
             parts.append(
-                f"burst {b.p_enter:g}/{b.p_exit:g} (bad {b.loss_bad:g}, good {b.loss_good:g})"
+                f"burst {b.p_enter:.3g}/{b.p_exit:.3g} (bad {b.loss_bad:.3g}, good {b.loss_good:.3g})"
             )
         if self.delay_max:
-            parts.append(f"delay {self.delay_min * 1e3:g}-{self.delay_max * 1e3:g} ms")
+            parts.append(f"delay {self.delay_min * 1e3:.3g}-{self.delay_max * 1e3:.3g} ms")
         if self.reorder:
-            parts.append(f"reorder {self.reorder:g} (+{self.reorder_gap * 1e3:g} ms)")
+            parts.append(f"reorder {self.reorder:.3g} (+{self.reorder_gap * 1e3:.3g} ms)")
         if self.duplicate:
-            parts.append(f"duplicate {self.duplicate:g}")
+            parts.append(f"duplicate {self.duplicate:.3g}")
         if self.corrupt:
-            parts.append(f"corrupt {self.corrupt:g}")
+            parts.append(f"corrupt {self.corrupt:.3g}")
         if self.rate_bps:
-            parts.append(f"rate {self.rate_bps / 1e3:g} kbit/s, queue {self.queue_limit}")
+            parts.append(f"rate {self.rate_bps / 1e3:.4g} kbit/s, queue {self.queue_limit}")
         for hole in self.blackholes:
-            parts.append(f"blackhole {hole.start:g}s+{hole.duration:g}s")
+            parts.append(f"blackhole {hole.start:.3g}s+{hole.duration:.3g}s")
         return ", ".join(parts) or "clean"
 
 
@@ -240,7 +248,7 @@ class Link:
             departures.popleft()
         return len(departures)
 
-    def offer(self, data: bytes, now: float, rng: random.Random) -> Decision:
+    def offer(self, data: bytes, now: float, rng: RandomSource) -> Decision:
         """Decide the fate of ``data`` offered at time ``now``; see the module docstring."""
         imp = self.impairment
         rand = rng.random

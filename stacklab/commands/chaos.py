@@ -161,6 +161,54 @@ def build_impairments(
 _DIRECTED = "Prefix with up= or down= for one direction only; repeatable."
 
 
+def impairment_options(func: Any) -> Any:
+    """The impairment options shared by ``stacklab chaos`` and ``stacklab simulate``."""
+    decorators = [
+        click.option(
+            "--loss", multiple=True, metavar="P", help=f"Independent loss probability. {_DIRECTED}"
+        ),
+        click.option(
+            "--burst",
+            multiple=True,
+            metavar="ENTER:EXIT[:BAD[:GOOD]]",
+            help="Gilbert-Elliott burst loss: P(good->bad), P(bad->good), loss in bad (1), loss in good (0).",
+        ),
+        click.option(
+            "--delay", multiple=True, metavar="MIN[:MAX]", help="Delay in ms, uniform jitter."
+        ),
+        click.option(
+            "--reorder", multiple=True, metavar="P", help="Hold back this share of datagrams."
+        ),
+        click.option(
+            "--reorder-gap",
+            multiple=True,
+            metavar="MS",
+            help="How long reordered datagrams are held (10).",
+        ),
+        click.option("--duplicate", multiple=True, metavar="P", help="Deliver this share twice."),
+        click.option("--corrupt", multiple=True, metavar="P", help="Flip bytes in this share."),
+        click.option(
+            "--corrupt-bytes",
+            multiple=True,
+            metavar="N",
+            help="Flip 1..N bytes per corrupted datagram (1).",
+        ),
+        click.option("--rate", multiple=True, metavar="KBIT", help="Bandwidth limit in kbit/s."),
+        click.option(
+            "--queue", multiple=True, metavar="N", help="Rate-limit queue length in datagrams (64)."
+        ),
+        click.option(
+            "--blackhole",
+            multiple=True,
+            metavar="AFTER:FOR",
+            help="Drop everything for FOR seconds starting AFTER seconds after start; repeatable.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
 @click.command("chaos")
 @click.option(
     "--listen",
@@ -174,38 +222,7 @@ _DIRECTED = "Prefix with up= or down= for one direction only; repeatable."
     show_default=True,
     help="The real server, HOST:PORT.",
 )
-@click.option(
-    "--loss", multiple=True, metavar="P", help=f"Independent loss probability. {_DIRECTED}"
-)
-@click.option(
-    "--burst",
-    multiple=True,
-    metavar="ENTER:EXIT[:BAD[:GOOD]]",
-    help="Gilbert-Elliott burst loss: P(good->bad), P(bad->good), loss in bad (1), loss in good (0).",
-)
-@click.option("--delay", multiple=True, metavar="MIN[:MAX]", help="Delay in ms, uniform jitter.")
-@click.option("--reorder", multiple=True, metavar="P", help="Hold back this share of datagrams.")
-@click.option(
-    "--reorder-gap", multiple=True, metavar="MS", help="How long reordered datagrams are held (10)."
-)
-@click.option("--duplicate", multiple=True, metavar="P", help="Deliver this share twice.")
-@click.option("--corrupt", multiple=True, metavar="P", help="Flip bytes in this share.")
-@click.option(
-    "--corrupt-bytes",
-    multiple=True,
-    metavar="N",
-    help="Flip 1..N bytes per corrupted datagram (1).",
-)
-@click.option("--rate", multiple=True, metavar="KBIT", help="Bandwidth limit in kbit/s.")
-@click.option(
-    "--queue", multiple=True, metavar="N", help="Rate-limit queue length in datagrams (64)."
-)
-@click.option(
-    "--blackhole",
-    multiple=True,
-    metavar="AFTER:FOR",
-    help="Drop everything for FOR seconds starting AFTER seconds after start; repeatable.",
-)
+@impairment_options
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Makes every decision reproducible."
 )

@@ -1,0 +1,294 @@
+"""The deterministic simulator: clean runs, replay, random scenarios, and that it catches bugs.
+
+The "catches bugs" tests break the engine on purpose (monkeypatched, restored
+after each test) and assert that the matching invariant is reported: a
+checker that never fails would prove nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from stacklab.cli import cli
+from stacklab.services.impairment import Blackhole, Impairment
+from stacklab.transport import aimd, receiver, rto, sender
+from stacklab.transport.options import TransferOptions
+from stacklab.transport.simulate import (
+    Outcome,
+    Scenario,
+    Summary,
+    content_for,
+    draw_scenario,
+    run_many,
+    run_scenario,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+STACKLAB = TransferOptions(chunk_size=1400, max_window=32, integrity=True, ack_every=1)
+
+
+def scenario(
+    size: int = 20_000,
+    options: TransferOptions | None = STACKLAB,
+    up: Impairment | None = None,
+    down: Impairment | None = None,
+    **kwargs: object,
+) -> Scenario:
+    return Scenario(
+        7,
+        None,
+        size,
+        options,
+        up or Impairment(),
+        down or Impairment(),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def assert_clean(outcome: Outcome) -> None:
+    assert outcome.violation is None, outcome.violation
+
+
+def test_clean_network_completes_without_retransmission() -> None:
+    delay = Impairment(delay_min=0.01, delay_max=0.01)
+    outcome = run_scenario(scenario(20_000, up=delay, down=delay), keep_trace=True)
+    assert_clean(outcome)
+    assert outcome.status == "completed"
+    assert outcome.delivered == 20_000
+    assert outcome.retransmissions == outcome.go_backs == outcome.timeouts == 0
+    # 15 chunks, +1 per ACK that advances the base (not the FIN's): windows 2..16, never halved.
+    assert [w for _, w in outcome.window_trace] == list(range(2, 17))
+    # SYN, command, 15 chunks + FIN: each a 20 ms round trip at most, plus the handshake.
+    assert 0.04 < outcome.virtual_time < 1.0
+
+
+def test_original_client_and_empty_file() -> None:
+    for size in (0, 1, 500, 501):
+        outcome = run_scenario(scenario(size, options=None))
+        assert_clean(outcome)
+        assert outcome.status == "completed" and outcome.delivered == size
+
+
+def test_runs_replay_exactly() -> None:
+    lossy = Impairment(loss=0.2, delay_min=0.005, delay_max=0.03, duplicate=0.05, reorder=0.05)
+    a = run_scenario(scenario(60_000, up=lossy, down=lossy), keep_trace=True)
+    b = run_scenario(scenario(60_000, up=lossy, down=lossy), keep_trace=True)
+    assert_clean(a)
+    assert a.retransmissions > 0
+    assert (a.virtual_time, a.retransmissions, a.window_trace, a.network) == (
+        b.virtual_time,
+        b.retransmissions,
+        b.window_trace,
+        b.network,
+    )
+    assert draw_scenario(5, 17) == draw_scenario(5, 17)
+    assert draw_scenario(5, 17) != draw_scenario(5, 18)
+    assert content_for(draw_scenario(5, 17)) == content_for(draw_scenario(5, 17))
+
+
+def test_corruption_with_integrity_never_reaches_the_bytes() -> None:
+    bad = Impairment(corrupt=0.3, corrupt_max_bytes=4)
+    outcome = run_scenario(scenario(50_000, up=bad, down=bad))
+    assert_clean(outcome)
+    assert outcome.status == "completed"
+    assert outcome.network["s2c.corrupt"] > 5
+
+
+def test_short_blackhole_is_survived_and_long_one_ends_cleanly() -> None:
+    short = Impairment(delay_min=0.01, delay_max=0.01, blackholes=(Blackhole(0.1, 2.0),))
+    ok = run_scenario(scenario(200_000, up=short, down=short, expect="complete"))
+    assert_clean(ok)
+    assert ok.status == "completed" and ok.timeouts >= 2
+    long = Impairment(delay_min=0.01, delay_max=0.01, blackholes=(Blackhole(0.1, 100.0),))
+    gone = run_scenario(scenario(200_000, up=long, down=long, expect="abort"))
+    assert_clean(gone)
+    assert gone.status == "aborted" and gone.client_error and gone.server_error
+    assert gone.virtual_time < 0.1 + 100 + 60
+
+
+def test_random_scenarios_fast_suite() -> None:
+    summary = Summary()
+    for outcome in run_many(0, 300, workers=2):
+        summary.add(outcome)
+    assert summary.scenarios == 300
+    assert summary.violations == []
+    assert summary.completed > 200 and summary.aborted > 0
+    assert summary.completed + summary.aborted == 300
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ten_thousand_random_scenarios() -> None:
+    count = int(os.environ.get("STACKLAB_SIM_SCENARIOS", "10000"))
+    summary = Summary()
+    for outcome in run_many(1, count, workers=2):
+        summary.add(outcome)
+    assert summary.scenarios == count
+    assert summary.violations == [], json.dumps(summary.violations[:5], indent=1)
+
+
+# -- the checker catches broken engines ----------------------------------------
+
+LOSSY = Impairment(loss=0.15, delay_min=0.01, delay_max=0.02)
+
+
+def violation_of(outcome: Outcome) -> str:
+    assert outcome.violation is not None, "the broken engine was not caught"
+    return outcome.violation.invariant
+
+
+def test_catches_a_receiver_that_accepts_out_of_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = receiver.GbnReceiver.on_data
+
+    def sloppy(self: receiver.GbnReceiver, seq: int, payload: bytes, now: float) -> None:
+        self.expected = max(self.expected, seq)  # take whatever comes
+        original(self, seq, payload, now)
+
+    monkeypatch.setattr(receiver.GbnReceiver, "on_data", sloppy)
+    reorder = Impairment(reorder=0.3, delay_min=0.01, delay_max=0.01)
+    outcome = run_scenario(scenario(100_000, up=reorder, down=reorder))
+    assert violation_of(outcome) in (
+        "delivered bytes are a prefix of the sent bytes",
+        "delivered bytes equal the sent bytes",
+        "ACKs never beyond what was sent",
+        "complete transfer",
+    )
+
+
+def test_catches_a_window_that_never_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aimd.AimdController, "on_loss", lambda self, now, reason: None)
+    outcome = run_scenario(scenario(100_000, up=LOSSY, down=LOSSY))
+    assert violation_of(outcome) == "window halves on loss"
+
+
+def test_catches_rto_without_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rto.RttEstimator, "backoff", lambda self: None)
+    outcome = run_scenario(scenario(100_000, up=LOSSY, down=LOSSY))
+    assert violation_of(outcome) == "RTO doubles on expiry"
+
+
+def test_catches_karn_violation(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = sender.GbnSender._go_back
+
+    def keeps_timing(self: sender.GbnSender, now: float, reason: str) -> None:
+        timed = (self._timed_seq, self._timed_at)
+        original(self, now, reason)
+        self._timed_seq, self._timed_at = timed  # sample a chunk that is being resent
+
+    monkeypatch.setattr(sender.GbnSender, "_go_back", keeps_timing)
+    outcome = run_scenario(scenario(100_000, up=LOSSY, down=LOSSY))
+    assert violation_of(outcome) in ("Karn's rule", "RTT sample")
+
+
+def test_catches_fast_retransmit_on_the_wrong_duplicate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sender, "DUP_ACK_THRESHOLD", 2)
+    monkeypatch.setattr(
+        sender.GbnSender,
+        "_duplicate",
+        _duplicate_with_threshold(2),
+    )
+    outcome = run_scenario(scenario(100_000, up=LOSSY, down=LOSSY))
+    assert violation_of(outcome) == "fast retransmit on the third duplicate ACK only"
+
+
+def _duplicate_with_threshold(threshold: int):  # type: ignore[no-untyped-def]
+    from stacklab.transport.events import AckReceived, FastRetransmit
+
+    def duplicate(self: sender.GbnSender, ack: int, now: float) -> None:
+        self._dup_acks += 1
+        self.events.append(AckReceived(now, ack, True))
+        if self._dup_acks == threshold and self._recovery_base != self.base:
+            self.events.append(FastRetransmit(now, self.base, self._dup_acks))
+            self._go_back(now, "dupack")
+            self._timer = now + self._rto.rto
+
+    return duplicate
+
+
+def test_catches_a_stuck_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sender.GbnSender, "handle_timer", lambda self, now: None)
+    outcome = run_scenario(scenario(100_000, up=LOSSY, down=LOSSY))
+    assert violation_of(outcome) in (
+        "time advances",
+        "ends in bounded virtual time",
+        "the transfer ends",
+    )
+
+
+def test_catches_corruption_without_integrity() -> None:
+    bad = Impairment(corrupt=0.2)
+    outcome = run_scenario(
+        scenario(100_000, options=TransferOptions(1400, 16, False, 1), up=bad, down=bad)
+    )
+    assert violation_of(outcome) in (
+        "delivered bytes are a prefix of the sent bytes",
+        "delivered bytes equal the sent bytes",
+        "command intact",
+        "ACKs never beyond what was sent",
+    )
+    assert outcome.violation is not None
+    assert "stacklab simulate --seed 7" in outcome.violation.replay
+
+
+# -- command line ----------------------------------------------------------------
+
+
+def test_cli_one_setting_prints_what_happened() -> None:
+    result = CliRunner().invoke(
+        cli, ["simulate", "--loss", "0.1", "--delay", "10:20", "--size", "50000", "--seed", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    for text in (
+        "completed",
+        "virtual transfer time",
+        "retransmissions",
+        "go-backs",
+        "window trace",
+    ):
+        assert text in result.output
+
+
+def test_cli_many_scenarios_json() -> None:
+    result = CliRunner().invoke(
+        cli, ["simulate", "--scenarios", "40", "--seed", "0", "--workers", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["scenarios"] == 40
+    assert data["completed"] + data["aborted"] == 40
+    assert data["violations"] == []
+
+
+def test_cli_violation_exits_1_and_names_the_replay() -> None:
+    result = CliRunner().invoke(
+        cli, ["simulate", "--no-integrity", "--corrupt", "0.3", "--size", "100000", "--seed", "4"]
+    )
+    assert result.exit_code == 1
+    assert "VIOLATION seed 4" in result.output and "replay" in result.output
+
+
+def test_cli_replays_a_drawn_scenario() -> None:
+    result = CliRunner().invoke(cli, ["simulate", "--seed", "0", "--scenario", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["scenarios"] == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--scenarios", "0"],
+        ["--scenarios", "5", "--scenario", "1"],
+        ["--chunk", "0"],
+        ["--min-rto", "2", "--max-rto", "1"],
+        ["--loss", "7"],
+    ],
+)
+def test_cli_bad_options(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["simulate", *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
