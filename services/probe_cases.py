@@ -685,7 +685,10 @@ def _dns_binary(ctx: ProbeContext) -> list[Builder]:
 
 def _json_random(kind: str, valid: Sequence[bytes]) -> Builder:
     def build(rng: random.Random, ctx: ProbeContext) -> Draft:
-        family = rng.choice(("mutate", "mutate", "splice", "types"))
+        family = rng.choice(("mutate", "mutate", "splice", "types", "fuzz"))
+        if family == "fuzz":
+            data = _json_fuzz(kind, rng, valid)
+            return Draft(f"{kind}.fuzz", f"fuzz() of the JSON layer, {len(data)} bytes", (data,))
         if family == "mutate":
             data, how = mutate(rng.choice(valid), rng)
             return Draft(f"{kind}.mutate", how, (data,))
@@ -701,6 +704,24 @@ def _json_random(kind: str, valid: Sequence[bytes]) -> Builder:
         )
 
     return build
+
+
+def _json_fuzz(kind: str, rng: random.Random, valid: Sequence[bytes]) -> bytes:
+    """Scapy's ``fuzz()`` on the JSON message layer: its ``load`` becomes random bytes."""
+    try:
+        from stacklab.layers.jsonmsg import DHCPJson, DNSJson
+    except ImportError:  # without the Scapy layers: random bytes of a random length
+        return rng.randbytes(rng.randrange(128))
+    from scapy.packet import fuzz, raw
+
+    layer = DNSJson if kind == "dns" else DHCPJson
+    with seeded_global_random(rng):
+        data = bytes(raw(fuzz(layer())))
+    # Half the time keep a valid message's start, so the fuzz lands past the first byte.
+    if rng.random() < 0.5:
+        base = rng.choice(valid)
+        data = base[: rng.randrange(len(base) + 1)] + data
+    return data[:MAX_UDP_PAYLOAD]
 
 
 def _random_json(rng: random.Random, depth: int) -> Any:

@@ -228,7 +228,7 @@ def _show(console: object, document: dict[str, Any], pcaps: list[Path]) -> None:
         )
         for sent in failure["sent"]:
             plain(f"  sent    {sent['decoded']}")
-            plain(f"          hex {sent['hex']}")
+            plain(f"          hex {sent['hex'] or '(empty)'}")
         plain(f"  result  {failure['detail']}")
         plain(f"  replay  {failure['replay']}")
     if document["stopped"]:
