@@ -78,7 +78,7 @@ def parse_target(text: str) -> tuple[str, int]:
     "--url",
     default=wire.DEFAULT_URL,
     show_default=True,
-    help="The URL of the valid FETCH (app and RUDP liveness and cases).",
+    help="The URL of a valid FETCH: the app liveness check, and the FETCH cases.",
 )
 @click.option(
     "--name", default=wire.APP_DOMAIN, show_default=True, help="The DNS name of the valid query."
@@ -175,9 +175,12 @@ def probe(
     except TargetUnreachable as exc:
         raise UserError(str(exc)) from None
 
-    if junit is not None:
-        write_junit(junit, results, info)
-    pcaps = write_failure_pcaps(pcap_dir, summary.failures, info) if pcap_dir else []
+    try:
+        if junit is not None:
+            write_junit(junit, results, info)
+        pcaps = write_failure_pcaps(pcap_dir, summary.failures, info) if pcap_dir else []
+    except OSError as exc:
+        raise UserError(f"cannot write the report: {exc}") from None
     document = to_json(summary, info)
     if as_json:
         click.echo(dumps(document))
