@@ -368,6 +368,10 @@ class RudpSession:
     def _go_back(self, number: int, time: float, chunk: int, base: int) -> None:
         f = self.f
         f.go_backs += 1
+        if self._burst_start >= 0.0:  # a go-back starts a new burst
+            if self.keep_series:
+                self.series.append((self._burst_start, self._burst_max))
+            self._burst_start = -1.0
         if chunk > base:
             self.find(
                 "rudp.gbn",

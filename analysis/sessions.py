@@ -78,8 +78,9 @@ class Finding:
 class RudpSessionFacts:
     """Everything observed about one RUDP exchange (client ip:port <-> server ip:port).
 
-    ``chunks`` is the highest chunk number, ``flights`` is ``[time, flight]``
-    per burst of server DATA (a burst ends at the next client ACK), and
+    ``chunks`` is the highest chunk number, ``flights`` is ``[time since the
+    session's first frame, largest flight]`` per burst of server DATA (a burst
+    ends at a client ACK or a go-back), and
     ``go_back_kinds`` tells how many go-backs followed a timeout or duplicate
     ACKs.  ``findings`` are the rule breaks the tracker saw, ``frames`` the
     frame numbers of the handshake, FIN and so on, for pointing at them.
