@@ -413,3 +413,50 @@ def test_cli_relays_and_prints_counters(echo: EchoServer, tmp_path: Path) -> Non
     assert "delay 1-2 ms" in result.output
     first = json.loads(log_path.read_text().splitlines()[0])
     assert first["dir"] == "up" and first["verdict"] == "deliver"
+
+
+def test_cli_process_stops_cleanly_on_sigterm(echo: EchoServer) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stacklab",
+            "chaos",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            f"{echo.address[0]}:{echo.address[1]}",
+            "--loss",
+            "down=0.0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        match = re.search(r"chaos: 127\.0\.0\.1:(\d+) ->", first)
+        assert match, first
+        port = int(match.group(1))
+        c = client_socket()
+        try:
+            c.sendto(b"through a process", ("127.0.0.1", port))
+            assert c.recvfrom(100)[0] == b"through a process"
+        finally:
+            c.close()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "chaos counters" in out
+    assert re.search(r"received\s+│\s+1\s+│\s+1", out), out
+    assert "Traceback" not in err

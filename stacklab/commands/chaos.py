@@ -301,6 +301,7 @@ def chaos(
             f"  down (server -> client): {impairments['down'].describe()}",
             highlight=False,
         )
+        console.file.flush()  # scripts read the port from the first line while we run
         with contextlib.suppress(KeyboardInterrupt):
             done.wait(duration)
     finally:
