@@ -107,6 +107,7 @@ class Scenario:
     options: TransferOptions | None
     up: Impairment
     down: Impairment
+    initial_rto: float = 1.0
     min_rto: float = 0.2
     max_rto: float = 10.0
     max_timeouts: int = 8
@@ -552,6 +553,7 @@ def run_scenario(scenario: Scenario, *, keep_trace: bool = False) -> Outcome:
     server = ServerSession(
         OptionLimits(max_chunk=1457, max_window=64, max_ack_every=8),
         scenario.max_timeouts,
+        initial_rto=scenario.initial_rto,
         min_rto=scenario.min_rto,
         max_rto=scenario.max_rto,
         trace=True,
@@ -559,11 +561,12 @@ def run_scenario(scenario: Scenario, *, keep_trace: bool = False) -> Outcome:
     client = ClientSession(
         COMMAND,
         scenario.options,
+        initial_rto=scenario.initial_rto,
         min_rto=scenario.min_rto,
         max_rto=scenario.max_rto,
         max_timeouts=scenario.max_timeouts,
         silence_timeout=scenario.silence_timeout,
-        max_bytes=MAX_SIZE + 1,
+        max_bytes=max(scenario.size, 1),
         trace=True,
     )
     check = _Checker(scenario, content)

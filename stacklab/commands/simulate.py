@@ -47,9 +47,17 @@ from stacklab.errors import UserError
 @click.option(
     "--original", is_flag=True, help="Behave as the original client (no options in the SYN)."
 )
+@click.option("--initial-rto", type=float, default=1.0, show_default=True)
 @click.option("--min-rto", type=float, default=0.2, show_default=True)
 @click.option("--max-rto", type=float, default=10.0, show_default=True)
 @click.option("--max-timeouts", type=int, default=8, show_default=True)
+@click.option(
+    "--silence-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds without data before the client gives up.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary.")
 def simulate(
     scenarios: int | None,
@@ -62,9 +70,11 @@ def simulate(
     ack_every: int,
     integrity: bool,
     original: bool,
+    initial_rto: float,
     min_rto: float,
     max_rto: float,
     max_timeouts: int,
+    silence_timeout: float,
     as_json: bool,
     **impairment: tuple[str, ...],
 ) -> None:
@@ -119,8 +129,10 @@ def simulate(
 
         if not 0 <= size <= MAX_SIZE * 100:
             raise UserError(f"--size must be between 0 and {MAX_SIZE * 100}")
-        if not 0 < min_rto <= max_rto:
-            raise UserError("need 0 < --min-rto <= --max-rto")
+        if not 0 < min_rto <= max_rto or initial_rto <= 0:
+            raise UserError("need 0 < --min-rto <= --max-rto and a positive --initial-rto")
+        if silence_timeout <= 0:
+            raise UserError("--silence-timeout must be positive")
         if max_timeouts < 1:
             raise UserError("--max-timeouts must be at least 1")
         imps = build_impairments(**impairment)
@@ -135,9 +147,11 @@ def simulate(
             options,
             imps["up"],
             imps["down"],
+            initial_rto=initial_rto,
             min_rto=min_rto,
             max_rto=max_rto,
             max_timeouts=max_timeouts,
+            silence_timeout=silence_timeout,
         )
     outcome = run_scenario(scenario, keep_trace=True)
     if as_json:
