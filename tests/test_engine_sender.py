@@ -1,0 +1,277 @@
+"""The Go-Back-N sender on a stepped virtual clock: exact window, RTO and timer after each event."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from crc32c import crc32c
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stacklab.transport.aimd import AimdController
+from stacklab.transport.events import (
+    FastRetransmit,
+    GaveUp,
+    GoBack,
+    RttSample,
+    Timeout,
+    WindowChanged,
+)
+from stacklab.transport.options import TransferOptions
+from stacklab.transport.rto import RttEstimator
+from stacklab.transport.sender import GbnSender
+from stacklab.wire import RUDP_HEADER, unpack_rudp
+
+CHUNK = 10
+
+
+def make(
+    chunks: int = 20,
+    max_window: int = 5,
+    max_timeouts: int = 8,
+    integrity: bool = False,
+    tail: int = 0,
+) -> GbnSender:
+    content = bytes(range(256)) * 4
+    content = content[: chunks * CHUNK - tail]
+    options = TransferOptions(chunk_size=CHUNK, max_window=max_window, integrity=integrity)
+    return GbnSender(
+        content,
+        options,
+        RttEstimator(initial_rto=1.0, min_rto=0.2, max_rto=10.0),
+        AimdController(max_window),
+        max_timeouts=max_timeouts,
+    )
+
+
+def seqs(datagrams: list[bytes]) -> list[int]:
+    return [RUDP_HEADER.unpack_from(d)[0] for d in datagrams]
+
+
+def events(sender: GbnSender, kind: type) -> list:
+    return [e for e in sender.events if isinstance(e, kind)]
+
+
+def test_first_send_is_one_chunk_with_a_one_second_timer() -> None:
+    s = make()
+    out = s.datagrams_to_send(0.0)
+    assert seqs(out) == [1]
+    header, payload = unpack_rudp(out[0])
+    assert (header.ack, header.flag, header.length) == (0, b"D", CHUNK)
+    assert payload == bytes(range(CHUNK))
+    assert s.get_timer() == 1.0
+    assert (s.base, s.next_seq, s.window, s.in_flight) == (1, 2, 1, 1)
+    assert s.datagrams_to_send(0.0) == []  # window full
+
+
+def test_slow_growth_one_per_advancing_ack_with_rtt_samples() -> None:
+    s = make()
+    s.datagrams_to_send(0.0)
+    s.on_ack(1, 0.1)
+    assert s.window == 2
+    assert s.rto == pytest.approx(0.1 + 4 * 0.05)
+    assert s.get_timer() is None  # nothing outstanding
+    assert seqs(s.datagrams_to_send(0.1)) == [2, 3]
+    assert s.get_timer() == pytest.approx(0.1 + 0.3)
+    s.on_ack(2, 0.2)  # times seq 2: sample 0.1 again
+    assert s.window == 3
+    assert s.get_timer() == pytest.approx(0.2 + s.rto)  # restarted, 3 still out
+    assert seqs(s.datagrams_to_send(0.2)) == [4, 5]
+    s.on_ack(5, 0.3)  # one cumulative ACK for three chunks: still +1
+    assert s.window == 4
+    assert seqs(s.datagrams_to_send(0.3)) == [6, 7, 8, 9]
+    s.on_ack(9, 0.4)
+    s.on_ack(9, 0.4)  # duplicate of the same ack with nothing in flight: no change
+    assert s.window == 5
+    assert seqs(s.datagrams_to_send(0.4)) == [10, 11, 12, 13, 14]
+    s.on_ack(14, 0.5)
+    assert s.window == 5  # capped
+    assert [e.seq for e in events(s, RttSample)] == [1, 2, 4, 6, 10]
+
+
+def test_timeout_backs_off_halves_and_goes_back_to_base() -> None:
+    s = make(max_window=8)
+    s.datagrams_to_send(0.0)
+    for t, ack in ((0.1, 1), (0.2, 3), (0.3, 6)):
+        s.on_ack(ack, t)
+        s.datagrams_to_send(t)
+    assert s.window == 4
+    assert (s.base, s.next_seq) == (7, 11)
+    timer = s.get_timer()
+    assert timer is not None
+    rto = s.rto
+    s.handle_timer(timer - 0.001)  # not due yet: nothing happens
+    assert s.consecutive_timeouts == 0
+    s.handle_timer(timer)
+    assert s.consecutive_timeouts == 1
+    assert s.window == 2
+    assert s.rto == pytest.approx(2 * rto)
+    assert s.get_timer() == pytest.approx(timer + 2 * rto)
+    assert events(s, GoBack)[-1] == GoBack(timer, 10, 7, "timeout")
+    assert seqs(s.datagrams_to_send(timer)) == [7, 8]
+    assert s.retransmissions == 2
+
+
+def test_karn_no_sample_from_resent_chunk_but_backoff_undone_by_new_ack() -> None:
+    s = make()
+    s.datagrams_to_send(0.0)
+    s.handle_timer(1.0)
+    assert s.rto == 2.0 and s.get_timer() == 3.0
+    assert seqs(s.datagrams_to_send(1.0)) == [1]
+    s.on_ack(1, 1.05)  # ambiguous: answer to the first or the second copy?
+    assert events(s, RttSample) == []
+    assert s.estimator.srtt is None
+    assert s.rto == 1.0  # backoff undone, estimate unchanged
+    assert s.window == 2
+    s.datagrams_to_send(1.05)  # seq 2 and 3 are first transmissions: 2 is timed
+    s.on_ack(2, 1.15)
+    assert [(e.seq, round(e.rtt, 6)) for e in events(s, RttSample)] == [(2, 0.1)]
+
+
+def test_exponential_backoff_and_give_up_after_max_timeouts() -> None:
+    s = make(max_timeouts=4)
+    s.datagrams_to_send(0.0)
+    fired = []
+    now = 0.0
+    while s.failed is None:
+        timer = s.get_timer()
+        assert timer is not None
+        now = timer
+        s.handle_timer(now)
+        fired.append((now, s.rto))
+        s.datagrams_to_send(now)
+    assert [t for t, _ in fired] == [1.0, 3.0, 7.0, 15.0]
+    assert [e.consecutive for e in events(s, Timeout)] == [1, 2, 3, 4]
+    assert "4 consecutive timeouts" in s.failed
+    assert isinstance(s.events[-1], GaveUp)
+    assert s.get_timer() is None
+    assert s.datagrams_to_send(20.0) == []  # never retransmit forever
+
+
+def test_rto_clamped_at_maximum_under_backoff() -> None:
+    s = make(max_timeouts=20)
+    s.datagrams_to_send(0.0)
+    for _ in range(6):
+        timer = s.get_timer()
+        assert timer is not None
+        s.handle_timer(timer)
+    assert s.rto == 10.0
+
+
+def _grow(s: GbnSender, to_window: int) -> float:
+    now = 0.0
+    s.datagrams_to_send(now)
+    while s.window < to_window:
+        now += 0.1
+        s.on_ack(s.next_seq - 1, now)
+        s.datagrams_to_send(now)
+    return now
+
+
+def test_third_duplicate_ack_triggers_fast_retransmit_once() -> None:
+    s = make(chunks=40, max_window=8)
+    now = _grow(s, 6)
+    base, top = s.base, s.next_seq - 1
+    assert top - base + 1 == 6
+    # base is lost; the receiver answers each later chunk with ack = base - 1
+    s.on_ack(base - 1, now + 0.01)
+    s.on_ack(base - 1, now + 0.02)
+    assert events(s, FastRetransmit) == []
+    assert s.next_seq == top + 1
+    s.on_ack(base - 1, now + 0.03)
+    assert events(s, FastRetransmit) == [FastRetransmit(now + 0.03, base, 3)]
+    assert s.window == 3
+    assert s.next_seq == base
+    assert s.get_timer() == pytest.approx(now + 0.03 + s.rto)
+    assert seqs(s.datagrams_to_send(now + 0.03)) == [base, base + 1, base + 2]
+    # the rest of the old flight keeps producing duplicates: same loss event, no second go-back
+    for i in range(5):
+        s.on_ack(base - 1, now + 0.04 + i / 100)
+    assert len(events(s, FastRetransmit)) == 1
+    assert s.window == 3
+    assert [e.reason for e in events(s, WindowChanged) if e.new < e.old] == ["dupack"]
+
+
+def test_stale_and_bogus_acks_are_ignored() -> None:
+    s = make()
+    now = _grow(s, 3)
+    state = (s.base, s.next_seq, s.window, s.get_timer())
+    s.on_ack(0, now)  # below base - 1
+    s.on_ack(s.next_seq + 5, now)  # beyond anything sent
+    s.on_ack(2**32 - 1, now)
+    assert (s.base, s.next_seq, s.window, s.get_timer()) == state
+
+
+def test_fin_after_last_ack_then_done() -> None:
+    s = make(chunks=3, tail=4)  # 26 bytes: chunks of 10, 10, 6
+    out = s.datagrams_to_send(0.0)
+    s.on_ack(1, 0.1)
+    out = s.datagrams_to_send(0.1)
+    assert [len(d) - 11 for d in out] == [10, 6]
+    s.on_ack(2, 0.2)
+    assert s.datagrams_to_send(0.2) == []  # FIN only after the LAST chunk is acknowledged
+    s.on_ack(3, 0.3)
+    (fin,) = s.datagrams_to_send(0.3)
+    assert fin == RUDP_HEADER.pack(4, 0, b"F", 0)
+    assert not s.done
+    s.handle_timer(s.get_timer() or 0.0)  # a lost FIN is resent like data
+    assert s.datagrams_to_send(10.0) == [fin]
+    s.on_ack(4, 10.1)
+    assert s.done and s.get_timer() is None
+    assert s.datagrams_to_send(10.2) == []
+
+
+def test_empty_content_sends_fin_1_at_once() -> None:
+    s = GbnSender(b"", TransferOptions(), RttEstimator(), AimdController(5))
+    assert s.datagrams_to_send(0.0) == [RUDP_HEADER.pack(1, 0, b"F", 0)]
+    s.on_ack(1, 0.1)
+    assert s.done
+
+
+def test_integrity_trailer_on_data_and_digest_in_fin() -> None:
+    s = make(chunks=1, integrity=True)
+    (d,) = s.datagrams_to_send(0.0)
+    assert RUDP_HEADER.unpack_from(d) == (1, 0, b"D", CHUNK + 4)
+    assert int.from_bytes(d[-4:], "big") == crc32c(d[:-4])
+    s.on_ack(1, 0.1)
+    (fin,) = s.datagrams_to_send(0.1)
+    assert RUDP_HEADER.unpack_from(fin) == (2, 0, b"F", 36)
+    assert fin[11:43] == hashlib.sha256(bytes(range(CHUNK))).digest()
+    assert int.from_bytes(fin[-4:], "big") == crc32c(fin[:-4])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["ack", "dup", "timer", "send", "junk"]), st.integers(0, 40)),
+        max_size=80,
+    )
+)
+def test_invariants_under_any_event_sequence(steps: list[tuple[str, int]]) -> None:
+    s = make(chunks=25, max_window=6, max_timeouts=5)
+    now = 0.0
+    for kind, n in steps:
+        now += 0.05
+        if kind == "ack":
+            s.on_ack(s.base + n % 4, now)
+        elif kind == "dup":
+            s.on_ack(s.base - 1, now)
+        elif kind == "junk":
+            s.on_ack(n * 1000, now)
+        elif kind == "timer":
+            t = s.get_timer()
+            if t is not None:
+                now = max(now, t)
+                s.handle_timer(now)
+        else:
+            for d in s.datagrams_to_send(now):
+                assert s.base <= RUDP_HEADER.unpack_from(d)[0] <= s.fin_seq
+        assert 1 <= s.window <= 6
+        assert s.first_seq <= s.base <= s.fin_seq + 1
+        assert s.base <= s.next_seq <= s.fin_seq + 1
+        assert s.next_seq - s.base <= max(s.window, 6)
+        assert 0.2 <= s.rto <= 10.0
+        assert s.consecutive_timeouts <= 5
+        if s.failed or s.done:
+            assert s.get_timer() is None

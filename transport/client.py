@@ -1,0 +1,272 @@
+"""The client side of one RUDP exchange, sans-I/O.
+
+States: ``IDLE -> SYN_SENT -> CMD_SENT -> RECEIVING -> DONE`` (or ``FAILED``).
+:meth:`ClientSession.start` queues the SYN — empty when ``options`` is None
+(exactly the original client), else a JSON options offer with a CRC32C
+trailer.  An empty SYN-ACK means an original server: the client falls back
+to :data:`~stacklab.transport.options.ORIGINAL`.  The SYN and the command are
+retransmitted on an RFC 6298 timer until answered, at most ``max_timeouts``
+times; once data flows, ``silence_timeout`` seconds without a valid datagram
+end the transfer with :class:`~stacklab.transport.events.GaveUp`.
+
+The command ACK is recognised in both conventions seen in real captures
+(``ack = seq`` and the byte-counting ``ack = seq + len(command)``); the first
+DATA also counts as one, in case the command ACK was lost.  After the FIN the
+session stays answerable: a retransmitted FIN (our ACK was lost) is ACKed
+again for as long as the caller keeps feeding it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from stacklab.transport.events import (
+    GaveUp,
+    IntegrityFailure,
+    OptionsNegotiated,
+    ProtocolError,
+    RtoChanged,
+    Timeout,
+    TransferComplete,
+)
+from stacklab.transport.integrity import check_trailer
+from stacklab.transport.options import (
+    ORIGINAL,
+    OptionsError,
+    TransferOptions,
+    decode_options,
+    encode_options,
+)
+from stacklab.transport.receiver import GbnReceiver, ReceiverOverflow
+from stacklab.transport.rto import RttEstimator
+from stacklab.transport.session import ACK, DATA, FIN, SYN, SessionBase
+from stacklab.wire import (
+    ORIGINAL_ISN,
+    RUDP_CRC_TRAILER_LEN,
+    RUDP_HEADER_LEN,
+    RUDP_SHA256_LEN,
+)
+
+
+class ClientState(Enum):
+    IDLE = "idle"
+    SYN_SENT = "syn-sent"
+    CMD_SENT = "cmd-sent"
+    RECEIVING = "receiving"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ClientSession(SessionBase):
+    """Fetch one command's response over RUDP."""
+
+    def __init__(
+        self,
+        command: str,
+        options: TransferOptions | None = None,
+        isn: int = ORIGINAL_ISN,
+        *,
+        initial_rto: float = 1.0,
+        min_rto: float = 0.2,
+        max_rto: float = 10.0,
+        max_timeouts: int = 8,
+        silence_timeout: float = 30.0,
+        max_bytes: int | None = None,
+        trace: bool = True,
+    ) -> None:
+        super().__init__(trace)
+        self.command = command
+        self._command_bytes = command.encode("utf-8")
+        self.requested = options
+        self.isn = isn & 0xFFFFFFFF
+        self.rtt = RttEstimator(initial_rto, min_rto, max_rto)
+        self.max_timeouts = max_timeouts
+        self.silence_timeout = silence_timeout
+        self.max_bytes = max_bytes
+        self.state = ClientState.IDLE
+        self.options: TransferOptions = ORIGINAL
+        self.receiver: GbnReceiver | None = None
+        self.sha256: str | None = None
+        self._timer: float | None = None
+        self._retries = 0
+        self._pending: bytes | None = None  # the SYN or command being retransmitted
+        self._pending_sent_at = 0.0
+
+    # -- public API ------------------------------------------------------------
+
+    @property
+    def content(self) -> bytes:
+        return self.receiver.content if self.receiver is not None else b""
+
+    @property
+    def command_seq(self) -> int:
+        return (self.isn + 1) & 0xFFFFFFFF
+
+    def start(self, now: float) -> None:
+        """Queue the SYN and arm the retransmission timer."""
+        if self.state is not ClientState.IDLE:
+            raise RuntimeError("start() called twice")
+        if self.requested is None:
+            syn = self._queue(now, self.isn, 0, SYN, b"", False)
+        else:
+            syn = self._queue(now, self.isn, 0, SYN, encode_options(self.requested), True)
+        self._arm(syn, now)
+        self.state = ClientState.SYN_SENT
+
+    def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
+        """Handle one datagram from the server; malformed input is dropped and counted."""
+        state = self.state
+        if state is ClientState.FAILED or state is ClientState.IDLE:
+            return
+        integrity = self.options.integrity and state is not ClientState.SYN_SENT
+        parsed = self._parse(data, integrity)
+        if parsed is None:
+            return
+        seq, ack, flag, payload = parsed
+        if state is ClientState.SYN_SENT:
+            if flag == ACK and ack == self.command_seq:
+                self._on_syn_ack(data, now)
+            else:
+                self.stats["unexpected"] += 1
+            return
+        if flag == DATA:
+            if state is ClientState.CMD_SENT:
+                self._command_acknowledged(now)
+            self._on_data(seq, payload, now)
+        elif flag == FIN:
+            if state is ClientState.CMD_SENT:
+                self._command_acknowledged(now)
+            self._on_fin(seq, payload, now)
+        elif flag == ACK and state is ClientState.CMD_SENT:
+            if ack in (
+                self.command_seq,
+                (self.command_seq + len(self._command_bytes)) & 0xFFFFFFFF,
+            ):
+                if len(payload) == 0:
+                    self._command_acknowledged(now)
+                # else: a duplicate SYN-ACK with options, not the command ACK
+            else:
+                self.stats["unexpected"] += 1
+        else:
+            self.stats["unexpected"] += 1
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        receiver = self.receiver
+        if receiver is not None:
+            integrity = self.options.integrity
+            for ack in receiver.take_acks():
+                self._queue(now, 0, ack, ACK, b"", integrity)
+        out = self._take_out()
+        self.stats["datagrams_out"] += len(out)
+        return out
+
+    def get_timer(self) -> float | None:
+        if self.state is ClientState.DONE or self.state is ClientState.FAILED:
+            return None
+        return self._timer
+
+    def handle_timer(self, now: float) -> None:
+        if self._timer is None or now < self._timer:
+            return
+        if self.state in (ClientState.SYN_SENT, ClientState.CMD_SENT):
+            self._retries += 1
+            what = "SYN" if self.state is ClientState.SYN_SENT else "command"
+            self._events.append(Timeout(now, self.isn, self.rtt.rto, self._retries))
+            if self._retries >= self.max_timeouts:
+                self._fail(now, f"no answer to the {what} after {self._retries} attempts")
+                return
+            self.rtt.backoff()
+            self._events.append(RtoChanged(now, self.rtt.rto, self.rtt.srtt, self.rtt.rttvar))
+            assert self._pending is not None
+            self._out.append(self._pending)
+            self._timer = now + self.rtt.rto
+        elif self.state is ClientState.RECEIVING:
+            self._fail(now, f"the server was silent for {self.silence_timeout:g} s")
+        else:
+            self._timer = None
+
+    # -- internals -------------------------------------------------------------
+
+    def _arm(self, datagram: bytes, now: float) -> None:
+        self._pending = datagram
+        self._pending_sent_at = now
+        self._retries = 0
+        self._timer = now + self.rtt.rto
+
+    def _sample(self, now: float) -> None:
+        if self._retries == 0:  # Karn: an answer to a resent packet is no sample
+            self.rtt.on_sample(now - self._pending_sent_at)
+
+    def _on_syn_ack(self, data: bytes | memoryview, now: float) -> None:
+        payload = bytes(data[RUDP_HEADER_LEN:])
+        original = True
+        if payload and self.requested is not None:
+            if not check_trailer(data):
+                self.stats["bad_crc"] += 1
+                return
+            try:
+                self.options = decode_options(payload[:-RUDP_CRC_TRAILER_LEN])
+            except OptionsError as exc:
+                self.stats["malformed"] += 1
+                self._events.append(ProtocolError(now, f"bad SYN-ACK options: {exc}"))
+                return
+            original = False
+        else:
+            self.options = ORIGINAL
+        o = self.options
+        self._events.append(
+            OptionsNegotiated(now, o.chunk_size, o.max_window, o.integrity, o.ack_every, original)
+        )
+        self._sample(now)
+        self.receiver = GbnReceiver(
+            o, 1, max_bytes=self.max_bytes, events=self._events, trace=self.trace
+        )
+        command = self._queue(now, self.command_seq, 0, DATA, self._command_bytes, o.integrity)
+        self._arm(command, now)
+        self.state = ClientState.CMD_SENT
+
+    def _command_acknowledged(self, now: float) -> None:
+        self._sample(now)
+        self._pending = None
+        self.state = ClientState.RECEIVING
+        self._timer = now + self.silence_timeout
+
+    def _on_data(self, seq: int, payload: bytes | memoryview, now: float) -> None:
+        receiver = self.receiver
+        if receiver is None or self.state is ClientState.DONE:
+            if receiver is not None:
+                receiver.on_data(seq, payload, now)  # answer with the cumulative ACK
+            return
+        self._timer = now + self.silence_timeout
+        try:
+            receiver.on_data(seq, payload, now)
+        except ReceiverOverflow as exc:
+            self._fail(now, str(exc))
+
+    def _on_fin(self, seq: int, payload: bytes | memoryview, now: float) -> None:
+        receiver = self.receiver
+        if receiver is None:
+            return
+        self._timer = now + self.silence_timeout if self.state is ClientState.RECEIVING else None
+        if not receiver.on_fin(seq, now):
+            return
+        digest = receiver.digest()
+        self.sha256 = digest.hex()
+        if self.options.integrity and (len(payload) != RUDP_SHA256_LEN or bytes(payload) != digest):
+            self._fail_integrity(now, bytes(payload).hex(), digest.hex())
+            return
+        self.done = True
+        self.state = ClientState.DONE
+        self._timer = None
+        self._events.append(TransferComplete(now, receiver.delivered_bytes, digest.hex()))
+
+    def _fail_integrity(self, now: float, expected: str, actual: str) -> None:
+        self._events.append(IntegrityFailure(now, expected, actual))
+        self._fail(now, "the content's SHA-256 does not match the one the server sent in its FIN")
+
+    def _fail(self, now: float, reason: str) -> None:
+        self.failed = reason
+        self.state = ClientState.FAILED
+        self._timer = None
+        self._pending = None
+        self._events.append(GaveUp(now, reason))

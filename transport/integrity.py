@@ -1,0 +1,36 @@
+"""The CRC32C trailer and content digest used when integrity is negotiated.
+
+The 11-byte header has no checksum, so a corrupted datagram would otherwise
+be delivered as good data.  With integrity on, every datagram of the session
+ends with CRC32C (Castagnoli, big endian) computed over all bytes before it,
+header included: a flipped bit in the sequence number, the flag or the data
+is caught, the datagram dropped and later resent.  The FIN additionally
+carries the SHA-256 of the whole content, so the receiver can refuse a file
+that is wrong end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from crc32c import crc32c
+
+from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER_LEN
+
+
+def add_trailer(datagram: bytes) -> bytes:
+    """``datagram`` followed by its CRC32C."""
+    return datagram + crc32c(datagram).to_bytes(RUDP_CRC_TRAILER_LEN, "big")
+
+
+def check_trailer(datagram: bytes | memoryview) -> bool:
+    """True when the last four bytes are the CRC32C of the rest (and a header fits before them)."""
+    if len(datagram) < RUDP_HEADER_LEN + RUDP_CRC_TRAILER_LEN:
+        return False
+    body = datagram[:-RUDP_CRC_TRAILER_LEN]
+    return crc32c(body) == int.from_bytes(datagram[-RUDP_CRC_TRAILER_LEN:], "big")
+
+
+def content_digest(content: bytes | bytearray | memoryview) -> bytes:
+    """SHA-256 of the transferred content, as carried in the FIN payload."""
+    return hashlib.sha256(content).digest()

@@ -1,0 +1,260 @@
+"""The server side of one RUDP client, sans-I/O.
+
+States: ``LISTEN -> SYN_RECEIVED -> AWAIT_CONTENT -> SENDING -> CLOSED``
+(or ``FAILED``).  The socket loop owns one :class:`ServerSession` per client
+address and feeds it datagrams and the time; when a
+:class:`~stacklab.transport.events.CommandReceived` event comes out it runs
+the command (a fetch) elsewhere and hands the response back with
+:meth:`ServerSession.provide_content` — the error text of a failed fetch is
+simply content, as in WIRE.md.
+
+Compatibility: a SYN without payload gets exactly the original exchange
+(SYN-ACK ``seq=0 ack=ISN+1 flag=A``, command ACK ``ack=seq``, 500-byte chunks
+from 1, window 5, FIN ``N+1``).  A SYN whose payload is a stacklab options
+offer (JSON + CRC32C) gets the accepted values in the SYN-ACK payload.  A
+duplicate SYN or command is answered again, so a lost SYN-ACK or command ACK
+costs the client one retransmission and nothing else.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Protocol
+
+from stacklab.transport.aimd import AimdController
+from stacklab.transport.congestion import CongestionController
+from stacklab.transport.events import (
+    CommandReceived,
+    ConnectionClosed,
+    GaveUp,
+    OptionsNegotiated,
+    ProtocolError,
+)
+from stacklab.transport.integrity import check_trailer
+from stacklab.transport.options import (
+    ORIGINAL,
+    OptionLimits,
+    OptionsError,
+    TransferOptions,
+    decode_options,
+    encode_options,
+)
+from stacklab.transport.rto import RttEstimator
+from stacklab.transport.sender import GbnSender
+from stacklab.transport.session import ACK, DATA, SYN, SessionBase
+from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER_LEN
+
+
+class ServerState(Enum):
+    LISTEN = "listen"
+    SYN_RECEIVED = "syn-received"
+    AWAIT_CONTENT = "await-content"
+    SENDING = "sending"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class CongestionFactory(Protocol):
+    def __call__(self, max_window: int) -> CongestionController: ...
+
+
+class ServerSession(SessionBase):
+    """One client's whole exchange: handshake, command, Go-Back-N transfer, FIN."""
+
+    def __init__(
+        self,
+        limits: OptionLimits | None = None,
+        max_timeouts: int = 8,
+        *,
+        original_options: TransferOptions = ORIGINAL,
+        initial_rto: float = 1.0,
+        min_rto: float = 0.2,
+        max_rto: float = 10.0,
+        handshake_timeout: float = 30.0,
+        congestion: CongestionFactory = AimdController,
+        trace: bool = True,
+    ) -> None:
+        super().__init__(trace)
+        self.limits = limits if limits is not None else OptionLimits()
+        self.original_options = original_options
+        self.max_timeouts = max_timeouts
+        self.initial_rto = initial_rto
+        self.min_rto = min_rto
+        self.max_rto = max_rto
+        self.handshake_timeout = handshake_timeout
+        self.congestion = congestion
+        self.state = ServerState.LISTEN
+        self.options: TransferOptions = original_options
+        self.negotiated = False  # True when the client sent a stacklab options offer
+        self.client_isn: int | None = None
+        self.command: str | None = None
+        self._syn_ack_payload = b""
+        self._command_seq: int | None = None
+        self._deadline: float | None = None
+        self.sender: GbnSender | None = None
+
+    # -- public API ------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
+        """Handle one datagram from the client; malformed input is dropped and counted."""
+        if self.done or self.failed is not None:
+            return
+        integrity = self.options.integrity and self.state is not ServerState.LISTEN
+        parsed = self._parse(data, integrity and not self._is_syn(data))
+        if parsed is None:
+            return
+        seq, ack, flag, payload = parsed
+        if flag == ACK:
+            if self.sender is not None:
+                self.sender.on_ack(ack, now)
+                self._check_sender(now)
+            return
+        if flag == SYN:
+            self._on_syn(seq, data, now)
+        elif flag == DATA:
+            self._on_command(seq, payload, now)
+        else:
+            self.stats["unexpected"] += 1
+
+    def provide_content(self, content: bytes, now: float) -> None:
+        """The command's response (file bytes or error text): start sending it."""
+        if self.state is not ServerState.AWAIT_CONTENT:
+            raise RuntimeError(f"content provided in state {self.state.value}")
+        rto = RttEstimator(self.initial_rto, self.min_rto, self.max_rto)
+        self.sender = GbnSender(
+            content,
+            self.options,
+            rto,
+            self.congestion(self.options.max_window),
+            first_seq=1,
+            max_timeouts=self.max_timeouts,
+            events=self._events,
+            trace=self.trace,
+        )
+        self.state = ServerState.SENDING
+        self._deadline = None
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        out = self._take_out()
+        if self.sender is not None:
+            sent = self.sender.datagrams_to_send(now)
+            if out:
+                out.extend(sent)
+            else:
+                out = sent
+        self.stats["datagrams_out"] += len(out)
+        return out
+
+    def get_timer(self) -> float | None:
+        if self.done or self.failed is not None:
+            return None
+        if self.sender is not None:
+            return self.sender.get_timer()
+        return self._deadline
+
+    def handle_timer(self, now: float) -> None:
+        if self.done or self.failed is not None:
+            return
+        if self.sender is not None:
+            self.sender.handle_timer(now)
+            self._check_sender(now)
+        elif self._deadline is not None and now >= self._deadline:
+            self._fail(now, f"no command within {self.handshake_timeout:g} s of the SYN")
+
+    # -- introspection ---------------------------------------------------------
+
+    @property
+    def window(self) -> int:
+        return self.sender.window if self.sender is not None else 1
+
+    @property
+    def rto(self) -> float:
+        return self.sender.rto if self.sender is not None else self.initial_rto
+
+    # -- internals -------------------------------------------------------------
+
+    @staticmethod
+    def _is_syn(data: bytes | memoryview) -> bool:
+        return len(data) >= RUDP_HEADER_LEN and data[8:9] == SYN
+
+    def _on_syn(self, seq: int, data: bytes | memoryview, now: float) -> None:
+        if self.state not in (ServerState.LISTEN, ServerState.SYN_RECEIVED):
+            if seq == self.client_isn:
+                self._answer_syn(seq, now)  # our SYN-ACK was lost, the client asks again
+            else:
+                self.stats["unexpected"] += 1
+            return
+        payload = bytes(data[RUDP_HEADER_LEN:])
+        if payload:
+            if not check_trailer(data):
+                self.stats["bad_crc"] += 1
+                return
+            try:
+                requested = decode_options(payload[:-RUDP_CRC_TRAILER_LEN])
+            except OptionsError as exc:
+                self.stats["malformed"] += 1
+                self._events.append(ProtocolError(now, f"bad SYN options: {exc}"))
+                return
+            self.options = self.limits.clamp(requested)
+            self.negotiated = True
+            self._syn_ack_payload = encode_options(self.options)
+        else:
+            self.options = self.original_options
+            self.negotiated = False
+            self._syn_ack_payload = b""
+        if self.state is ServerState.LISTEN:
+            o = self.options
+            self._events.append(
+                OptionsNegotiated(
+                    now, o.chunk_size, o.max_window, o.integrity, o.ack_every, not self.negotiated
+                )
+            )
+        self.client_isn = seq
+        self.state = ServerState.SYN_RECEIVED
+        self._deadline = now + self.handshake_timeout
+        self._answer_syn(seq, now)
+
+    def _answer_syn(self, seq: int, now: float) -> None:
+        # The SYN-ACK of a negotiated session carries the CRC even when integrity
+        # was refused: the client must be able to trust the values it reads.
+        self._queue(
+            now, 0, (seq + 1) & 0xFFFFFFFF, ACK, self._syn_ack_payload, bool(self._syn_ack_payload)
+        )
+
+    def _on_command(self, seq: int, payload: bytes | memoryview, now: float) -> None:
+        if self.state is ServerState.SYN_RECEIVED and self.client_isn is not None:
+            if seq != (self.client_isn + 1) & 0xFFFFFFFF:
+                self.stats["unexpected"] += 1
+                return
+            self._command_seq = seq
+            self.command = bytes(payload).decode("utf-8", errors="replace")
+            self._ack_command(now)
+            self.state = ServerState.AWAIT_CONTENT
+            self._deadline = None
+            self._events.append(CommandReceived(now, self.command))
+        elif seq == self._command_seq:
+            self._ack_command(now)  # our command ACK was lost: answer again, run nothing twice
+        else:
+            self.stats["unexpected"] += 1
+
+    def _ack_command(self, now: float) -> None:
+        assert self._command_seq is not None
+        self._queue(now, 0, self._command_seq, ACK, b"", self.options.integrity)
+
+    def _check_sender(self, now: float) -> None:
+        sender = self.sender
+        if sender is None:
+            return
+        if sender.done:
+            self.done = True
+            self.state = ServerState.CLOSED
+            self._events.append(ConnectionClosed(now, True))
+        elif sender.failed is not None:
+            self.failed = sender.failed
+            self.state = ServerState.FAILED
+
+    def _fail(self, now: float, reason: str) -> None:
+        self.failed = reason
+        self.state = ServerState.FAILED
+        self._deadline = None
+        self._events.append(GaveUp(now, reason))
