@@ -8,6 +8,7 @@ need=()
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # headless check of the HTML report
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

@@ -1,0 +1,300 @@
+"""Charts of a RUDP session with matplotlib: the time-sequence graph and the window graph.
+
+They follow the conventions of tcptrace and Wireshark's stream graphs, so a
+reader who knows those reads these at once:
+
+* time-sequence: x is time, y the chunk number; every DATA is a mark, a
+  retransmission a red mark with an ``R``, the client's cumulative ACK a step
+  line underneath, go-backs and timeouts vertical markers;
+* window: the chunks in flight (last chunk sent minus the cumulative ACK)
+  over time, the AIMD window the verifier inferred, the maximum window as a
+  ceiling, and when an events log is given the sender's own window on top.
+
+matplotlib is imported here, and this module is imported only by ``stacklab
+plot`` and ``stacklab report``: the rest of stacklab starts without it.  The
+figures are built with the object API and the Agg canvas (no ``pyplot``, no
+global state, no display needed).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from typing import TYPE_CHECKING, Final
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+if TYPE_CHECKING:
+    from stacklab.analysis.series import SessionSeries
+
+NEW_COLOUR: Final = "#1f77b4"
+RETX_COLOUR: Final = "#d62728"
+ACK_COLOUR: Final = "#2ca02c"
+TIMEOUT_COLOUR: Final = "#d62728"
+DUPACK_COLOUR: Final = "#9467bd"
+WINDOW_COLOUR: Final = "#ff7f0e"
+SENDER_COLOUR: Final = "#2ca02c"
+MAX_R_LABELS: Final = 80
+"""Retransmission bursts labelled with an ``R``; beyond this the colour alone says it."""
+RASTER_ABOVE: Final = 3000
+"""Marks drawn as an embedded image (not one SVG element each) above this count."""
+
+FORMATS: Final = ("png", "svg")
+
+
+def new_figure(width: float = 10.0, height: float = 5.0) -> Figure:
+    """A figure on an Agg canvas, outside pyplot's global registry."""
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _gap_lines(ax: object, series: SessionSeries) -> list[Line2D]:
+    """Vertical markers for go-backs; returns legend handles for the kinds present."""
+    handles: list[Line2D] = []
+    seen: set[str] = set()
+    for t, _chunk, kind in series.go_backs:
+        colour = TIMEOUT_COLOUR if kind == "timeout" else DUPACK_COLOUR
+        style = "--" if kind == "timeout" else ":"
+        ax.axvline(t, color=colour, linestyle=style, linewidth=0.9, alpha=0.6)  # type: ignore[attr-defined]
+        seen.add(kind)
+    if "timeout" in seen:
+        handles.append(
+            Line2D([], [], color=TIMEOUT_COLOUR, linestyle="--", label="timeout → go-back")
+        )
+    if "dupack" in seen:
+        handles.append(
+            Line2D([], [], color=DUPACK_COLOUR, linestyle=":", label="duplicate ACKs → go-back")
+        )
+    if "unexplained" in seen:
+        handles.append(
+            Line2D([], [], color=DUPACK_COLOUR, linestyle="--", label="unexplained go-back")
+        )
+    return handles
+
+
+def _burst_starts(series: SessionSeries) -> list[tuple[float, int]]:
+    """The first retransmission of each go-back burst: where an ``R`` label goes."""
+    out: list[tuple[float, int]] = []
+    go_backs = {(t, c) for t, c, _kind in series.go_backs}
+    previous = False
+    for t, c, retx in series.data:
+        if retx and (not previous or (t, c) in go_backs):
+            out.append((t, c))
+        previous = retx
+    return out
+
+
+def time_sequence_figure(series: SessionSeries, title: str) -> Figure:
+    """The tcptrace-style time-sequence graph of one session."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    new = [(t, c) for t, c, retx in series.data if not retx]
+    retx = [(t, c) for t, c, r in series.data if r]
+    raster = len(series.data) > RASTER_ABOVE
+    handles: list[Line2D] = []
+    if series.acks:
+        xs = [0.0] + [t for t, _ in series.acks]
+        ys = [0] + [a for _, a in series.acks]
+        ax.step(xs, ys, where="post", color=ACK_COLOUR, linewidth=1.4, label="cumulative ACK")
+        handles.append(Line2D([], [], color=ACK_COLOUR, linewidth=1.4, label="cumulative ACK"))
+    if new:
+        ax.scatter(
+            [t for t, _ in new],
+            [c for _, c in new],
+            s=14,
+            marker="s",
+            color=NEW_COLOUR,
+            zorder=3,
+            rasterized=raster,
+        )
+        handles.append(
+            Line2D([], [], color=NEW_COLOUR, marker="s", linestyle="", label=f"DATA ({len(new)})")
+        )
+    if retx:
+        ax.scatter(
+            [t for t, _ in retx],
+            [c for _, c in retx],
+            s=30,
+            marker="D",
+            color=RETX_COLOUR,
+            zorder=4,
+            rasterized=raster,
+        )
+        firsts = _burst_starts(series)
+        if len(firsts) <= MAX_R_LABELS:
+            for t, c in firsts:
+                ax.annotate(
+                    "R",
+                    (t, c),
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                    color=RETX_COLOUR,
+                    fontsize=8,
+                    fontweight="bold",
+                )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=RETX_COLOUR,
+                marker="D",
+                linestyle="",
+                label=f"R: retransmission ({len(retx)})",
+            )
+        )
+    handles += _gap_lines(ax, series)
+    if series.fin is not None:
+        top = max((c for _t, c, _r in series.data), default=0) + 1
+        ax.scatter([series.fin], [top], marker="X", s=60, color="black", zorder=5)
+        handles.append(
+            Line2D([], [], color="black", marker="X", linestyle="", label=f"FIN seq={top}")
+        )
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("time since the SYN (s)")
+    ax.set_ylabel("chunk number (DATA seq)")
+    ax.yaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]
+    ax.grid(True, alpha=0.3)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    if handles:
+        ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.9)
+    if not series.data:
+        ax.text(0.5, 0.5, "no DATA in this session", transform=ax.transAxes, ha="center")
+    _clip_note(ax, series)
+    return fig
+
+
+def window_figure(
+    series: SessionSeries,
+    title: str,
+    max_window: int,
+    sender: list[tuple[float, int]] | None = None,
+) -> Figure:
+    """The window graph: chunks in flight, the inferred AIMD window, the ceiling."""
+    fig = new_figure(10.0, 4.2)
+    ax = fig.add_subplot()
+    handles: list[Line2D] = []
+    if series.flight:
+        xs = [0.0] + [t for t, _f in series.flight]
+        flight = [0] + [f for _t, f in series.flight]
+        ax.fill_between(xs, flight, step="post", color=NEW_COLOUR, alpha=0.25, linewidth=0)
+        ax.step(xs, flight, where="post", color=NEW_COLOUR, linewidth=0.7, alpha=0.7)
+        handles.append(
+            Line2D([], [], color=NEW_COLOUR, linewidth=1.2, label="chunks in flight (capture)")
+        )
+    if series.window:
+        xs = [0.0] + [t for t, _w in series.window]
+        model = [1] + [w for _t, w in series.window]
+        ax.step(xs, model, where="post", color=WINDOW_COLOUR, linewidth=1.6, linestyle="--")
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=WINDOW_COLOUR,
+                linewidth=1.6,
+                linestyle="--",
+                label="AIMD window (inferred)",
+            )
+        )
+    if sender:
+        ax.step(
+            [t for t, _ in sender],
+            [w for _, w in sender],
+            where="post",
+            color=SENDER_COLOUR,
+            linewidth=1.4,
+            alpha=0.9,
+        )
+        handles.append(
+            Line2D([], [], color=SENDER_COLOUR, linewidth=1.4, label="sender's window (events log)")
+        )
+    ax.axhline(max_window, color="black", linestyle="-.", linewidth=1.0)
+    handles.append(
+        Line2D([], [], color="black", linestyle="-.", label=f"maximum window ({max_window})")
+    )
+    handles += _gap_lines(ax, series)
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("time since the SYN (s)")
+    ax.set_ylabel("chunks")
+    ax.set_ylim(0, max_window + 1.5)
+    ax.set_xlim(left=0)
+    ax.yaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]
+    ax.grid(True, alpha=0.3)
+    ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.9)
+    _clip_note(ax, series)
+    return fig
+
+
+def _clip_note(ax: object, series: SessionSeries) -> None:
+    if series.clipped:
+        ax.text(  # type: ignore[attr-defined]
+            0.99,
+            0.01,
+            f"first points only: {series.points:,} DATA/ACK in the session",
+            transform=ax.transAxes,  # type: ignore[attr-defined]
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color="grey",
+        )
+
+
+# ---------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], fmt: str) -> None:
+    """Write ``fig`` to ``path`` atomically (a temporary file, then a rename)."""
+    target = os.fspath(path)
+    folder = os.path.dirname(target) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=f".{fmt}", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format=fmt, dpi=110, metadata=_metadata(fmt))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _metadata(fmt: str) -> dict[str, str | None]:
+    if fmt == "svg":
+        return {"Date": None, "Creator": "stacklab", "Format": None, "Type": None}
+    return {"Software": "stacklab"}
+
+
+_SVG_START = re.compile(r"^.*?(?=<svg\b)", re.DOTALL)
+_NAMESPACES = re.compile(r'\s+xmlns(:\w+)?="[^"]*"')
+_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
+
+
+def inline_svg(fig: Figure) -> str:
+    """``fig`` as an ``<svg>`` element to paste into an HTML page.
+
+    The XML prolog, the DOCTYPE, the RDF metadata and the namespace
+    declarations are removed: an HTML parser puts ``<svg>`` in the SVG
+    namespace by itself, and the page then holds no URL at all, not even a
+    namespace name that looks like one.  Text stays text (``svg.fonttype
+    none``): smaller, and searchable in the page.
+    """
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "stacklab"}):
+        fig.savefig(buffer, format="svg", metadata=_metadata("svg"))
+    text = _SVG_START.sub("", buffer.getvalue(), count=1)
+    text = _METADATA.sub("", text, count=1)
+    head, sep, rest = text.partition(">")
+    return _NAMESPACES.sub("", head) + sep + rest
+
+
+def close(fig: Figure) -> None:
+    """Drop the figure's drawing state (figures hold large caches)."""
+    fig.clear()

@@ -1,0 +1,340 @@
+"""One self-contained HTML page about a capture: verdict, checks, charts, ladder, packets.
+
+The page is meant to be mailed, attached to a CI run or opened on a laptop
+with no network: the charts are inline SVG, the CSS and the few lines of
+JavaScript (paging of the packet table) are inline, and there is no URL in
+it except inside decoded packet text, which is escaped like all text.
+
+It is put together from three streaming passes over the file, each of which
+keeps bounded memory: the verifier (:func:`~stacklab.analysis.verify.analyze_capture`)
+for the verdict and the checks, :func:`~stacklab.analysis.series.collect_series`
+for the chart points, and the decoder (:func:`~stacklab.analysis.decode.decode_capture`)
+for the ladder and the packet table.  What is drawn is capped (sessions,
+points, ladder rows, table rows) and the page states every cap it hits.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from string import Template
+from typing import Final
+
+from stacklab import __version__
+from stacklab.analysis.decode import DecodedPacket, decode_capture
+from stacklab.analysis.series import (
+    MAX_POINTS,
+    MAX_SESSIONS,
+    CaptureSeries,
+    SessionSeries,
+    align_sender_window,
+    collect_series,
+    read_sender_window,
+)
+from stacklab.analysis.sessions import CaptureAnalysis, Check, RudpSessionFacts, VerifyOptions
+from stacklab.analysis.verify import analyze_capture
+from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS: Final = 2000
+"""Rows of the packet table."""
+DECODE_LIMIT: Final = 200_000
+"""Packets decoded for the ladder and the table; a longer capture is decoded only that far."""
+MAX_FRAME_LINKS: Final = 12
+"""Frame numbers listed per check."""
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What to read and how much to draw."""
+
+    ports: Ports = field(default_factory=Ports)
+    max_window: int = ORIGINAL_MAX_WINDOW
+    min_rto: float = 0.2
+    events_path: str | None = None
+    max_rows: int = MAX_ROWS
+    max_sessions: int = MAX_SESSIONS
+    decode_limit: int = DECODE_LIMIT
+
+
+def _template(name: str) -> str:
+    return (resources.files("stacklab.analysis") / "templates" / name).read_text(encoding="utf-8")
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+# ---------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------
+
+
+def _summary(analysis: CaptureAnalysis, size: int) -> str:
+    counts = {"pass": 0, "fail": 0, "skip": 0}
+    for check in analysis.checks:
+        counts[check.status] += 1
+    items = [
+        ("file", os.path.basename(analysis.path)),
+        ("size", f"{size:,} bytes"),
+        ("frames", f"{analysis.packets:,}"),
+        ("link type", analysis.link_type),
+        ("RUDP sessions", str(len(analysis.rudp_sessions))),
+        ("TCP app sessions", str(len(analysis.tcp_sessions))),
+        ("DHCP exchanges", str(len(analysis.dhcp))),
+        ("DNS exchanges", str(len(analysis.dns))),
+        ("checks", f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped"),
+    ]
+    parts = ['<div class="facts">']
+    parts += [f"<div><b>{_e(k)}</b>{_e(v)}</div>" for k, v in items]
+    parts.append("</div>")
+    for warning in analysis.warnings:
+        parts.append(f'<p class="warn">{_e(warning)}</p>')
+    return "\n".join(parts)
+
+
+def _frame_links(frames: list[int], linked: set[int]) -> str:
+    out = []
+    for number in frames[:MAX_FRAME_LINKS]:
+        if number in linked:
+            out.append(f'<a href="#f{number}">{number}</a>')
+        else:
+            out.append(str(number))
+    if len(frames) > MAX_FRAME_LINKS:
+        out.append(f"… ({len(frames)} in all)")
+    return ", ".join(out)
+
+
+def _checks(checks: list[Check], linked: set[int]) -> str:
+    if not checks:
+        return (
+            '<p class="note">No checks apply: the capture holds none of the stack\'s traffic.</p>'
+        )
+    rows = []
+    for check in checks:
+        rows.append(
+            f'<tr class="{_e(check.status)}"><td><span class="status {_e(check.status)}">'
+            f"{_e(check.status)}</span></td><td><code>{_e(check.id)}</code></td>"
+            f'<td class="mono">{_e(check.session)}</td><td>{_e(check.detail)}</td>'
+            f"<td>{_frame_links(check.frames, linked)}</td></tr>"
+        )
+    return (
+        '<p class="note">Failures first; frame numbers link to the packet table.</p>'
+        '<table id="checks-table"><thead><tr><th>status</th><th>check</th><th>session</th>'
+        "<th>detail</th><th>frames</th></tr></thead><tbody>\n"
+        + "\n".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _facts(facts: RudpSessionFacts | None, series: SessionSeries) -> str:
+    if facts is None:
+        return ""
+    kinds = facts.go_back_kinds
+    items = [
+        ("chunks", f"{facts.chunks:,}"),
+        ("bytes", f"{facts.bytes:,}"),
+        ("DATA packets", f"{facts.data_packets:,}"),
+        ("retransmissions", f"{facts.retransmissions:,}"),
+        (
+            "go-backs",
+            f"{facts.go_backs:,} ({kinds.get('timeout', 0)} timeout, {kinds.get('dupack', 0)} dup-ACK)",
+        ),
+        ("max in flight", str(facts.max_flight)),
+        ("largest AIMD window", str(facts.max_window)),
+        ("duration", f"{facts.end - facts.start:.3f} s"),
+        ("complete", "yes" if facts.complete else "no"),
+        ("command", facts.command or "-"),
+    ]
+    out = ['<div class="facts">']
+    out += [f"<div><b>{_e(k)}</b>{_e(v)}</div>" for k, v in items]
+    out.append("</div>")
+    if series.clipped:
+        out.append(
+            f'<p class="note">Charts show the first {MAX_POINTS:,} DATA/ACK points of '
+            f"{series.points:,}.</p>"
+        )
+    return "\n".join(out)
+
+
+def _sessions(
+    analysis: CaptureAnalysis, series: CaptureSeries, options: ReportOptions, stem: str
+) -> str:
+    from stacklab.analysis import plots
+
+    by_key = {(s.key, s.first_frame): s for s in analysis.rudp_sessions}
+    sender = None
+    if options.events_path is not None:
+        try:
+            sender = read_sender_window(options.events_path)
+        except OSError as exc:
+            log.warning("%s: cannot read the events log: %s", options.events_path, exc.strerror)
+    parts = []
+    total = len(analysis.rudp_sessions)
+    for index, s in enumerate(series.sessions, 1):
+        facts = by_key.get((s.key, s.first_frame))
+        name = f"session {index}: {s.key}"
+        ts = plots.time_sequence_figure(s, f"{stem} — {name}: time-sequence")
+        overlay = align_sender_window(sender, s) if sender is not None and index == 1 else None
+        win = plots.window_figure(s, f"{stem} — {name}: window", options.max_window, overlay)
+        parts.append(
+            f'<section class="session" id="session-{index}"><h2>RUDP {_e(name)}</h2>'
+            f"{_facts(facts, s)}"
+            f'<div class="chart timeseq">{plots.inline_svg(ts)}</div>'
+            f'<div class="chart window">{plots.inline_svg(win)}</div></section>'
+        )
+        plots.close(ts)
+        plots.close(win)
+    if total > len(series.sessions):
+        parts.append(
+            f'<section><p class="note">Charts drawn for the first {len(series.sessions)} of '
+            f"{total:,} RUDP sessions.</p></section>"
+        )
+    if not parts:
+        parts.append('<section><h2>RUDP</h2><p class="note">No RUDP session.</p></section>')
+    return "\n".join(parts)
+
+
+def _packet_rows(rows: list[DecodedPacket]) -> str:
+    out = []
+    for p in rows:
+        out.append(
+            f'<tr id="f{p.frame}"><td class="num">{p.frame}</td><td class="num">{p.time:.6f}</td>'
+            f"<td>{_e(p.src)}</td><td>{_e(p.dst)}</td><td>{_e(p.proto)}</td>"
+            f"<td>{_e(p.summary())}</td></tr>"
+        )
+    return "\n".join(out)
+
+
+def _packets(rows: list[DecodedPacket], decoded: int, frames: int, options: ReportOptions) -> str:
+    note = f"{len(rows):,} rows"
+    if decoded > len(rows):
+        note = f"the first {len(rows):,} of {decoded:,} decoded records (table capped at {options.max_rows:,} rows)"
+    if frames > options.decode_limit:
+        note += f"; only the first {options.decode_limit:,} frames were decoded"
+    return (
+        f'<details open><summary>{_e(note)}</summary><div class="pager" id="pager">'
+        '<button id="page-prev" type="button">previous</button><span id="page-label"></span>'
+        '<button id="page-next" type="button">next</button></div>'
+        "<table><thead><tr><th>frame</th><th>time (s)</th><th>source</th><th>destination</th>"
+        '<th>protocol</th><th>decoded</th></tr></thead><tbody id="packets">\n'
+        + _packet_rows(rows)
+        + "</tbody></table></details>"
+    )
+
+
+# ---------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """A rendered page and what went into it."""
+
+    html: str
+    analysis: CaptureAnalysis
+    sessions_drawn: int
+    rows: int
+    decoded: int
+
+
+class _Tap:
+    """Pass decoded packets on to the ladder, keeping the first rows for the table."""
+
+    def __init__(self, limit: int, max_rows: int) -> None:
+        self.limit = limit
+        self.max_rows = max_rows
+        self.rows: list[DecodedPacket] = []
+        self.count = 0
+
+    def __call__(self, packets: Iterator[DecodedPacket]) -> Iterator[DecodedPacket]:
+        for packet in packets:
+            if packet.frame > self.limit:
+                break
+            self.count += 1
+            if len(self.rows) < self.max_rows:
+                self.rows.append(packet)
+            yield packet
+
+
+def build_report(path: str | os.PathLike[str], options: ReportOptions | None = None) -> Report:
+    """Render the report of ``path``.
+
+    Raises :class:`~stacklab.analysis.pcapio.CaptureError` when the file is
+    not a readable capture.
+    """
+    from stacklab.analysis import plots
+    from stacklab.analysis.ladder import build_ladder, ladder_figure
+
+    options = options or ReportOptions()
+    source = os.fspath(path)
+    stem = os.path.basename(source)
+    analysis = analyze_capture(
+        source,
+        VerifyOptions(
+            ports=options.ports,
+            max_window=options.max_window,
+            min_rto=options.min_rto,
+            events_path=options.events_path,
+        ),
+    )
+    series = collect_series(
+        source,
+        options.ports,
+        max_window=options.max_window,
+        min_rto=options.min_rto,
+        max_sessions=options.max_sessions,
+    )
+    tap = _Tap(options.decode_limit, options.max_rows)
+    ladder = build_ladder(tap(decode_capture(source, options.ports)), options.ports)
+    figure = ladder_figure(ladder, f"{stem}: ladder diagram")
+    ladder_html = f'<div class="ladder">{plots.inline_svg(figure)}</div>'
+    plots.close(figure)
+    passed = analysis.passed
+    subtitle = f"{analysis.packets:,} frames · {analysis.link_type}"
+    if analysis.truncated:
+        subtitle += " · truncated"
+    page = Template(_template("report.html")).substitute(
+        version=_e(__version__),
+        title=_e(stem),
+        subtitle=_e(subtitle),
+        css=_template("report.css"),
+        js=_template("report.js"),
+        verdict="PASS" if passed else "FAIL",
+        verdict_class="pass" if passed else "fail",
+        summary=_summary(analysis, os.path.getsize(source)),
+        checks=_checks(analysis.checks, {p.frame for p in tap.rows}),
+        sessions=_sessions(analysis, series, options, stem),
+        ladder=ladder_html,
+        packets=_packets(tap.rows, tap.count, analysis.packets, options),
+    )
+    return Report(page, analysis, len(series.sessions), len(tap.rows), tap.count)
+
+
+def write_report(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: ReportOptions | None = None,
+) -> Report:
+    """Render the report of ``path`` and write it to ``out`` atomically."""
+    report = build_report(path, options)
+    target = os.fspath(out)
+    folder = os.path.dirname(target) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(report.html.encode("utf-8"))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return report
