@@ -35,7 +35,7 @@ HOSTS: Final = ("client", "DHCP server", "DNS server", "app server", "origin")
 HEAD: Final = 8
 TAIL: Final = 6
 MAX_ARROWS: Final = 220
-LABEL_LIMIT: Final = 44
+LABEL_LIMIT: Final = 52
 
 Kind = Literal["dhcp", "dns", "rudp", "retx", "app", "tcp", "gap"]
 
@@ -171,7 +171,6 @@ class LadderBuilder:
     def label(self, packet: DecodedPacket) -> tuple[str, Kind]:
         """The arrow's text: the decoded fields that matter, without the protocol name."""
         info = packet.info or {}
-        text = packet.summary()
         if packet.proto == "rudp":
             flag = info.get("flag")
             if flag == "S":
@@ -184,13 +183,14 @@ class LadderBuilder:
                 if info.get("retransmission"):
                     return f"D seq={info.get('seq')} R", "retx"
                 return f"D seq={info.get('seq')} len={info.get('len')}", "rudp"
-            return text.removeprefix("RUDP "), "rudp"
+            return packet.summary().removeprefix("RUDP "), "rudp"
+        text = packet.summary()
         if packet.proto == "dhcp":
             return text.removeprefix("DHCP "), "dhcp"
         if packet.proto == "dns":
             return text.split(" ", 1)[-1], "dns"
         if packet.proto == "app":
-            return text.removeprefix("APP "), "app"
+            return text.removeprefix("APP ").removeprefix("frame "), "app"
         if packet.proto == "tcp":
             flags = str(info.get("flags", ""))
             size = info.get("len", 0)

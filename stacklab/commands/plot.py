@@ -74,7 +74,7 @@ def check_capture(path: str) -> None:
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file")
     if os.path.isdir(path):
-        raise UserError(f"{path}: is a directory, expected a capture file")
+        raise UserError(f"{path}: is a directory, not a capture file")
 
 
 def slug(text: str) -> str:
@@ -91,7 +91,7 @@ def capture_stem(path: str) -> str:
 
 
 @click.command("plot")
-@click.argument("capture", type=click.Path(dir_okay=False))
+@click.argument("capture", type=click.Path())
 @click.option(
     "-o",
     "--output",

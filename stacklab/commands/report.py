@@ -18,7 +18,7 @@ from stacklab.errors import UserError
 
 
 @click.command("report")
-@click.argument("capture", type=click.Path(dir_okay=False))
+@click.argument("capture", type=click.Path())
 @click.option(
     "-o",
     "--output",
