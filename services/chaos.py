@@ -35,6 +35,7 @@ from typing import IO
 
 from stacklab.services.base import Service, bind_error, family_for
 from stacklab.services.impairment import Decision, Impairment, Link, derive_rng
+from stacklab.wire import looks_like_rudp, unpack_rudp
 
 log = logging.getLogger(__name__)
 
@@ -333,22 +334,25 @@ class ChaosProxy(Service):
         now: float,
         send: Callable[[bytes], object],
     ) -> None:
-        self.count(f"{direction}.received")
         decision = self._links[direction].offer(data, now, self._rngs[direction])
-        self._record(direction, mapping, len(data), now, decision)
-        if decision.dropped:
-            self.count(f"{direction}.{decision.verdict}")
-            return
-        if decision.corrupted:
-            self.count(f"{direction}.corrupt")
-        if decision.duplicated:
-            self.count(f"{direction}.duplicate")
-        if decision.reordered:
-            self.count(f"{direction}.reorder")
+        self._record(direction, mapping, data, now, decision)
+        # "received" is counted last so that whoever sees it also sees the rest.
+        with self._stats_lock:
+            stats = self.stats
+            if decision.dropped:
+                stats[f"{direction}.{decision.verdict}"] += 1
+            else:
+                if decision.corrupted:
+                    stats[f"{direction}.corrupt"] += 1
+                if decision.duplicated:
+                    stats[f"{direction}.duplicate"] += 1
+                if decision.reordered:
+                    stats[f"{direction}.reorder"] += 1
+                stats[f"{direction}.delivered"] += len(decision.deliveries)
+            stats[f"{direction}.received"] += 1
         scheduler = self._scheduler
         assert scheduler is not None
         for at, payload in decision.deliveries:
-            self.count(f"{direction}.delivered")
             if at <= now:
                 try:
                     send(payload)
@@ -358,7 +362,7 @@ class ChaosProxy(Service):
                 scheduler.push(at, send, payload)
 
     def _record(
-        self, direction: str, mapping: _Mapping, size: int, now: float, decision: Decision
+        self, direction: str, mapping: _Mapping, data: bytes, now: float, decision: Decision
     ) -> None:
         self._decisions += 1
         if self._log is None:
@@ -368,8 +372,17 @@ class ChaosProxy(Service):
             "t": round(now - self._t0, 6),
             "dir": direction,
             "client": mapping.label,
-            "bytes": size,
+            "bytes": len(data),
         }
+        if looks_like_rudp(data):
+            # The relay is protocol-agnostic, but naming RUDP packets makes the log readable.
+            header, _ = unpack_rudp(data)
+            record["rudp"] = {
+                "seq": header.seq,
+                "ack": header.ack,
+                "flag": header.flag_letter,
+                "len": header.length,
+            }
         record.update(decision.to_record())
         self._log.write(json.dumps(record, separators=(",", ":")) + "\n")
 

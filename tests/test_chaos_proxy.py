@@ -460,3 +460,26 @@ def test_cli_process_stops_cleanly_on_sigterm(echo: EchoServer) -> None:
     assert "chaos counters" in out
     assert re.search(r"received\s+│\s+1\s+│\s+1", out), out
     assert "Traceback" not in err
+
+
+def test_log_names_rudp_packets(echo: EchoServer, tmp_path: Path) -> None:
+    from stacklab.wire import pack_rudp
+
+    path = tmp_path / "log.jsonl"
+    proxy = ChaosProxy(("127.0.0.1", 0), echo.address, log_path=path)
+    proxy.start()
+    try:
+        c = client_socket()
+        try:
+            c.sendto(pack_rudp(100, 0, b"S"), proxy.address)
+            assert c.recvfrom(100)[0] == pack_rudp(100, 0, b"S")
+            c.sendto(b"not rudp", proxy.address)
+            c.recvfrom(100)
+        finally:
+            c.close()
+    finally:
+        proxy.stop()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records[0]["rudp"] == {"seq": 100, "ack": 0, "flag": "S", "len": 0}
+    assert records[1]["rudp"]["flag"] == "S" and records[1]["dir"] == "down"
+    assert "rudp" not in records[2]
