@@ -124,10 +124,9 @@ def cross_check(path: str, sessions: list[RudpSessionFacts], options: VerifyOpti
         problems.append(
             f"capture shows {session.max_flight} chunks in flight, the sender's window never exceeded {logged.max_window}"
         )
-    if logged.max_window > options.max_window:
-        problems.append(
-            f"sender logged a window of {logged.max_window} > max window {options.max_window}"
-        )
+    limit = session.window_limit or options.max_window
+    if logged.max_window > limit:
+        problems.append(f"sender logged a window of {logged.max_window} > max window {limit}")
     if logged.go_backs and session.go_backs > logged.go_backs:
         problems.append(
             f"capture shows {session.go_backs} go-backs, the sender logged {logged.go_backs}"

@@ -34,12 +34,13 @@ summary.  Nothing here reads files or clocks: the caller feeds datagrams.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections import deque
 
 from stacklab.analysis.scan import flow_endpoints
 from stacklab.analysis.sessions import Finding, RudpSessionFacts
-from stacklab.wire import ORIGINAL_MAX_WINDOW, RUDP_HEADER, RUDP_HEADER_LEN
+from stacklab.wire import ORIGINAL_MAX_WINDOW, RUDP_CRC_TRAILER_LEN, RUDP_HEADER, RUDP_HEADER_LEN
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ MAX_FINDINGS_PER_CHECK = 20
 _MAX_PENDING = 4096
 """Unacknowledged chunks whose payload is kept for comparison."""
 _RECENT_CLOSED = 4096
+
 """Finished sessions remembered for late duplicates (FIN, its ACK)."""
 
+_TRAILER = RUDP_CRC_TRAILER_LEN
 _unpack = RUDP_HEADER.unpack_from
 _SYN, _ACK, _DATA, _FIN = b"S", b"A", b"D", b"F"
 
@@ -66,22 +69,28 @@ class RudpSession:
 
     __slots__ = (
         "_acked_since_loss",
+        "_advances",
         "_burst_max",
         "_burst_start",
+        "_credit",
+        "_credit_ack",
+        "_credit_grew",
         "_hash",
         "_hash_next",
         "_last_advance",
         "_last_dupack",
         "_last_sent",
         "_pending",
-        "_prev_base",
+        "_pruned",
         "_synack",
+        "acked_seen",
         "bytes",
         "cmd_len",
         "data_packets",
         "dupacks",
         "end",
         "f",
+        "fin_digest",
         "finished",
         "highest_ack",
         "highest_sent",
@@ -94,6 +103,7 @@ class RudpSession:
         "packets",
         "retransmissions",
         "series",
+        "trailer",
         "window",
     )
 
@@ -112,7 +122,8 @@ class RudpSession:
         self.keep_series = keep_series
         self.window = 1
         self.model_max = 0
-        self.highest_ack = 0
+        self.highest_ack = 0  # the sender's view: the base is highest_ack + 1
+        self.acked_seen = 0  # the highest cumulative ACK in the capture
         self.highest_sent = 0
         self.dupacks = 0
         self.cmd_len = 0
@@ -124,12 +135,20 @@ class RudpSession:
         self.bytes = 0
         self.max_flight = 0
         self.finished = False
+        self.trailer = 0
+        self.fin_digest: bytes | None = None
         self.series: list[tuple[float, int]] = []
         self._acked_since_loss = True
         self._last_sent = 0
         self._last_advance = 0.0
         self._last_dupack = -1.0
-        self._prev_base = 1
+        self._pruned = 0
+        self._advances: deque[tuple[int, int, bool]] = deque(
+            maxlen=256
+        )  # (ack before, after, grew)
+        self._credit: list[tuple[int, bool]] = []  # ACKs set aside at a go-back: (ack, window grew)
+        self._credit_ack = 0
+        self._credit_grew = 0
         self._pending: dict[int, list] = {}  # chunk -> [payload, last transmission time]
         self._hash: hashlib._Hash | None = hashlib.sha256()
         self._hash_next = 1
@@ -206,26 +225,30 @@ class RudpSession:
                     f"ACK {ack} acknowledges a chunk never sent (highest {self.highest_sent})",
                 )
                 return
-            self._prev_base = highest + 1
             self.highest_ack = ack
+            self.acked_seen = max(self.acked_seen, ack)
             self._last_advance = time
             self.dupacks = 0
             self._acked_since_loss = True
-            if self.window < self.max_window:
+            grew = self.window < self.max_window
+            if grew:
                 self.window += 1
+            self._advances.append((highest, ack, grew))
+            if self._credit:
+                self._credit = [c for c in self._credit if c[0] > ack]
+                self._recount_credit()
             pending = self._pending
             entry = pending.get(ack)
             if entry is not None:
                 delay = time - entry[1]
                 f.max_ack_delay = max(f.max_ack_delay, delay)
-            if len(pending) == 1 or ack - highest == 1:
-                pending.pop(ack, None)
-                if ack - highest != 1:
-                    for chunk in [c for c in pending if c <= ack]:
-                        del pending[chunk]
-            else:
-                for chunk in [c for c in pending if c <= ack]:
-                    del pending[chunk]
+            # Keep acknowledged chunks for a while: a go-back that raced an ACK
+            # on the wire resends them, and its timing is judged from them.
+            hi = ack - 2 * self.max_window
+            if hi > self._pruned:
+                for chunk in range(self._pruned + 1, hi + 1):
+                    pending.pop(chunk, None)
+                self._pruned = hi
             if ack == self.highest_sent:
                 f.frames["last_ack"] = number
         elif ack == highest and self.highest_sent > highest:
@@ -238,12 +261,16 @@ class RudpSession:
 
     # -- server -> client ---------------------------------------------------
 
-    def server_other(self, number: int, seq: int, ack: int, flag: bytes) -> None:
+    def server_other(self, number: int, seq: int, ack: int, flag: bytes, payload: bytes) -> None:
         """A server datagram that is not DATA: a handshake ACK or the FIN."""
         if flag == _ACK:
             self._handshake_ack(number, ack)
+            if payload and self.f.frames.get("synack") == number:
+                self._options(payload)
         elif flag == _FIN:
             self._fin(number, seq)
+            if payload and self.f.frames.get("fin") == number:
+                self.fin_digest = payload[:-_TRAILER] if self.trailer else payload
         else:
             self.f.malformed += 1
 
@@ -283,6 +310,29 @@ class RudpSession:
                 )
             f.handshake = "rudp.handshake" not in f.finding_counts
 
+    def _options(self, payload: bytes) -> None:
+        """The stacklab extension: options accepted by the server in the SYN-ACK payload.
+
+        A JSON object followed by a CRC32C trailer (WIRE.md, extensions).  The
+        negotiated window replaces the default bound; with integrity, DATA
+        payloads end with a 4-byte trailer that is not content, and the FIN
+        carries the content's SHA-256.
+        """
+        for body in (payload[:-_TRAILER], payload):
+            try:
+                obj = json.loads(body)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                break
+        else:
+            return
+        self.f.options = {k: v for k, v in obj.items() if isinstance(v, (int, bool, str))}
+        window = obj.get("window")
+        if type(window) is int and window >= 1:
+            self.max_window = window
+        self.trailer = _TRAILER if obj.get("integrity") is True else 0
+
     def data(self, number: int, time: float, chunk: int, payload: bytes) -> None:
         """A DATA chunk from the server: the heart of the Go-Back-N and AIMD checks."""
         self.data_packets += 1
@@ -292,12 +342,17 @@ class RudpSession:
             self._first_data(number)
         last = self._last_sent
         highest_sent = self.highest_sent
-        highest_ack = self.highest_ack
+        # The sender's base as the model sees it, raised by ACKs set aside at
+        # a go-back (they may have reached the sender since): generous.
+        acked = self.highest_ack
+        acked = max(acked, self._credit_ack)
         if chunk != last + 1:
             if chunk <= last:
-                self._go_back(number, time, chunk, highest_ack + 1)
+                self._go_back(number, time, chunk, acked + 1)
                 window = self.window
-            elif chunk - 1 > highest_ack:
+                acked = self.highest_ack
+                acked = max(acked, self._credit_ack)
+            elif chunk - 1 > acked:
                 if chunk - 1 <= highest_sent:
                     self.find(
                         "rudp.gbn",
@@ -312,9 +367,10 @@ class RudpSession:
                         f"chunk {chunk} skips {highest_sent + 1}..{chunk - 1}, never sent",
                     )
         # Window bounds: the Go-Back-N limit first, then the AIMD window.
-        flight = chunk - highest_ack
-        if flight > window:
-            self._over_window(number, chunk, flight)
+        model_flight = chunk - acked
+        if model_flight > window + self._credit_grew:
+            self._over_window(number, chunk, model_flight, acked)
+        flight = chunk - self.acked_seen  # the fact: against the highest ACK in the capture
         self.max_flight = max(self.max_flight, flight)
         if self._burst_start < 0.0:
             self._burst_start = time
@@ -322,6 +378,8 @@ class RudpSession:
         elif flight > self._burst_max:
             self._burst_max = flight
         # Content: new chunks are hashed in order, retransmissions compared.
+        if self.trailer:
+            payload = payload[: -self.trailer]
         if chunk <= highest_sent:
             self.retransmissions += 1
             entry = self._pending.get(chunk)
@@ -346,16 +404,21 @@ class RudpSession:
                 "rudp.teardown", number, f"DATA {chunk} at or after the FIN ({self.f.fin_seq})"
             )
 
+    def _recount_credit(self) -> None:
+        credit = self._credit
+        self._credit_ack = max((c[0] for c in credit), default=0)
+        self._credit_grew = sum(1 for c in credit if c[1])
+
     def _first_data(self, number: int) -> None:
         if "command_ack" not in self.f.frames:
             self.find("rudp.handshake", number, "DATA before the command was acknowledged")
 
-    def _over_window(self, number: int, chunk: int, flight: int) -> None:
+    def _over_window(self, number: int, chunk: int, flight: int, acked: int) -> None:
         if flight > self.max_window:
             self.find(
                 "rudp.gbn",
                 number,
-                f"chunk {chunk} beyond base + window - 1 = {self.highest_ack + self.max_window} "
+                f"chunk {chunk} beyond base + window - 1 = {acked + self.max_window} "
                 f"(max window {self.max_window})",
             )
         else:
@@ -378,26 +441,41 @@ class RudpSession:
                 number,
                 f"resent chunk {chunk}, but the lowest unacknowledged chunk is {base} (selective resend)",
             )
-        elif chunk < self._prev_base:
-            self.find(
-                "rudp.gbn", number, f"went back to chunk {chunk}, acknowledged before the last ACK"
-            )
+        # A go-back below the base is not a fault: the ACKs above it had not
+        # reached the sender (still on their way, or lost after the capture
+        # point).  The model forgets them, as the sender did, and keeps them
+        # as credit until the client's next ACKs count them again.
+        if chunk < base:
+            advances = self._advances
+            credit = self._credit
+            while advances and advances[-1][0] >= chunk - 1:
+                before, after, grew = advances.pop()
+                credit.append((after, grew))
+                if grew:
+                    self.window -= 1
+                self.highest_ack = before
+            self._recount_credit()
         entry = self._pending.get(chunk)
         previous = entry[1] if entry is not None else self._last_advance
         f.timeouts.append(_r(time - previous))
-        progress = max(previous, self._last_advance)
-        if self.dupacks and time - self._last_dupack < self.min_rto:
+        if time - self._last_dupack < self.min_rto:
+            # Duplicate ACKs just before (an ACK that advanced the base since
+            # may not have reached the sender yet when it went back).
             f.go_back_kinds["dupack"] += 1
-            if self._acked_since_loss:
-                self.window = max(self.window // 2, 1)
-        elif time - progress >= self.min_rto * 0.95:
+            # Whether this fast retransmit halved the sender's window depends
+            # on ACKs it had seen since its last loss, which reordering hides
+            # from the capture: the model does not halve (stays generous).
+        elif time - previous >= self.min_rto * 0.95:
+            # A timeout: the chunk went unacknowledged for at least the
+            # shortest RTO.  (The last captured ACK is no evidence against it:
+            # it may have been lost after the capture point.)
             f.go_back_kinds["timeout"] += 1
             self.window = max(self.window // 2, 1)
         else:
             self.find(
                 "rudp.gbn",
                 number,
-                f"go-back to {chunk} only {time - progress:.3f} s after progress, with no duplicate ACK",
+                f"go-back to {chunk} only {time - previous:.3f} s after sending it, with no duplicate ACK",
             )
             self.window = max(self.window // 2, 1)
         self._acked_since_loss = False
@@ -413,11 +491,11 @@ class RudpSession:
             return
         f.fin_seq = seq
         f.frames["fin"] = number
-        if self.highest_ack < self.highest_sent:
+        if self.acked_seen < self.highest_sent:
             self.find(
                 "rudp.teardown",
                 number,
-                f"FIN sent while chunks {self.highest_ack + 1}..{self.highest_sent} were unacknowledged",
+                f"FIN sent while chunks {self.acked_seen + 1}..{self.highest_sent} were unacknowledged",
             )
         if seq != self.highest_sent + 1:
             self.find(
@@ -448,16 +526,23 @@ class RudpSession:
         f.chunks = self.highest_sent
         f.max_flight = self.max_flight
         f.max_window = self.model_max
+        f.window_limit = self.max_window
         f.max_ack_delay = _r(f.max_ack_delay)
         last_chunk = f.fin_seq - 1 if f.fin_seq is not None else self.highest_sent
         f.all_acked = (
             f.fin_seq is not None
             and last_chunk >= 1
-            and self.highest_ack >= last_chunk
+            and self.acked_seen >= last_chunk
             and self.highest_sent == last_chunk
         )
         if f.all_acked and self._hash is not None and self._hash_next == last_chunk + 1:
             f.sha256 = self._hash.hexdigest()
+            if self.fin_digest is not None and self.fin_digest != self._hash.digest():
+                self.find(
+                    "rudp.delivery",
+                    f.frames.get("fin", self.last_frame),
+                    f"the FIN carries SHA-256 {self.fin_digest.hex()[:16]}..., the chunks hash to {f.sha256[:16]}...",
+                )
         f.complete = f.all_acked and f.fin_acked
         self._pending = {}
         self._hash = None
@@ -562,7 +647,9 @@ class RudpTracker:
         elif flag == _DATA:
             session.data(number, time, seq, datagram[RUDP_HEADER_LEN : RUDP_HEADER_LEN + length])
         else:
-            session.server_other(number, seq, ack, flag)
+            session.server_other(
+                number, seq, ack, flag, datagram[RUDP_HEADER_LEN : RUDP_HEADER_LEN + length]
+            )
         if session.finished:
             session.sync()
 

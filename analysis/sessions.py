@@ -101,11 +101,15 @@ class RudpSessionFacts:
     timeouts: list[float] = field(default_factory=list)
     max_flight: int = 0
     max_window: int = 0  # the largest window the AIMD model allowed
+    window_limit: int = (
+        0  # the bound checked: --max-window, or the window negotiated in the SYN-ACK
+    )
     flights: list[list[float]] = field(default_factory=list)
     duplicate_acks: int = 0
     max_ack_delay: float = 0.0  # longest wait from a chunk's last transmission to its ACK
     malformed: int = 0
     handshake: bool = False
+    options: dict[str, object] | None = None  # stacklab extension: accepted in the SYN-ACK
     fin_seq: int | None = None
     fin_acked: bool = False
     all_acked: bool = False
@@ -140,11 +144,13 @@ class RudpSessionFacts:
             "timeouts": self.timeouts,
             "max_flight": self.max_flight,
             "max_window": self.max_window,
+            "window_limit": self.window_limit,
             "flights": self.flights,
             "duplicate_acks": self.duplicate_acks,
             "max_ack_delay": self.max_ack_delay,
             "malformed": self.malformed,
             "handshake": self.handshake,
+            "options": self.options,
             "fin_seq": self.fin_seq,
             "complete": self.complete,
             "start": self.start,

@@ -153,7 +153,7 @@ def test_go_back_without_timeout_or_dupack_fails_gbn(tmp_path: Path) -> None:
     conv.ack(2)
     analysis = _verify(tmp_path, conv.packets)
     assert _failing(analysis) == {"rudp.gbn"}
-    assert "after progress" in next(c.detail for c in analysis.checks if c.id == "rudp.gbn")
+    assert "after sending it" in next(c.detail for c in analysis.checks if c.id == "rudp.gbn")
 
 
 def test_duplicate_ack_go_back_is_explained(tmp_path: Path) -> None:

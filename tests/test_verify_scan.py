@@ -1,0 +1,165 @@
+"""The verifier's fast scan must see exactly what the general decoder sees."""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stacklab.analysis.pcapio import read_packets
+from stacklab.analysis.scan import CaptureScan, flow_endpoints
+from stacklab.analysis.synth import (
+    LINK_ETHERNET,
+    LINK_NULL,
+    LINK_RAW,
+    CaptureWriter,
+    Packet,
+    TcpPacket,
+    UdpPacket,
+    ipv4,
+    udp_segment,
+)
+
+HOT, WATCHED, TCP_WATCHED = 2122, frozenset({5353, 6767}), frozenset({2121})
+
+udp_packets = st.builds(
+    UdpPacket,
+    time=st.floats(0, 2e9).map(lambda t: round(t, 6)),
+    src=st.sampled_from(["127.0.0.1", "10.0.0.7"]),
+    sport=st.sampled_from([2122, 5353, 6767, 40000, 53]),
+    dst=st.sampled_from(["127.0.0.3", "192.168.0.1"]),
+    dport=st.sampled_from([2122, 5353, 6767, 40001, 443]),
+    payload=st.binary(max_size=80),
+)
+tcp_packets = st.builds(
+    TcpPacket,
+    time=st.floats(0, 2e9).map(lambda t: round(t, 6)),
+    src=st.just("127.0.0.1"),
+    sport=st.sampled_from([2121, 50000]),
+    dst=st.just("127.0.0.3"),
+    dport=st.sampled_from([2121, 80]),
+    seq=st.integers(0, 2**32 - 1),
+    ack=st.integers(0, 2**32 - 1),
+    flags=st.integers(0, 0x3F),
+    payload=st.binary(max_size=40),
+)
+
+
+def _scan(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    hot: list[tuple[object, ...]] = []
+
+    def handler(number: int, time: float, key: object, to_port: bool, payload: bytes) -> None:
+        hot.append((number, round(time, 6), flow_endpoints(key), to_port, payload))  # type: ignore[arg-type]
+
+    scan = CaptureScan(path, WATCHED, TCP_WATCHED, hot_port=HOT, hot_handler=handler)
+    other: list[tuple[object, ...]] = []
+    for item in scan:
+        if isinstance(item, tuple):
+            number, time, key, sport, dport, payload = item
+            other.append(
+                ("udp", number, round(time, 6), flow_endpoints(key), sport, dport, payload)
+            )
+        else:
+            other.append(
+                (
+                    "tcp",
+                    item.number,
+                    round(item.time, 6),
+                    item.src,
+                    item.sport,
+                    item.tcp_seq,
+                    item.payload,
+                )
+            )
+    return hot, other
+
+
+def _reference(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    hot: list[tuple[object, ...]] = []
+    other: list[tuple[object, ...]] = []
+    for p in read_packets(path):
+        ends = (p.src, p.sport, p.dst, p.dport)
+        if p.proto == "udp" and HOT in (p.sport, p.dport):
+            hot.append((p.number, round(p.time, 6), ends, p.dport == HOT, p.payload))
+        elif p.proto == "udp" and (p.sport in WATCHED or p.dport in WATCHED):
+            other.append(("udp", p.number, round(p.time, 6), ends, p.sport, p.dport, p.payload))
+        elif p.proto == "tcp" and (p.sport in TCP_WATCHED or p.dport in TCP_WATCHED):
+            other.append(("tcp", p.number, round(p.time, 6), p.src, p.sport, p.tcp_seq, p.payload))
+    return hot, other
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    packets=st.lists(st.one_of(udp_packets, tcp_packets), max_size=30),
+    fmt=st.sampled_from(["pcap", "pcapng"]),
+    link=st.sampled_from([LINK_ETHERNET, LINK_NULL, LINK_RAW]),
+)
+def test_fast_scan_matches_the_general_decoder(packets: list[Packet], fmt: str, link: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"x.{fmt}"
+        with CaptureWriter(path, fmt=fmt, link=link) as writer:  # type: ignore[arg-type]
+            writer.write_all(packets)
+        scan = CaptureScan(path, WATCHED, TCP_WATCHED)
+        assert _scan(path) == _reference(path)
+        list(scan)
+        assert scan.frames == len(packets)
+
+
+def _eth(l3: bytes, ethertype: bytes = b"\x08\x00", vlan: bool = False) -> bytes:
+    tag = b"\x81\x00\x00\x05" if vlan else b""
+    return b"\x00" * 12 + tag + ethertype + l3
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_unusual_frames_take_the_general_path(tmp_path: Path, fmt: str) -> None:
+    rudp = b"\x00\x00\x00\x01\x00\x00\x00\x00A\x00\x00"
+    udp = udp_segment(50000, HOT, rudp)
+    ip = ipv4("127.0.0.1", "127.0.0.3", 17, udp)
+    with_options = (
+        bytes([0x46])
+        + ip[1:2]
+        + struct.pack("!H", len(ip) + 4)
+        + ip[4:20]
+        + b"\x01\x01\x01\x00"
+        + udp
+    )
+    ipv6 = (
+        struct.pack("!IHBB", 6 << 28, len(udp), 17, 64)
+        + bytes(15)
+        + b"\x01"
+        + bytes(15)
+        + b"\x01"
+        + udp
+    )
+    frames = [
+        _eth(ip + bytes(60 - 14 - len(ip))),  # padded to the Ethernet minimum
+        _eth(ip, vlan=True),
+        _eth(with_options),
+        _eth(ipv6, ethertype=b"\x86\xdd"),
+        _eth(b"\x00" * 28, ethertype=b"\x08\x06"),  # ARP
+        _eth(ip[:24]),  # cut inside the UDP header
+    ]
+    path = tmp_path / f"odd.{fmt}"
+    with CaptureWriter(path, fmt=fmt) as writer:  # type: ignore[arg-type]
+        for i, frame in enumerate(frames):
+            writer.frame(1.0 + i, frame)
+    hot, _ = _scan(path)
+    assert [h[0] for h in hot] == [1, 2, 3, 4]
+    assert all(h[4] == rudp for h in hot)
+    assert hot[3][2] == ("::1", 50000, "::1", HOT)
+    assert (hot, _scan(path)[1]) == _reference(path)
+
+
+def test_big_file_crosses_read_buffers(tmp_path: Path) -> None:
+    path = tmp_path / "big.pcap"
+    payload = bytes(1400)
+    count = 4000  # about 5.8 MB: several 4 MiB reads
+    with CaptureWriter(path) as writer:
+        for i in range(count):
+            writer.write(UdpPacket(float(i), "127.0.0.3", HOT, "127.0.0.1", 40000, payload))
+    hot, _ = _scan(path)
+    assert len(hot) == count and [h[0] for h in hot[-2:]] == [count - 1, count]
