@@ -122,7 +122,7 @@ def failure_record(result: CaseResult, info: RunInfo) -> dict[str, Any]:
 
 
 def to_json(summary: ProbeSummary, info: RunInfo) -> dict[str, Any]:
-    """The ``--json`` document: the keys the spec lists, plus ``stopped``, ``seconds``, ``by_kind``."""
+    """The ``--json`` document: the keys the spec lists, plus ``stopped``, ``warnings``, ``seconds``, ``by_kind``."""
     return {
         "target": info.target,
         "protocol": info.protocol,
@@ -131,6 +131,7 @@ def to_json(summary: ProbeSummary, info: RunInfo) -> dict[str, Any]:
         "results": {name: summary.results.get(name, 0) for name in CLASSES},
         "failures": [failure_record(r, info) for r in summary.failures],
         "stopped": summary.stopped,
+        "warnings": summary.warnings,
         "seconds": round(summary.elapsed, 3),
         "by_kind": {
             kind: {name: counts[name] for name in CLASSES if counts[name]}

@@ -232,6 +232,7 @@ class ProbeSummary:
     cases_run: int = 0
     elapsed: float = 0.0
     stopped: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, result: CaseResult) -> None:
         self.cases_run += 1
@@ -328,6 +329,10 @@ class ProbeRunner:
                 )
                 break
             case = following
+        if summary.stopped is None and summary.cases_run > 1:
+            problem = self.new_client_check()
+            if problem is not None:
+                summary.warnings.append(f"after {summary.cases_run} cases, {problem}")
         return summary
 
     def run_case(self, case: Case, recover: bool = True) -> CaseResult:
@@ -370,15 +375,39 @@ class ProbeRunner:
         else:
             self._udp_liveness()
 
-    def _udp_liveness(self) -> None:
-        # One persistent socket: DHCP keys leases by source address, so the
-        # liveness client keeps one lease instead of draining the pool.
-        if self._live_sock is None:
-            sock = socket.socket(self._family, socket.SOCK_DGRAM)
+    def new_client_check(self) -> str | None:
+        """Ask once from a brand-new client; ``None`` when properly answered, else why not.
+
+        The liveness check after each case comes from one persistent client
+        (see :meth:`_udp_liveness`), which cannot see a server that keeps
+        answering known clients while it turns new ones away, e.g. a session
+        table filled by the cases.  Run this once at the end of a run.
+        """
+        if self.target.protocol not in UDP_PROTOCOLS:
+            try:
+                self._tcp_liveness()  # every TCP check is a new connection already
+            except Liveness as exc:
+                return f"{exc.kind}: {exc.detail}"
+            return None
+        with socket.socket(self._family, socket.SOCK_DGRAM) as sock:
             sock.connect(self._addr)
             sock.setblocking(False)
-            self._live_sock = sock
-        sock = self._live_sock
+            try:
+                self._udp_liveness(sock)
+            except Liveness as exc:
+                return f"a new client gets no proper answer ({exc.kind}: {exc.detail})"
+        return None
+
+    def _udp_liveness(self, sock: socket.socket | None = None) -> None:
+        # One persistent socket: DHCP keys leases by source address, so the
+        # liveness client keeps one lease instead of draining the pool.
+        if sock is None:
+            if self._live_sock is None:
+                fresh = socket.socket(self._family, socket.SOCK_DGRAM)
+                fresh.connect(self._addr)
+                fresh.setblocking(False)
+                self._live_sock = fresh
+            sock = self._live_sock
         _drain(sock)
         timeout = self.target.timeout
         deadline = time.monotonic() + timeout

@@ -215,3 +215,39 @@ def test_runner_alone_reports_the_crash_kind(fragile_app: FragileAppServer) -> N
         assert valid.outcome == "answered"
         bad = runner.run_case(generate_case("app", 0, 1))
     assert bad.outcome == FAILURE and bad.failure_kind == "crashed" and bad.server_dead
+
+
+class FirstClientsDnsServer:
+    """Answers DNS JSON queries from its first two client addresses only (a full table)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.known: set[tuple[str, int]] = set()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            if addr not in self.known and len(self.known) >= 2:
+                continue
+            self.known.add(addr)
+            if data.startswith(b"{"):
+                self.sock.sendto(b'{"status": "SUCCESS", "ip": "127.0.0.3"}', addr)
+
+
+def test_a_server_that_turns_new_clients_away_gets_a_warning() -> None:
+    server = FirstClientsDnsServer()
+    try:
+        target = ProbeTarget("127.0.0.1", server.port, "dns", timeout=0.2)
+        with ProbeRunner(target) as runner:
+            runner.check_target()
+            summary = runner.run(generate_case("dns", 0, i) for i in range(5))
+        assert summary.failures == []  # the persistent liveness client is still answered
+        assert len(summary.warnings) == 1 and "new client" in summary.warnings[0]
+    finally:
+        server.sock.close()

@@ -234,6 +234,8 @@ def _show(console: object, document: dict[str, Any], pcaps: list[Path]) -> None:
             plain(f"          hex {sent['hex'] or '(empty)'}")
         plain(f"  result  {failure['detail']}")
         plain(f"  replay  {failure['replay']}")
+    for warning in document["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     if document["stopped"]:
         console.print(f"[bold red]stopped:[/] {document['stopped']}", highlight=False)
     for path in pcaps:
