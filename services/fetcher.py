@@ -36,7 +36,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from stacklab.wire import (
     ERROR_UNKNOWN_COMMAND,
@@ -228,6 +228,8 @@ def check_url(url: str, policy: FetchPolicy, resolver: Resolver = system_resolve
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
+    if not path.isascii():  # http.client sends ASCII only: percent-encode UTF-8 like a browser
+        path = quote(path, safe="/?=&;:@!$'()*+,%")
     return Target(scheme, host, port, path, addresses[0])
 
 
