@@ -496,6 +496,9 @@ def benchmark_stream(
 ) -> Iterator[Packet]:
     """About ``total`` packets of many interleaved RUDP transfers, with loss and noise.
 
+    Once ``total`` is reached no new transfer starts and the running ones
+    finish, so every transfer in the capture is complete.
+
     ``concurrent`` transfers run at once (staggered starts); ``noise`` is the
     share of unrelated UDP/TCP packets, with an occasional DHCP, DNS and app
     fetch among them.  Deterministic for a given ``seed``; streaming, so the
@@ -529,17 +532,17 @@ def benchmark_stream(
     for i in range(concurrent):
         start_transfer(clock + i * 0.01)
     noise_ports = (443, 53, 8443, 123, 5000)
-    while produced < total and heap:
+    while heap:
         time, _, _, it = heapq.heappop(heap)
         packet = next(it, None)
         if packet is None:
-            start_transfer(time + rng.random() * 0.01)
             continue
         yield packet
         produced += 1
         nxt = _peek_time(it)
         if nxt is None:
-            start_transfer(time + rng.random() * 0.01)
+            if produced < total:  # past the target, let the running transfers finish
+                start_transfer(time + rng.random() * 0.01)
         else:
             counter += 1
             heapq.heappush(heap, (nxt, counter, 0, it))
@@ -547,9 +550,15 @@ def benchmark_stream(
             produced += 1
             roll = rng.random()
             if roll < 0.01:
-                yield from dhcp_exchange(time, client_port=30000 + produced % 20000)[:1]
+                request, reply = dhcp_exchange(time, client_port=30000 + produced % 20000)
+                yield request
+                yield UdpPacket(time, reply.src, reply.sport, reply.dst, reply.dport, reply.payload)
+                produced += 1
             elif roll < 0.02:
-                yield from dns_exchange(time, client_port=30000 + produced % 20000)[:1]
+                request, reply = dns_exchange(time, client_port=30000 + produced % 20000)
+                yield request
+                yield UdpPacket(time, reply.src, reply.sport, reply.dst, reply.dport, reply.payload)
+                produced += 1
             elif roll < 0.5:
                 port = noise_ports[produced % len(noise_ports)]
                 yield UdpPacket(

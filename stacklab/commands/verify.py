@@ -25,6 +25,8 @@ from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
 _PORT = click.IntRange(1, 65535)
 _DEFAULT: Final = Ports()
 _MAX_FRAMES_SHOWN: Final = 8
+_MAX_SESSIONS_SHOWN: Final = 10
+_MAX_ROWS: Final = 40
 _STATUS_STYLE: Final = {"fail": "bold red", "pass": "green", "skip": "dim"}
 
 
@@ -155,7 +157,8 @@ def _print_human(analyses: list[CaptureAnalysis]) -> None:
             f"[bold]{analysis.path}[/]: {analysis.packets} frames, link type "
             f"{analysis.link_type}{trunc}"
         )
-        for s in analysis.rudp_sessions:
+        sessions = analysis.rudp_sessions
+        for s in sessions[:_MAX_SESSIONS_SHOWN]:
             state = "[green]complete[/]" if s.complete else "[red]incomplete[/]"
             timeouts = ", ".join(f"{t:.3f}" for t in s.timeouts[:6])
             if len(s.timeouts) > 6:
@@ -168,29 +171,59 @@ def _print_human(analyses: list[CaptureAnalysis]) -> None:
             )
             if s.command:
                 console.print(f"       command {s.command!r}, sha256 {s.sha256 or '-'}")
-        for t in analysis.tcp_sessions:
+        if len(sessions) > _MAX_SESSIONS_SHOWN:
+            done = sum(1 for s in sessions if s.complete)
+            console.print(
+                f"  ... {len(sessions) - _MAX_SESSIONS_SHOWN} more RUDP sessions "
+                f"({done} of {len(sessions)} complete; --json lists them all)"
+            )
+        for t in analysis.tcp_sessions[:_MAX_SESSIONS_SHOWN]:
             console.print(
                 f"  app {t.client} -> {t.server}: request {t.request!r}, "
                 f"response {t.response_length} bytes"
             )
-        for ex in (*analysis.dhcp, *analysis.dns):
-            if ex.problem != "ignored":
-                console.print(f"  {ex.kind} {ex.client} -> {ex.server}: {ex.reply}")
+        exchanges = [ex for ex in (*analysis.dhcp, *analysis.dns) if ex.problem != "ignored"]
+        for ex in exchanges[:_MAX_SESSIONS_SHOWN]:
+            console.print(f"  {ex.kind} {ex.client} -> {ex.server}: {ex.reply}")
         table = Table(show_header=True, header_style="bold", expand=False)
         table.add_column("status")
         table.add_column("check")
         table.add_column("client")
         table.add_column("detail", overflow="fold")
         table.add_column("frames", overflow="fold")
-        for check in analysis.checks:
-            style = _STATUS_STYLE[check.status]
+        failures = [c for c in analysis.checks if c.status == "fail"]
+        others = [c for c in analysis.checks if c.status != "fail"]
+        for check in failures[:_MAX_ROWS]:
             table.add_row(
-                f"[{style}]{check.status.upper()}[/]",
+                "[bold red]FAIL[/]",
                 check.id,
                 check.session.split("->")[0],
                 check.detail,
                 _frames(check.frames),
             )
+        if len(failures) > _MAX_ROWS:
+            table.add_row(
+                "[bold red]FAIL[/]", "...", "", f"{len(failures) - _MAX_ROWS} more failures", ""
+            )
+        if len(analysis.checks) <= _MAX_ROWS:
+            for check in others:
+                style = _STATUS_STYLE[check.status]
+                table.add_row(
+                    f"[{style}]{check.status.upper()}[/]",
+                    check.id,
+                    check.session.split("->")[0],
+                    check.detail,
+                    _frames(check.frames),
+                )
+        else:  # many sessions: one row per check and status
+            groups: dict[tuple[str, str], int] = {}
+            for check in others:
+                groups[(check.status, check.id)] = groups.get((check.status, check.id), 0) + 1
+            for (status, check_id), count in groups.items():
+                style = _STATUS_STYLE[status]
+                table.add_row(
+                    f"[{style}]{status.upper()}[/]", check_id, f"{count} sessions", "", ""
+                )
         console.print(table)
         counts = {s: sum(1 for c in analysis.checks if c.status == s) for s in _STATUS_STYLE}
         verdict = "[bold green]PASS[/]" if analysis.passed else "[bold red]FAIL[/]"
