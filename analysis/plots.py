@@ -7,7 +7,8 @@ reader who knows those reads these at once:
   retransmission a red mark with an ``R``, the client's cumulative ACK a step
   line underneath, go-backs and timeouts vertical markers;
 * window: the chunks in flight (last chunk sent minus the cumulative ACK)
-  over time, the AIMD window the verifier inferred, the maximum window as a
+  over time (its sawtooth is the sender's AIMD window at work), the window
+  the verifier's AIMD model allows (an upper bound), the maximum window as a
   ceiling, and when an events log is given the sender's own window on top.
 
 matplotlib is imported here, and this module is imported only by ``stacklab
@@ -176,7 +177,7 @@ def window_figure(
     max_window: int,
     sender: list[tuple[float, int]] | None = None,
 ) -> Figure:
-    """The window graph: chunks in flight, the inferred AIMD window, the ceiling."""
+    """The window graph: chunks in flight, the AIMD bound of the verifier, the ceiling."""
     fig = new_figure(10.0, 4.2)
     ax = fig.add_subplot()
     handles: list[Line2D] = []
@@ -199,7 +200,7 @@ def window_figure(
                 color=WINDOW_COLOUR,
                 linewidth=1.6,
                 linestyle="--",
-                label="AIMD window (inferred)",
+                label="AIMD bound (verifier's model)",
             )
         )
     if sender:

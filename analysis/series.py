@@ -44,7 +44,9 @@ class SessionSeries:
 
     ``data`` holds ``(time, chunk, retransmission)``, ``acks`` the client's
     cumulative ACKs ``(time, highest ack so far)``, ``window`` the samples
-    ``(time, inferred AIMD window)`` taken after every DATA and ACK,
+    ``(time, window the verifier's AIMD model allows)`` taken after every
+    DATA and ACK (an upper bound: the model does not halve where the capture
+    cannot prove the sender did),
     ``flight`` the chunks in flight ``(time, last chunk sent - cumulative
     ACK)`` at every DATA (sampled at sends, as tcptrace's outstanding-data
     graph, so the ACK-then-send flicker does not hide the sawtooth), and
@@ -76,7 +78,15 @@ class SessionSeries:
 class _Sampler:
     """The sampling state of one session: counters seen at the previous datagram."""
 
-    __slots__ = ("go_backs", "kinds", "last_sent", "retransmissions", "series", "session")
+    __slots__ = (
+        "acked",
+        "go_backs",
+        "kinds",
+        "last_sent",
+        "retransmissions",
+        "series",
+        "session",
+    )
 
     def __init__(self, session: RudpSession, series: SessionSeries) -> None:
         self.session = session
@@ -85,6 +95,7 @@ class _Sampler:
         self.go_backs = 0
         self.kinds = dict(session.f.go_back_kinds)
         self.last_sent = 0
+        self.acked = 0
 
     def sample(self, time: float, flag: bytes, from_client: bool, seq: int, ack: int) -> None:
         s = self.session
@@ -99,13 +110,16 @@ class _Sampler:
             return  # handshake ACKs from the server
         if from_client and "command_ack" not in s.f.frames:
             return  # handshake ACK of the client: not a chunk ACK
+        if from_client and s.f.fin_seq is not None and ack >= s.f.fin_seq:
+            return  # the ACK of the FIN: drawn as part of the FIN mark
         series.points += 1
         if series.points > MAX_POINTS:
             series.clipped = True
             return
         if from_client:
-            series.acks.append((t, s.highest_ack))
-            if series.flight and s.highest_ack >= self.last_sent:
+            self.acked = max(self.acked, ack)
+            series.acks.append((t, self.acked))
+            if series.flight and self.acked >= self.last_sent:
                 series.flight.append((t, 0))  # everything acknowledged: nothing in flight
         else:
             retx = s.retransmissions > self.retransmissions
@@ -121,7 +135,7 @@ class _Sampler:
                         kind = name
                 self.kinds = dict(kinds)
                 series.go_backs.append((t, seq, kind))
-            series.flight.append((t, max(0, seq - s.highest_ack)))
+            series.flight.append((t, max(1, seq - self.acked)))
         series.window.append((t, s.window))
 
 

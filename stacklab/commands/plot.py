@@ -96,7 +96,7 @@ def capture_stem(path: str) -> str:
     "-o",
     "--output",
     "outdir",
-    type=click.Path(file_okay=False),
+    type=click.Path(),
     default=".",
     show_default=True,
     help="Folder for the image files (created if missing).",
