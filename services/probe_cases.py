@@ -269,6 +269,9 @@ def fetch_commands(ctx: ProbeContext) -> list[tuple[str, bytes]]:
         ("tab", f"FETCH\t{url}".encode()),
         ("trailing-newline", f"FETCH {url}\n".encode()),
         ("long-url", ("FETCH http://127.0.0.1:8080/" + "a" * 8000).encode()),
+        ("utf8-path", f"FETCH {url}/caf\u00e9-\u2603".encode()),
+        ("utf8-host", "FETCH http://b\u00fccher.example/".encode()),
+        ("space-in-url", f"FETCH {url} extra words".encode()),
     ]
 
 

@@ -10,7 +10,9 @@ liveness answer is back, any reply to the case itself has arrived too and is
 read without waiting long.  A case after which the liveness check fails is a
 failure (``crashed`` when the port refuses, ``hung`` when it stays silent,
 ``wrong-answer`` when the reply is not the documented format); a case whose
-own reply is not the documented format is a failure too (``bad-reply``).
+own reply is not the documented format is a failure too (``bad-reply``), and
+so is a complete, well-framed app request closed without any response frame
+(``no-reply``: WIRE.md promises one response per request).
 After a failure the runner waits, with backoff, for the server to come back,
 and stops when it does not.
 """
@@ -45,6 +47,7 @@ CRASHED: Final = "crashed"
 HUNG: Final = "hung"
 WRONG_ANSWER: Final = "wrong-answer"
 BAD_REPLY: Final = "bad-reply"
+NO_REPLY: Final = "no-reply"
 
 UDP_PROTOCOLS: Final = frozenset({"rudp", "dns", "dhcp"})
 RECV_SIZE: Final = 65535
@@ -112,6 +115,24 @@ def parse_single_frame(data: bytes) -> tuple[str | None, bytes | None]:
     if len(frames) > 1 or decoder.pending:
         return f"{len(frames)} frames and {decoder.pending} stray bytes in one reply", None
     return None, frames[0].body
+
+
+def expects_response(case: Case) -> bool:
+    """True when a case is exactly one complete frame, sent and finished.
+
+    WIRE.md: one request, one response per connection.  Whatever the frame's
+    body says, a server must answer it with a frame (the file, or an
+    ``ERROR: ...`` text); closing in silence is answering wrongly.  Broken
+    framing, extra bytes and stalled connections may be closed silently.
+    """
+    if case.protocol != "app" or case.stall or not case.half_close:
+        return False
+    decoder = FrameDecoder()
+    try:
+        frames = decoder.feed(b"".join(case.packets))
+    except FramingError:
+        return False
+    return len(frames) == 1 and decoder.pending == 0
 
 
 def _json_object(data: bytes) -> dict[str, object] | None:
@@ -576,6 +597,14 @@ class ProbeRunner:
         outcome, detail = classify_replies(case.protocol, replies)
         if outcome == FAILURE:
             return CaseResult(case, FAILURE, detail, BAD_REPLY, replies)
+        if outcome == IGNORED and not reset and expects_response(case):
+            return CaseResult(
+                case,
+                FAILURE,
+                f"{NO_REPLY}: one complete request frame, closed without a response frame",
+                NO_REPLY,
+                replies,
+            )
         if reset and outcome == IGNORED:
             outcome = RESET
         return CaseResult(case, outcome, detail, None, replies)

@@ -70,9 +70,13 @@ class FragileAppServer:
                 data += chunk
         except (TimeoutError, ConnectionResetError):
             return
-        text = data[10 : 10 + length].decode("utf-8")  # strict: raises on bad bytes
-        reply = b"hello" if text.startswith("FETCH ") else wire.ERROR_UNKNOWN_COMMAND.encode()
-        conn.sendall(wire.encode_frame(reply))
+        reply = self._reply(data[10 : 10 + length])
+        if reply is not None:
+            conn.sendall(wire.encode_frame(reply))
+
+    def _reply(self, body: bytes) -> bytes | None:
+        text = body.decode("utf-8")  # strict: raises on bad bytes, ending the server
+        return b"hello" if text.startswith("FETCH ") else wire.ERROR_UNKNOWN_COMMAND.encode()
 
     def close(self) -> None:
         self.sock.close()
@@ -251,3 +255,28 @@ def test_a_server_that_turns_new_clients_away_gets_a_warning() -> None:
         assert len(summary.warnings) == 1 and "new client" in summary.warnings[0]
     finally:
         server.sock.close()
+
+
+class SilentOnNonAsciiAppServer(FragileAppServer):
+    """Answers every frame except one whose body is not ASCII: that connection just closes."""
+
+    def _reply(self, body: bytes) -> bytes | None:
+        if not body.isascii():
+            return None  # the bug under test: no response frame at all
+        return b"ERROR: no" if not body.startswith(b"FETCH http://127.0.0.1:8080/test") else b"ok"
+
+
+def test_a_complete_request_closed_without_a_response_is_a_failure() -> None:
+    server = SilentOnNonAsciiAppServer()
+    try:
+        target = ProbeTarget("127.0.0.1", server.port, "app", timeout=0.3)
+        with ProbeRunner(target) as runner:
+            runner.check_target()
+            summary = runner.run(generate_case("app", 0, i) for i in range(45))
+    finally:
+        server.close()
+    assert summary.failures and summary.stopped is None
+    for result in summary.failures:
+        assert result.failure_kind == "no-reply"
+        assert not result.case.packets[0][10:].isascii()
+    assert summary.results["error-reply"] > 0  # the ASCII commands were answered
