@@ -12,6 +12,7 @@ a clean :class:`~stacklab.services.client.ClientError` — never wrong bytes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import threading
@@ -206,9 +207,7 @@ def test_two_second_blackhole_mid_transfer_recovers_with_backoff(
     events = tmp_path / "server-events.jsonl"
     # 40 Mbit/s makes 2 MB last ~0.4 s, so the outage at 0.2 s lands mid-transfer.
     hole = Impairment(rate_bps=40e6, queue_limit=200, blackholes=(Blackhole(0.2, 2.0),))
-    _, proxy = stack(
-        *both(hole), seed=16, max_rto=1.0, max_timeouts=12, events_path=str(events)
-    )
+    _, proxy = stack(*both(hole), seed=16, max_rto=1.0, max_timeouts=12, events_path=str(events))
     start = time.monotonic()
     data = fetch(proxy, origin.url("2m.bin"))
     elapsed = time.monotonic() - start
@@ -225,14 +224,16 @@ def test_two_second_blackhole_mid_transfer_recovers_with_backoff(
             longest = run
     assert len(longest) >= 4, timeouts
     rtos = [t["rto"] for t in longest]
-    assert all(b == pytest.approx(min(1.0, 2 * a)) for a, b in zip(rtos, rtos[1:], strict=False)), rtos
+    assert all(b == pytest.approx(min(1.0, 2 * a)) for a, b in itertools.pairwise(rtos)), rtos
 
 
 def test_reordering_and_duplication_keep_the_file_and_the_window_honest(
     origin: Origin, stack: Any, tmp_path: Path
 ) -> None:
     events = tmp_path / "server-events.jsonl"
-    messy = Impairment(reorder=0.05, reorder_gap=0.002, duplicate=0.2, delay_min=0.0, delay_max=0.001)
+    messy = Impairment(
+        reorder=0.05, reorder_gap=0.002, duplicate=0.2, delay_min=0.0, delay_max=0.001
+    )
     _, proxy = stack(*both(messy), seed=17, events_path=str(events))
     data = fetch(proxy, origin.url("500k.bin"), ack_every=1)
     assert data == origin.files["500k.bin"]
