@@ -48,6 +48,8 @@ HUNG: Final = "hung"
 WRONG_ANSWER: Final = "wrong-answer"
 BAD_REPLY: Final = "bad-reply"
 NO_REPLY: Final = "no-reply"
+RESPONSE_REQUIRED_MAX: Final = 32 * 1024
+"""Complete app requests up to this size must get a response frame (see :func:`expects_response`)."""
 
 UDP_PROTOCOLS: Final = frozenset({"rudp", "dns", "dhcp"})
 RECV_SIZE: Final = 65535
@@ -123,9 +125,14 @@ def expects_response(case: Case) -> bool:
     WIRE.md: one request, one response per connection.  Whatever the frame's
     body says, a server must answer it with a frame (the file, or an
     ``ERROR: ...`` text); closing in silence is answering wrongly.  Broken
-    framing, extra bytes and stalled connections may be closed silently.
+    framing, extra bytes and stalled connections may be closed silently, and
+    so may a frame above :data:`RESPONSE_REQUIRED_MAX`: a server may stop
+    reading a request over its limit and close, and closing with unread input
+    makes the kernel reset the connection, which can discard the error frame.
     """
     if case.protocol != "app" or case.stall or not case.half_close:
+        return False
+    if case.size > RESPONSE_REQUIRED_MAX:
         return False
     decoder = FrameDecoder()
     try:
