@@ -261,6 +261,7 @@ class ProbeSummary:
     elapsed: float = 0.0
     stopped: str | None = None
     warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
 
     def add(self, result: CaseResult) -> None:
         self.cases_run += 1
@@ -346,7 +347,12 @@ class ProbeRunner:
         while case is not None:
             following = next(pending, None)
             # After the last case nothing depends on the server coming back: do not wait.
-            result = self.run_case(case, recover=following is not None)
+            try:
+                result = self.run_case(case, recover=following is not None)
+            except KeyboardInterrupt:  # Ctrl-C: keep what ran so far and report it
+                summary.stopped = f"interrupted during case {case.index}"
+                summary.interrupted = True
+                return summary
             summary.add(result)
             if on_result is not None:
                 on_result(result)

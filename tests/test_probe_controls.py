@@ -138,7 +138,7 @@ def _probe(port: int, protocol: str, *extra: str) -> tuple[int, dict[str, object
             "--protocol",
             protocol,
             "--timeout",
-            "0.3",
+            "0.5",
             "--recover",
             "0.5",
             "--json",

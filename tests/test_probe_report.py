@@ -26,6 +26,7 @@ from stacklab.services.probe_runner import (
     FAILURE,
     IGNORED,
     Exchange,
+    ProbeRunner,
     check_liveness_reply,
     classify_replies,
 )
@@ -58,7 +59,7 @@ def _fail_run(port: int, protocol: str, tmp_path: Path, *extra: str) -> tuple[in
             "--protocol",
             protocol,
             "--timeout",
-            "0.3",
+            "0.5",
             "--recover",
             "0.3",
             "--pcap-dir",
@@ -94,7 +95,7 @@ def test_human_failure_report_names_case_bytes_result_and_replay(
         "--replay",
         "1",
         "--timeout",
-        "0.3",
+        "0.5",
     ]
     assert "stopped" in out
 
@@ -225,3 +226,24 @@ def test_replay_of_a_surviving_case_exits_0(fragile_app: FragileAppServer) -> No
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["cases"] == 1 and document["results"][ANSWERED] == 1
+
+
+def test_ctrl_c_prints_the_partial_report_and_exits_130(
+    fragile_rudp: FragileRudpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = ProbeRunner.run_case
+    calls = []
+
+    def interrupted(self: ProbeRunner, case: object, recover: bool = True) -> object:
+        calls.append(case)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, case, recover)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ProbeRunner, "run_case", interrupted)
+    result = CliRunner().invoke(
+        cli, ["probe", f"127.0.0.1:{fragile_rudp.port}", "--protocol", "rudp", "--json"]
+    )
+    assert result.exit_code == 130
+    document = json.loads(result.stdout)
+    assert document["cases"] == 2 and "interrupted during case 2" in document["stopped"]

@@ -5,7 +5,8 @@ The work is in :mod:`stacklab.services.probe_cases` (what to send),
 :mod:`stacklab.services.probe_report` (JSON, JUnit, pcapng); this module only
 parses options, shows progress and chooses the exit code: 0 without failure,
 1 with at least one, 2 on bad arguments or a target that does not answer a
-valid request before the first case.
+valid request before the first case (130 after Ctrl-C, once the partial
+report is printed).
 """
 
 from __future__ import annotations
@@ -186,6 +187,8 @@ def probe(
         click.echo(dumps(document))
     else:
         _show(Console(), document, pcaps)
+    if summary.interrupted:
+        sys.exit(130)  # the shell's code for Ctrl-C: the run is incomplete either way
     sys.exit(1 if summary.failures else 0)
 
 
