@@ -78,6 +78,7 @@ class RudpSession:
         "_dup_before",
         "_hash",
         "_hash_next",
+        "_held",
         "_last_advance",
         "_last_dupack",
         "_last_sent",
@@ -156,6 +157,7 @@ class RudpSession:
         self._pending: dict[int, list] = {}  # chunk -> [payload, last transmission time]
         self._hash: hashlib._Hash | None = hashlib.sha256()
         self._hash_next = 1
+        self._held: tuple[int, float, int, int, float, bool, int, int] | None = None
         self._burst_start = -1.0
         self._burst_max = 0
         self._synack: int | None = None
@@ -354,20 +356,57 @@ class RudpSession:
         acked = self.highest_ack
         if self._credit_ack > acked:  # noqa: PLR1730 - hot path, no call
             acked = self._credit_ack
-        if chunk != last + 1:
-            if chunk <= last:
-                self._go_back(number, time, chunk, acked + 1)
+        held = self._held
+        probing = False
+        if held is not None:
+            entry = self._pending.get(chunk)
+            since_tx = time - entry[1] if entry is not None else self.min_rto
+            if chunk == held[6] + 1 and held[1] - held[4] < self.min_rto * 0.95:
+                # Loss probes: the base alone, resent sooner than any timeout
+                # (maybe several times, maybe a new base after an ACK), and
+                # the sender carries on where it was.  Not a go-back.
+                self._held = None
+                self.f.probes += 1
+                last = held[6]
+            elif (
+                chunk <= held[6]
+                and held[2] <= chunk <= acked + 1
+                and since_tx < self.min_rto * 0.95
+            ):
+                probing = True  # another probe, or the base sent twice at a go-back
+            else:
+                self._settle()
                 window = self.window
                 acked = self.highest_ack
                 if self._credit_ack > acked:  # noqa: PLR1730
                     acked = self._credit_ack
+        if chunk != last + 1 and not probing:
+            if chunk <= last:
+                entry = self._pending.get(chunk)
+                previous = entry[1] if entry is not None else self._last_advance
+                # Judged at the next DATA: a lone resend of the base after
+                # which the sender carries on is a loss probe, not a go-back.
+                self._held = (
+                    number,
+                    time,
+                    chunk,
+                    acked + 1,
+                    previous,
+                    time - self._last_dupack < self.min_rto,
+                    last,
+                    self.window,
+                )
+                if self._burst_start >= 0.0:  # a resend starts a new burst
+                    if self.keep_series:
+                        self.series.append((self._burst_start, self._burst_max))
+                    self._burst_start = -1.0
             elif chunk - 1 > acked:
                 if chunk - 1 <= highest_sent:
                     self.find(
                         "rudp.gbn",
                         number,
-                        f"jumped from {last} to {chunk}: {last + 1}..{chunk - 1} neither acknowledged "
-                        "nor resent (not a go-back)",
+                        f"jumped from {last} to {chunk}: {last + 1}..{chunk - 1} neither "
+                        "acknowledged nor resent (not a go-back)",
                     )
                 else:
                     self.find(
@@ -446,13 +485,31 @@ class RudpSession:
                 f"chunk {chunk} with {flight} in flight, but the AIMD window is {self.window}",
             )
 
-    def _go_back(self, number: int, time: float, chunk: int, base: int) -> None:
+    def _settle(self) -> None:
+        """The held resend was a go-back after all: judge it now."""
+        held = self._held
+        self._held = None
+        if held is not None:
+            number, time, chunk, base, previous, dup_recent, _last, window = held
+            # The loss happened at the resend: halve the window it had then,
+            # and add back what ACKs since then brought.
+            grown = self.window - window
+            self.window = window
+            self._go_back(number, time, chunk, base, previous, dup_recent)
+            if grown > 0:
+                self.window = min(self.window + grown, self.max_window)
+
+    def _go_back(
+        self,
+        number: int,
+        time: float,
+        chunk: int,
+        base: int,
+        previous: float,
+        dup_recent: bool,
+    ) -> None:
         f = self.f
         f.go_backs += 1
-        if self._burst_start >= 0.0:  # a go-back starts a new burst
-            if self.keep_series:
-                self.series.append((self._burst_start, self._burst_max))
-            self._burst_start = -1.0
         if chunk > base:
             self.find(
                 "rudp.gbn",
@@ -473,10 +530,8 @@ class RudpSession:
                     self.window -= 1
                 self.highest_ack = before
             self._recount_credit()
-        entry = self._pending.get(chunk)
-        previous = entry[1] if entry is not None else self._last_advance
         f.timeouts.append(_r(time - previous))
-        if time - self._last_dupack < self.min_rto:
+        if dup_recent:
             # Duplicate ACKs just before (an ACK that advanced the base since
             # may not have reached the sender yet when it went back).
             f.go_back_kinds["dupack"] += 1
@@ -500,6 +555,8 @@ class RudpSession:
         self.dupacks = 0
 
     def _fin(self, number: int, seq: int) -> None:
+        if self._held is not None:
+            self._settle()
         f = self.f
         if f.fin_seq is not None:
             if seq != f.fin_seq:
@@ -530,6 +587,8 @@ class RudpSession:
         f = self.f
         if self.finished:
             return f
+        if self._held is not None:
+            self._settle()
         self.finished = True
         if self._burst_start >= 0.0 and self.keep_series:
             self.series.append((self._burst_start, self._burst_max))
@@ -634,15 +693,39 @@ class RudpTracker:
 
     def feed(self, number: int, time: float, key: FlowKey, to_port: bool, datagram: bytes) -> None:
         """One UDP datagram on the RUDP port; ``to_port``: sent to it, i.e. by a client."""
-        size = len(datagram)
-        entry = self.flows.get(key)
-        if size < RUDP_HEADER_LEN:
+        if len(datagram) < RUDP_HEADER_LEN:
+            entry = self.flows.get(key)
             if entry is not None:
                 entry[0].f.malformed += 1
             else:
                 self.stray += 1
             return
         seq, ack, flag, length = _unpack(datagram)
+        self.feed_fields(
+            number, time, key, to_port, seq, ack, flag, length, datagram, 0, len(datagram)
+        )
+
+    def feed_fields(
+        self,
+        number: int,
+        time: float,
+        key: FlowKey,
+        to_port: bool,
+        seq: int,
+        ack: int,
+        flag: bytes,
+        length: int,
+        buf: bytes,
+        start: int,
+        stop: int,
+    ) -> None:
+        """The same, with the header already decoded; the datagram is ``buf[start:stop]``.
+
+        This is the hot path of ``stacklab verify``: the capture scan reads
+        the RUDP header together with the IP and UDP fields, so an ACK costs
+        no slicing at all.
+        """
+        entry = self.flows.get(key)
         if entry is None:
             entry = self._new(key, to_port, number, time)
         elif flag == _SYN and entry[1] and ("command" in entry[0].f.frames or entry[0].finished):
@@ -652,23 +735,23 @@ class RudpTracker:
         session.packets += 1
         session.last_frame = number
         session.end = time
-        if size - RUDP_HEADER_LEN != length:
+        if stop - start - RUDP_HEADER_LEN != length:
             session.f.malformed += 1
+            length = min(length, stop - start - RUDP_HEADER_LEN)  # never read past the datagram
         if from_client:
             if flag == _ACK:
                 session.chunk_ack(number, time, ack)
                 if session.fin_seen and session.f.fin_acked and not session.finished:
                     self._finish(session, key)
             else:
-                session.client_other(
-                    number, seq, flag, datagram[RUDP_HEADER_LEN : RUDP_HEADER_LEN + length]
-                )
+                begin = start + RUDP_HEADER_LEN
+                session.client_other(number, seq, flag, buf[begin : begin + length])
         elif flag == _DATA:
-            session.data(number, time, seq, datagram[RUDP_HEADER_LEN : RUDP_HEADER_LEN + length])
+            begin = start + RUDP_HEADER_LEN
+            session.data(number, time, seq, buf[begin : begin + length])
         else:
-            session.server_other(
-                number, seq, ack, flag, datagram[RUDP_HEADER_LEN : RUDP_HEADER_LEN + length]
-            )
+            begin = start + RUDP_HEADER_LEN
+            session.server_other(number, seq, ack, flag, buf[begin : begin + length])
         if session.finished:
             session.sync()
 

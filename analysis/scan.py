@@ -1,18 +1,27 @@
 """The verifier's hot path: walk a capture and pick out the packets that matter.
 
 A million-packet capture must verify in a couple of seconds, so the common
-case costs one ``struct.unpack_from`` per frame: a single precompiled format
-reads the record header, the link header, the IPv4 fields and the UDP ports
-in one go, and frames whose ports are not watched are skipped before any
-object is built.  Everything unusual (VLAN tags, IPv6, IP options,
-fragments, other link types, TCP) goes through the general decoder
-:func:`stacklab.analysis.pcapio.parse_packet`, so correctness never depends
-on the shortcut.
+case costs two ``struct.unpack_from`` calls per frame: one for the record
+header (in the file's byte order) and one, in network order, that reads the
+link header's type field, the IPv4 fields, the UDP ports and, for the RUDP
+port, the 11-byte RUDP header, all in one go.  Frames whose ports are not
+watched are skipped before any object is built.  Everything unusual (VLAN
+tags, IPv6, IP options, fragments, other link types, TCP) goes through the
+general decoder :func:`stacklab.analysis.pcapio.parse_packet`, so
+correctness never depends on the shortcut.
 
-:class:`CaptureScan` yields, in frame order, either a UDP tuple
-``(number, time, src, sport, dst, dport, payload)`` or a
-:class:`~stacklab.analysis.pcapio.Packet` for TCP.  Validation and error
-messages are :class:`~stacklab.analysis.pcapio.CaptureReader`'s.
+The *hot port* (RUDP) is handed straight to callbacks, with no tuple and no
+generator step per packet: ``hot_fields(number, time, key, to_port, seq,
+ack, flag, length, buf, start, stop)`` when the whole RUDP header is there
+(the datagram is ``buf[start:stop]``), else ``hot_raw(number, time, key,
+to_port, datagram)``.  ``key`` identifies the flow and its direction: the 12
+raw bytes of IPv4 source, destination and ports, or a ``(src, sport, dst,
+dport)`` tuple from the general path; :func:`flow_endpoints` decodes either.
+
+Iterating a :class:`CaptureScan` yields the other watched packets in frame
+order: UDP as ``(number, time, key, sport, dport, payload)``, TCP as
+:class:`~stacklab.analysis.pcapio.Packet`.  Validation and error messages are
+:class:`~stacklab.analysis.pcapio.CaptureReader`'s.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, Final
+from typing import BinaryIO, Final
 
 from stacklab.analysis.pcapio import (
     LINKTYPE_ETHERNET,
@@ -37,13 +46,13 @@ from stacklab.analysis.pcapio import (
 )
 
 _READ_SIZE: Final = 1 << 22
-_PAD: Final = 128
+_PAD: Final = 128  # zero bytes after the last read: the fast structs never read past the buffer
 _PCAPNG_SHB: Final = 0x0A0D0D0A
 
-HotHandler = Callable[[int, float, "bytes | tuple[str, int, str, int]", bool, bytes], None]
-"""``handler(number, time, key, to_port, payload)`` for UDP datagrams on the hot port."""
-
-UdpItem = tuple[int, float, "bytes | tuple[str, int, str, int]", int, int, bytes]
+FlowKey = bytes | tuple[str, int, str, int]
+HotFields = Callable[[int, float, FlowKey, bool, int, int, bytes, int, bytes, int, int], None]
+HotRaw = Callable[[int, float, FlowKey, bool, bytes], None]
+UdpItem = tuple[int, float, FlowKey, int, int, bytes]
 
 _V4: dict[bytes, str] = {}
 
@@ -57,26 +66,8 @@ def _ipv4(raw: bytes) -> str:
     return text
 
 
-def _swap(port: int) -> int:
-    return ((port & 0xFF) << 8) | (port >> 8)
-
-
-def _fast_layout(linktype: int, swap: bool) -> tuple[int, frozenset[int | bytes]] | None:
-    """(link header length, accepted link header tails) for link types the shortcut handles.
-
-    The tail is read in the file's byte order (``swap``: little-endian).
-    """
-    if linktype == LINKTYPE_ETHERNET:
-        return 14, frozenset({0x0008 if swap else 0x0800})  # the IPv4 ethertype
-    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
-        return 4, frozenset({2, 0x02000000})  # AF_INET, written in either byte order
-    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
-        return 0, frozenset({b""})
-    return None
-
-
-def flow_endpoints(key: bytes | tuple[str, int, str, int]) -> tuple[str, int, str, int]:
-    """(src, sport, dst, dport) of a flow key yielded by :class:`CaptureScan`."""
+def flow_endpoints(key: FlowKey) -> tuple[str, int, str, int]:
+    """(src, sport, dst, dport) of a flow key."""
     if isinstance(key, tuple):
         return key
     return (
@@ -87,16 +78,41 @@ def flow_endpoints(key: bytes | tuple[str, int, str, int]) -> tuple[str, int, st
     )
 
 
-class CaptureScan:
-    """Iterate the watched packets of one capture file (see the module docstring).
+class _Layout:
+    """The network-order struct for one link type, and how to read its result."""
 
-    UDP packets come as ``(number, time, key, sport, dport, payload)``, where
-    ``key`` identifies the flow and its direction: the 12 raw bytes of the
-    IPv4 source, destination and ports, or a ``(src, sport, dst, dport)``
-    tuple for packets decoded by the general path (IPv6...).
-    :func:`flow_endpoints` turns either into addresses.  TCP packets come as
-    :class:`~stacklab.analysis.pcapio.Packet`.
-    """
+    __slots__ = ("l2", "min_len", "net", "tails")
+
+    def __init__(self, linktype: int) -> None:
+        self.tails: frozenset[int | bytes]
+        if linktype == LINKTYPE_ETHERNET:
+            self.l2, link, self.tails = 14, "12xH", frozenset({0x0800})
+        elif linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
+            # AF_INET in host order, written by either kind of host
+            self.l2, link, self.tails = 4, "I", frozenset({2, 0x02000000})
+        elif linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
+            self.l2, link, self.tails = 0, "0s", frozenset({b""})
+        else:
+            raise ValueError(linktype)
+        # link tail; IPv4 ver/ihl, (tos, total, id), flags+frag, (ttl), proto,
+        # (checksum, addresses); UDP ports, length, (checksum); RUDP seq, ack, flag, length.
+        self.net = struct.Struct("!" + link + "Bx4xHxB2x8xHHH2x" + "IIcH").unpack_from
+        self.min_len = self.l2 + 28
+
+
+def _layout(linktype: int) -> _Layout | None:
+    try:
+        return _Layout(linktype)
+    except ValueError:
+        return None
+
+
+def _ignore_fields(*args: object) -> None:
+    """The hot handler when there is none (never called: no port matches -1)."""
+
+
+class CaptureScan:
+    """Walk one capture file: hot-port datagrams to callbacks, other watched packets yielded."""
 
     def __init__(
         self,
@@ -104,15 +120,18 @@ class CaptureScan:
         udp_ports: frozenset[int],
         tcp_ports: frozenset[int],
         hot_port: int | None = None,
-        hot_handler: HotHandler | None = None,
+        hot_fields: HotFields | None = None,
+        hot_raw: HotRaw | None = None,
     ) -> None:
         self.path = os.fspath(path)
-        self.hot_port = hot_port if hot_handler is not None else None
-        self.hot_handler = hot_handler
         with CaptureReader(self.path) as probe:  # validates, and names the format
             self.format = probe.format
         self.udp_ports = udp_ports
         self.tcp_ports = tcp_ports
+        active = hot_port is not None and hot_fields is not None and hot_raw is not None
+        self.hot = hot_port if active and hot_port is not None else -1
+        self.hot_fields: HotFields = hot_fields if active and hot_fields else _ignore_fields
+        self.hot_raw: HotRaw = hot_raw if active and hot_raw else _ignore_fields
         self.frames = 0
         self.truncated = False
         self.linktypes: list[int] = []
@@ -132,7 +151,7 @@ class CaptureScan:
             return self._pcap(f)
         return self._pcapng(f)
 
-    # -- the slow, general path ---------------------------------------------------
+    # -- the slow, general path --------------------------------------------------
 
     def _general(
         self, number: int, time: float, linktype: int, data: bytes
@@ -141,14 +160,11 @@ class CaptureScan:
         if packet is None:
             return None
         if packet.proto == "udp":
-            hot = self.hot_port
-            if hot is not None and hot in (packet.dport, packet.sport):
-                assert self.hot_handler is not None
-                key = (packet.src, packet.sport, packet.dst, packet.dport)
-                self.hot_handler(number, time, key, packet.dport == hot, packet.payload)
+            key = (packet.src, packet.sport, packet.dst, packet.dport)
+            if self.hot in (packet.dport, packet.sport):
+                self.hot_raw(number, time, key, packet.dport == self.hot, packet.payload)
                 return None
             if packet.sport in self.udp_ports or packet.dport in self.udp_ports:
-                key = (packet.src, packet.sport, packet.dst, packet.dport)
                 return (number, time, key, packet.sport, packet.dport, packet.payload)
             return None
         if packet.proto == "tcp" and (
@@ -157,21 +173,21 @@ class CaptureScan:
             return packet
         return None
 
-    def _watch(self, swap: bool) -> tuple[frozenset[int], frozenset[int], int]:
-        """The watched ports as the fast struct reads them (byte-swapped on little-endian files).
+    def _hot(
+        self, number: int, time: float, buf: bytes, ip: int, end: int, incl_ok: bool, fields: tuple
+    ) -> None:
+        """A hot-port datagram whose frame is short: trust the UDP length, maybe no full header."""
+        _tail, _v, _f, _p, _sport, dport, ulen, seq, ack, flag, rlen = fields
+        stop = ip + 20 + ulen if 8 <= ulen <= end - ip - 20 else end
+        key = buf[ip + 12 : ip + 24]
+        if stop - ip - 28 >= 11:
+            self.hot_fields(
+                number, time, key, dport == self.hot, seq, ack, flag, rlen, buf, ip + 28, stop
+            )
+        else:
+            self.hot_raw(number, time, key, dport == self.hot, buf[ip + 28 : stop])
 
-        The hot port is -1 when there is none (no port matches it).
-        """
-        hot = -1 if self.hot_port is None else self.hot_port
-        if not swap:
-            return self.udp_ports, self.tcp_ports, hot
-        return (
-            frozenset(map(_swap, self.udp_ports)),
-            frozenset(map(_swap, self.tcp_ports)),
-            _swap(hot) if hot >= 0 else -1,
-        )
-
-    # -- pcap ---------------------------------------------------------------------------
+    # -- pcap ------------------------------------------------------------------------------
 
     def _pcap(self, f: BinaryIO) -> Iterator[UdpItem | Packet]:
         with f:
@@ -185,20 +201,17 @@ class CaptureScan:
             self.linktypes.append(linktype)
             read = f.read
             general = self._general
-            hot_handler = self.hot_handler or _ignore
-            swap = endian == "<"
-            layout = _fast_layout(linktype, swap)
-            udp_watch, tcp_watch, hot = self._watch(swap)
-            frag_mask = 0xFF3F if swap else 0x3FFF  # MF flag and fragment offset
+            hot_fields = self.hot_fields
+            short_hot = self._hot
+            hot = self.hot
+            udp_watch, tcp_watch = self.udp_ports, self.tcp_ports
             head = struct.Struct(endian + "IIII").unpack_from
+            layout = _layout(linktype)
             if layout is not None:
-                l2, tails = layout
-                fast = _compile(endian + "IIII", l2).unpack_from
-                min_len = l2 + 28
+                net, l2, tails, min_len = layout.net, layout.l2, layout.tails, layout.min_len
             else:
-                l2, min_len = 0, 1 << 62
-                tails = frozenset()
-                fast = None
+                net, l2, tails, min_len = None, 0, frozenset(), 1 << 62
+            full_len = min_len + 11  # up to the end of the RUDP header
             number = 0
             buf = read(_READ_SIZE)
             real = len(buf)
@@ -222,12 +235,7 @@ class CaptureScan:
                         buf += bytes(_PAD)
                     limit = real - 15 if eof else real - _PAD
                     continue
-                if fast is not None:
-                    sec, frac, incl, _orig, tail, verihl, frag, proto, sport, dport, ulen = fast(
-                        buf, pos
-                    )
-                else:
-                    sec, frac, incl, _orig = head(buf, pos)
+                sec, frac, incl, _orig = head(buf, pos)
                 if incl > 0x4000000:
                     raise CaptureError(f"{self.path}: corrupt pcap record after frame {number}")
                 start = pos + 16
@@ -240,58 +248,58 @@ class CaptureScan:
                     continue
                 number += 1
                 pos = end
-                if incl >= min_len and verihl == 0x45 and not frag & frag_mask and tail in tails:
-                    if proto == 17:
-                        if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
-                            ip = start + l2
-                            if (
-                                incl <= 64
-                            ):  # short frames may carry link padding: trust the UDP length
-                                ulen = ((ulen & 0xFF) << 8) | (ulen >> 8) if swap else ulen
-                                stop = ip + 20 + ulen if 8 <= ulen <= end - ip - 20 else end
-                            else:
-                                stop = end
-                            hot_handler(
-                                number,
-                                sec + frac * resolution,
-                                buf[ip + 12 : ip + 24],
-                                dport == hot,
-                                buf[ip + 28 : stop],
-                            )
+                if incl >= min_len:
+                    fields = net(buf, start)  # type: ignore[misc]
+                    tail, verihl, frag, proto, sport, dport, _ulen, seq, ack, flag, rlen = fields
+                    if verihl == 0x45 and not frag & 0x3FFF and tail in tails:
+                        if proto == 17:
+                            if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
+                                ip = start + l2
+                                if incl > 64 and incl >= full_len:
+                                    hot_fields(
+                                        number,
+                                        sec + frac * resolution,
+                                        buf[ip + 12 : ip + 24],
+                                        dport == hot,
+                                        seq,
+                                        ack,
+                                        flag,
+                                        rlen,
+                                        buf,
+                                        ip + 28,
+                                        end,
+                                    )
+                                else:  # short frames may carry link padding: trust the UDP length
+                                    short_hot(
+                                        number, sec + frac * resolution, buf, ip, end, True, fields
+                                    )
+                                continue
+                            if sport not in udp_watch and dport not in udp_watch:
+                                continue
+                        elif proto != 6 or (sport not in tcp_watch and dport not in tcp_watch):
                             continue
-                        if sport not in udp_watch and dport not in udp_watch:
-                            continue
-                        item = general(number, sec + frac * resolution, linktype, buf[start:end])
-                        if item is not None:
-                            yield item
-                        continue
-                    if proto != 6 or (sport not in tcp_watch and dport not in tcp_watch):
-                        continue
                 item = general(number, sec + frac * resolution, linktype, buf[start:end])
                 if item is not None:
                     yield item
             self.frames = number
 
-    # -- pcapng --------------------------------------------------------------------------
+    # -- pcapng ------------------------------------------------------------------------------
 
     def _pcapng(self, f: BinaryIO) -> Iterator[UdpItem | Packet]:
         with f:
             read = f.read
             general = self._general
-            hot_handler = self.hot_handler or _ignore
+            hot_fields = self.hot_fields
+            short_hot = self._hot
+            hot = self.hot
+            udp_watch, tcp_watch = self.udp_ports, self.tcp_ports
             number = 0
             endian = "<"
+            head = struct.Struct("<IIIIII").unpack_from
             interfaces: list[tuple[int, float]] = []
-            fast: Callable[[bytes, int], tuple[Any, ...]] | None = None
+            net = None
             l2, min_len = 0, 1 << 62
             tails: frozenset[int | bytes] = frozenset()
-            # Fields of the fast struct (bound before the first interface block).
-            if_id = ts_hi = ts_lo = incl = verihl = frag = proto = sport = dport = ulen = 0
-            tail: int | bytes = 0
-            swap = True
-            udp_watch, tcp_watch, hot = self._watch(swap)
-            frag_mask = 0xFF3F
-            resolution = 1e-6
             buf = read(_READ_SIZE)
             real = len(buf)
             eof = real < _READ_SIZE
@@ -317,25 +325,7 @@ class CaptureScan:
                         buf += bytes(_PAD)
                     limit = real - 11 if eof else real - _PAD
                     continue
-                if fast is not None:
-                    (
-                        btype,
-                        blen,
-                        if_id,
-                        ts_hi,
-                        ts_lo,
-                        incl,
-                        _orig,
-                        tail,
-                        verihl,
-                        frag,
-                        proto,
-                        sport,
-                        dport,
-                        ulen,
-                    ) = fast(buf, pos)
-                else:
-                    btype, blen = struct.unpack_from(endian + "II", buf, pos)
+                btype, blen, if_id, ts_hi, ts_lo, incl = head(buf, pos)
                 if btype == _PCAPNG_SHB:
                     bom = buf[pos + 8 : pos + 12]
                     if bom == b"\x4d\x3c\x2b\x1a":
@@ -344,9 +334,10 @@ class CaptureScan:
                         endian = ">"
                     else:
                         raise CaptureError(f"{self.path}: corrupt pcapng section header")
-                    blen = struct.unpack_from(endian + "I", buf, pos + 4)[0]
+                    head = struct.Struct(endian + "IIIIII").unpack_from
+                    btype, blen, if_id, ts_hi, ts_lo, incl = head(buf, pos)
                     interfaces = []
-                    fast = None
+                    net = None
                 if blen < 12 or blen % 4 or blen > 0x4000000:
                     raise CaptureError(f"{self.path}: corrupt pcapng block after frame {number}")
                 end = pos + blen
@@ -366,15 +357,10 @@ class CaptureScan:
                         if lt not in self.linktypes:
                             self.linktypes.append(lt)
                         if len(interfaces) == 1:
-                            resolution = interfaces[0][1]
-                            swap = endian == "<"
-                            udp_watch, tcp_watch, hot = self._watch(swap)
-                            frag_mask = 0xFF3F if swap else 0x3FFF
-                            layout = _fast_layout(lt, swap)
+                            layout = _layout(lt)
                             if layout is not None:
-                                l2, tails = layout
-                                min_len = l2 + 28
-                                fast = _compile(endian + "IIIIIII", l2).unpack_from
+                                net, l2, tails = layout.net, layout.l2, layout.tails
+                                min_len = layout.min_len
                     elif btype == 3 and interfaces:  # simple packet
                         number += 1
                         orig = struct.unpack_from(endian + "I", buf, pos + 8)[0]
@@ -384,63 +370,56 @@ class CaptureScan:
                             yield item
                     pos = end
                     continue
-                if fast is None:
-                    if_id, ts_hi, ts_lo, incl = struct.unpack_from(endian + "IIII", buf, pos + 8)
                 if if_id >= len(interfaces) or 28 + incl > blen:
                     raise CaptureError(
                         f"{self.path}: corrupt enhanced packet block at frame {number + 1}"
                     )
                 number += 1
                 pos = end
-                start = pos - blen + 28
-                if (
-                    fast is not None
-                    and not if_id
-                    and incl >= min_len
-                    and verihl == 0x45
-                    and not frag & frag_mask
-                    and tail in tails
-                ):
-                    if proto == 17:
-                        if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
-                            ip = start + l2
-                            stop = start + incl
-                            if incl <= 64:
-                                ulen = ((ulen & 0xFF) << 8) | (ulen >> 8) if swap else ulen
-                                if 8 <= ulen <= stop - ip - 20:
-                                    stop = ip + 20 + ulen
-                            hot_handler(
-                                number,
-                                ((ts_hi << 32) | ts_lo) * resolution,
-                                buf[ip + 12 : ip + 24],
-                                dport == hot,
-                                buf[ip + 28 : stop],
-                            )
-                            continue
-                        if sport not in udp_watch and dport not in udp_watch:
-                            continue
-                    elif proto != 6 or (sport not in tcp_watch and dport not in tcp_watch):
-                        continue
+                start = end - blen + 28
                 lt, tick = interfaces[if_id]
+                if not if_id and incl >= min_len:
+                    fields = net(buf, start)  # type: ignore[misc]
+                    tail, verihl, frag, proto, sport, dport, _ulen, seq, ack, flag, rlen = fields
+                    if verihl == 0x45 and not frag & 0x3FFF and tail in tails:
+                        if proto == 17:
+                            if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
+                                ip = start + l2
+                                if incl > 64 and incl >= min_len + 11:
+                                    hot_fields(
+                                        number,
+                                        ((ts_hi << 32) | ts_lo) * tick,
+                                        buf[ip + 12 : ip + 24],
+                                        dport == hot,
+                                        seq,
+                                        ack,
+                                        flag,
+                                        rlen,
+                                        buf,
+                                        ip + 28,
+                                        start + incl,
+                                    )
+                                else:
+                                    short_hot(
+                                        number,
+                                        ((ts_hi << 32) | ts_lo) * tick,
+                                        buf,
+                                        ip,
+                                        start + incl,
+                                        True,
+                                        fields,
+                                    )
+                                continue
+                            if sport not in udp_watch and dport not in udp_watch:
+                                continue
+                        elif proto != 6 or (sport not in tcp_watch and dport not in tcp_watch):
+                            continue
                 item = general(
                     number, ((ts_hi << 32) | ts_lo) * tick, lt, buf[start : start + incl]
                 )
                 if item is not None:
                     yield item
             self.frames = number
-
-
-def _ignore(
-    number: int, time: float, key: bytes | tuple[str, int, str, int], to_port: bool, payload: bytes
-) -> None:
-    """The hot handler when there is none (never called: no port matches)."""
-
-
-def _compile(record: str, l2: int) -> struct.Struct:
-    """One struct: the record header, the link header's tail, IPv4 fields, UDP ports and length."""
-    link = {14: "12xH", 4: "I", 0: "0s"}[l2]
-    # IPv4: ver/ihl B, tos x, total 2x, id 2x, flags+frag H, ttl x, proto B, csum 2x, addrs 8x
-    return struct.Struct(record + link + "Bx4xHxB2x8xHHH")
 
 
 def _tsresol(buf: bytes, start: int, stop: int, endian: str) -> float:

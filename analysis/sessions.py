@@ -97,6 +97,7 @@ class RudpSessionFacts:
     data_packets: int = 0
     retransmissions: int = 0
     go_backs: int = 0
+    probes: int = 0  # lone resends of the base after which the sender carried on (loss probes)
     go_back_kinds: dict[str, int] = field(default_factory=lambda: {"timeout": 0, "dupack": 0})
     timeouts: list[float] = field(default_factory=list)
     max_flight: int = 0
@@ -140,6 +141,7 @@ class RudpSessionFacts:
             "data_packets": self.data_packets,
             "retransmissions": self.retransmissions,
             "go_backs": self.go_backs,
+            "probes": self.probes,
             "go_back_kinds": dict(self.go_back_kinds),
             "timeouts": self.timeouts,
             "max_flight": self.max_flight,

@@ -46,7 +46,8 @@ def analyze_capture(
         frozenset({ports.dns, ports.dhcp}),
         frozenset({ports.app}),
         hot_port=ports.rudp,
-        hot_handler=rudp.feed,
+        hot_fields=rudp.feed_fields,
+        hot_raw=rudp.feed,
     )
     dhcp = JsonServiceTracker("dhcp", ports.dhcp)
     dns = JsonServiceTracker("dns", ports.dns)

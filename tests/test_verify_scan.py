@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stacklab.analysis.pcapio import read_packets
-from stacklab.analysis.scan import CaptureScan, flow_endpoints
+from stacklab.analysis.scan import CaptureScan, FlowKey, flow_endpoints
 from stacklab.analysis.synth import (
     LINK_ETHERNET,
     LINK_NULL,
@@ -23,6 +23,7 @@ from stacklab.analysis.synth import (
     ipv4,
     udp_segment,
 )
+from stacklab.wire import RUDP_HEADER
 
 HOT, WATCHED, TCP_WATCHED = 2122, frozenset({5353, 6767}), frozenset({2121})
 
@@ -33,7 +34,7 @@ udp_packets = st.builds(
     sport=st.sampled_from([2122, 5353, 6767, 40000, 53]),
     dst=st.sampled_from(["127.0.0.3", "192.168.0.1"]),
     dport=st.sampled_from([2122, 5353, 6767, 40001, 443]),
-    payload=st.binary(max_size=80),
+    payload=st.binary(max_size=120),
 )
 tcp_packets = st.builds(
     TcpPacket,
@@ -52,10 +53,27 @@ tcp_packets = st.builds(
 def _scan(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
     hot: list[tuple[object, ...]] = []
 
-    def handler(number: int, time: float, key: object, to_port: bool, payload: bytes) -> None:
-        hot.append((number, round(time, 6), flow_endpoints(key), to_port, payload))  # type: ignore[arg-type]
+    def raw(number: int, time: float, key: FlowKey, to_port: bool, payload: bytes) -> None:
+        hot.append((number, round(time, 6), flow_endpoints(key), to_port, payload))
 
-    scan = CaptureScan(path, WATCHED, TCP_WATCHED, hot_port=HOT, hot_handler=handler)
+    def fields(
+        number: int,
+        time: float,
+        key: FlowKey,
+        to_port: bool,
+        seq: int,
+        ack: int,
+        flag: bytes,
+        length: int,
+        buf: bytes,
+        start: int,
+        stop: int,
+    ) -> None:
+        datagram = buf[start:stop]
+        assert RUDP_HEADER.unpack_from(datagram) == (seq, ack, flag, length)
+        raw(number, time, key, to_port, datagram)
+
+    scan = CaptureScan(path, WATCHED, TCP_WATCHED, hot_port=HOT, hot_fields=fields, hot_raw=raw)
     other: list[tuple[object, ...]] = []
     for item in scan:
         if isinstance(item, tuple):
