@@ -142,6 +142,31 @@ def expects_response(case: Case) -> bool:
     return len(frames) == 1 and decoder.pending == 0
 
 
+def wrong_handshake_answer(case: Case, replies: list[bytes]) -> str | None:
+    """For a case opening with a plain SYN: is the first reply the SYN-ACK WIRE.md defines?
+
+    A SYN without payload must be answered, if at all, with ``seq=0
+    ack=ISN+1 flag=A`` (the original client checks exactly this), including
+    when ISN+1 wraps past 2^32-1.  ``None`` when right or not applicable.
+    """
+    if case.protocol != "rudp" or not replies or not case.packets:
+        return None
+    first = case.packets[0]
+    if len(first) != wire.RUDP_HEADER_LEN or first[8:9] != wire.Flag.SYN.value:
+        return None
+    syn, _ = wire.unpack_rudp(first)
+    if syn.length != 0 or not wire.looks_like_rudp(replies[0]):
+        return None
+    answer, _ = wire.unpack_rudp(replies[0])
+    expected = (syn.seq + 1) & wire.RUDP_MAX_SEQ
+    if answer.flag != wire.Flag.ACK.value or answer.ack != expected or answer.seq != 0:
+        return (
+            f"SYN seq={syn.seq} answered with {answer.flag_letter} seq={answer.seq} "
+            f"ack={answer.ack}, expected A seq=0 ack={expected}"
+        )
+    return None
+
+
 def _json_object(data: bytes) -> dict[str, object] | None:
     try:
         obj = json.loads(data)
@@ -610,6 +635,9 @@ class ProbeRunner:
         outcome, detail = classify_replies(case.protocol, replies)
         if outcome == FAILURE:
             return CaseResult(case, FAILURE, detail, BAD_REPLY, replies)
+        wrong = wrong_handshake_answer(case, replies)
+        if wrong is not None:
+            return CaseResult(case, FAILURE, f"{WRONG_ANSWER}: {wrong}", WRONG_ANSWER, replies)
         if outcome == IGNORED and not reset and expects_response(case):
             return CaseResult(
                 case,

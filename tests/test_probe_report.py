@@ -17,7 +17,7 @@ from test_probe_controls import FragileAppServer, FragileRudpServer
 from stacklab import wire
 from stacklab.analysis.pcapio import read_packets
 from stacklab.cli import cli
-from stacklab.services.probe_cases import ProbeContext, generate_case
+from stacklab.services.probe_cases import Case, ProbeContext, generate_case
 from stacklab.services.probe_report import RunInfo, decode_packet, exchanges_to_packets
 from stacklab.services.probe_runner import (
     ANSWERED,
@@ -29,6 +29,7 @@ from stacklab.services.probe_runner import (
     ProbeRunner,
     check_liveness_reply,
     classify_replies,
+    wrong_handshake_answer,
 )
 
 from conftest import requires_tshark
@@ -247,3 +248,16 @@ def test_ctrl_c_prints_the_partial_report_and_exits_130(
     assert result.exit_code == 130
     document = json.loads(result.stdout)
     assert document["cases"] == 2 and "interrupted during case 2" in document["stopped"]
+
+
+def test_a_plain_syn_must_get_the_wire_syn_ack() -> None:
+    syn_case = generate_case("rudp", 0, 0)  # SYN with seq=0: the first boundary case
+    assert syn_case.packets == (wire.pack_rudp(0, 0, b"S"),)
+    assert wrong_handshake_answer(syn_case, [wire.pack_rudp(0, 1, b"A")]) is None
+    assert wrong_handshake_answer(syn_case, []) is None
+    problem = wrong_handshake_answer(syn_case, [wire.pack_rudp(0, 2, b"A")])
+    assert problem is not None and "expected A seq=0 ack=1" in problem
+    wrapping = Case(0, "rudp", "t", "t", (wire.pack_rudp(wire.RUDP_MAX_SEQ, 0, b"S"),))
+    assert wrong_handshake_answer(wrapping, [wire.pack_rudp(0, 0, b"A")]) is None
+    not_plain = Case(0, "rudp", "t", "t", (wire.pack_rudp(100, 0, b"S", b"{}"),))
+    assert wrong_handshake_answer(not_plain, [wire.pack_rudp(0, 7, b"A")]) is None
