@@ -95,6 +95,16 @@ def permission_problem(dumpcap: str) -> str | None:
     return f"no permission to capture packets: {PERMISSION_FIX}"
 
 
+def preflight() -> str:
+    """Check that dumpcap and editcap exist and that capturing is allowed; return dumpcap's path."""
+    dumpcap = find_tool("dumpcap")
+    find_tool("editcap")
+    problem = permission_problem(dumpcap)
+    if problem is not None:
+        raise CapturePermissionError(problem)
+    return dumpcap
+
+
 def capture_filter(endpoints: Iterable[tuple[str, int]]) -> str:
     """A BPF filter for the given ``(transport, port)`` pairs plus the sync markers."""
     terms = sorted({f"{proto} port {port}" for proto, port in endpoints})
@@ -171,11 +181,7 @@ class DumpcapCapture:
 
     def start(self) -> None:
         """Start dumpcap and return once the capture is live (a marker is in the file)."""
-        dumpcap = find_tool("dumpcap")
-        find_tool("editcap")
-        problem = permission_problem(dumpcap)
-        if problem is not None:
-            raise CapturePermissionError(problem)
+        dumpcap = preflight()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.raw_path.unlink()
