@@ -294,7 +294,11 @@ def ladder_figure(ladder: Ladder, title: str) -> Figure:
     rows = len(ladder.arrows)
     height = max(3.0, 1.6 + ROW_HEIGHT * (rows + 1))
     width = max(7.0, 2.3 * len(hosts) + 2.0)
-    fig = new_figure(width, height)
+    # Hundreds of labels: laid out by hand (margins in inches), not by the
+    # constrained layout engine, which would measure every one of them.
+    fig = new_figure(width, height, constrained=False)
+    top = 1.0 - 0.5 / height
+    fig.subplots_adjust(left=0.01, right=0.99, top=top, bottom=0.15 / height)
     ax = fig.add_subplot()
     bottom = rows + 0.5
     for h, x in column.items():

@@ -48,9 +48,9 @@ RASTER_ABOVE: Final = 3000
 FORMATS: Final = ("png", "svg")
 
 
-def new_figure(width: float = 10.0, height: float = 5.0) -> Figure:
+def new_figure(width: float = 10.0, height: float = 5.0, *, constrained: bool = True) -> Figure:
     """A figure on an Agg canvas, outside pyplot's global registry."""
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained" if constrained else None)
     FigureCanvasAgg(fig)
     return fig
 
@@ -138,7 +138,7 @@ def time_sequence_figure(series: SessionSeries, title: str) -> Figure:
                     color=RETX_COLOUR,
                     fontsize=8,
                     fontweight="bold",
-                )
+                ).set_in_layout(False)  # labels inside the axes: no need to lay them out
         handles.append(
             Line2D(
                 [],

@@ -16,6 +16,7 @@ points, ladder rows, table rows) and the page states every cap it hits.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
 import tempfile
@@ -175,13 +176,14 @@ def _sessions(
             sender = read_sender_window(options.events_path)
         except OSError as exc:
             log.warning("%s: cannot read the events log: %s", options.events_path, exc.strerror)
+    target = sender.pick(series.sessions) if sender is not None else None
     parts = []
     total = len(analysis.rudp_sessions)
     for index, s in enumerate(series.sessions, 1):
         facts = by_key.get((s.key, s.first_frame))
         name = f"session {index}: {s.key}"
         ts = plots.time_sequence_figure(s, f"{stem} — {name}: time-sequence")
-        overlay = align_sender_window(sender, s) if sender is not None and index == 1 else None
+        overlay = align_sender_window(sender, s) if sender is not None and s is target else None
         win = plots.window_figure(s, f"{stem} — {name}: window", options.max_window, overlay)
         parts.append(
             f'<section class="session" id="session-{index}"><h2>RUDP {_e(name)}</h2>'
@@ -199,6 +201,60 @@ def _sessions(
     if not parts:
         parts.append('<section><h2>RUDP</h2><p class="note">No RUDP session.</p></section>')
     return "\n".join(parts)
+
+
+MAX_SERVICE_ROWS: Final = 50
+"""Rows per service table (DHCP, DNS, app sessions)."""
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _services(analysis: CaptureAnalysis, linked: set[int]) -> str:
+    """DHCP and DNS exchanges and app sessions over TCP, one small table each."""
+    parts: list[str] = []
+    for title, exchanges in (("DHCP", analysis.dhcp), ("DNS", analysis.dns)):
+        if not exchanges:
+            continue
+        rows = []
+        for ex in exchanges[:MAX_SERVICE_ROWS]:
+            frames = [ex.request_frame] + ([ex.reply_frame] if ex.reply_frame else [])
+            rows.append(
+                f'<tr><td class="mono">{_e(ex.client)}</td><td>{_e(_short(ex.request))}</td>'
+                f"<td>{_e(_short(ex.reply) if ex.reply is not None else '-')}</td>"
+                f"<td>{_e(ex.problem or '')}</td><td>{_frame_links(frames, linked)}</td></tr>"
+            )
+        more = len(exchanges) - MAX_SERVICE_ROWS
+        note = f'<p class="note">{more:,} more not listed.</p>' if more > 0 else ""
+        parts.append(
+            f"<h3>{title} ({len(exchanges):,})</h3><table><thead><tr><th>client</th>"
+            "<th>request</th><th>reply</th><th>problem</th><th>frames</th></tr></thead><tbody>"
+            + "".join(rows)
+            + f"</tbody></table>{note}"
+        )
+    if analysis.tcp_sessions:
+        rows = []
+        for t in analysis.tcp_sessions[:MAX_SERVICE_ROWS]:
+            rows.append(
+                f'<tr><td class="mono">{_e(t.client)}</td><td>{_e(_short(t.request or "-"))}</td>'
+                f'<td class="num">{_e(t.response_length if t.response_length is not None else "-")}</td>'
+                f"<td>{_e(t.error or '')}</td>"
+                f"<td>{_frame_links([t.first_frame, t.last_frame], linked)}</td></tr>"
+            )
+        more = len(analysis.tcp_sessions) - MAX_SERVICE_ROWS
+        note = f'<p class="note">{more:,} more not listed.</p>' if more > 0 else ""
+        parts.append(
+            f"<h3>App sessions over TCP ({len(analysis.tcp_sessions):,})</h3><table><thead><tr>"
+            '<th>client</th><th>request</th><th class="num">response bytes</th><th>problem</th>'
+            "<th>frames</th></tr></thead><tbody>" + "".join(rows) + f"</tbody></table>{note}"
+        )
+    if not parts:
+        return ""
+    return (
+        '<section id="services"><h2>DHCP, DNS and app requests</h2>' + "".join(parts) + "</section>"
+    )
 
 
 def _packet_rows(rows: list[DecodedPacket]) -> str:
@@ -298,6 +354,7 @@ def build_report(path: str | os.PathLike[str], options: ReportOptions | None = N
     ladder_html = f'<div class="ladder">{plots.inline_svg(figure)}</div>'
     plots.close(figure)
     passed = analysis.passed
+    linked = {p.frame for p in tap.rows}
     subtitle = f"{analysis.packets:,} frames · {analysis.link_type}"
     if analysis.truncated:
         subtitle += " · truncated"
@@ -310,8 +367,9 @@ def build_report(path: str | os.PathLike[str], options: ReportOptions | None = N
         verdict="PASS" if passed else "FAIL",
         verdict_class="pass" if passed else "fail",
         summary=_summary(analysis, os.path.getsize(source)),
-        checks=_checks(analysis.checks, {p.frame for p in tap.rows}),
+        checks=_checks(analysis.checks, linked),
         sessions=_sessions(analysis, series, options, stem),
+        services=_services(analysis, linked),
         ladder=ladder_html,
         packets=_packets(tap.rows, tap.count, analysis.packets, options),
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -76,31 +77,45 @@ class SessionSeries:
 
 
 class _Sampler:
-    """The sampling state of one session: counters seen at the previous datagram."""
+    """The sampling state of one session.
 
-    __slots__ = (
-        "acked",
-        "go_backs",
-        "kinds",
-        "last_sent",
-        "retransmissions",
-        "series",
-        "session",
-    )
+    Retransmissions and go-backs are read off the wire here (a DATA not above
+    the highest chunk sent; a DATA not following the previous one), so each
+    mark sits at its own packet.  Only their *kind* comes from the verifier:
+    whenever its timeout / duplicate-ACK counters move, the oldest go-backs
+    not yet classified take that kind (the verifier may decide a packet or
+    two later, once it has seen what followed).
+    """
+
+    __slots__ = ("acked", "highest_sent", "kinds", "last_sent", "pending", "series", "session")
 
     def __init__(self, session: RudpSession, series: SessionSeries) -> None:
         self.session = session
         self.series = series
-        self.retransmissions = 0
-        self.go_backs = 0
         self.kinds = dict(session.f.go_back_kinds)
+        self.pending: deque[int] = deque()  # indexes of go-backs not yet classified
         self.last_sent = 0
+        self.highest_sent = 0
         self.acked = 0
+
+    def classify(self) -> None:
+        """Give the verifier's newly counted go-back kinds to the oldest unclassified go-backs."""
+        kinds = self.session.f.go_back_kinds
+        go_backs = self.series.go_backs
+        for name in ("timeout", "dupack"):
+            for _ in range(kinds.get(name, 0) - self.kinds.get(name, 0)):
+                if self.pending:
+                    index = self.pending.popleft()
+                    t, chunk, _kind = go_backs[index]
+                    go_backs[index] = (t, chunk, name)
+        self.kinds = dict(kinds)
 
     def sample(self, time: float, flag: bytes, from_client: bool, seq: int, ack: int) -> None:
         s = self.session
         series = self.series
         t = round(time - series.start, 6)
+        if self.pending:
+            self.classify()
         if flag == b"F" and not from_client and series.fin is None:
             series.fin = t
             return
@@ -122,26 +137,25 @@ class _Sampler:
             if series.flight and self.acked >= self.last_sent:
                 series.flight.append((t, 0))  # everything acknowledged: nothing in flight
         else:
-            retx = s.retransmissions > self.retransmissions
-            self.retransmissions = s.retransmissions
-            series.data.append((t, seq, retx))
+            series.data.append((t, seq, seq <= self.highest_sent))
+            if self.last_sent and seq <= self.last_sent:
+                self.pending.append(len(series.go_backs))
+                series.go_backs.append((t, seq, "unexplained"))
             self.last_sent = seq
-            if s.f.go_backs > self.go_backs:
-                self.go_backs = s.f.go_backs
-                kinds = s.f.go_back_kinds
-                kind: GoBackKind = "unexplained"
-                for name in ("timeout", "dupack"):
-                    if kinds[name] > self.kinds[name]:
-                        kind = name
-                self.kinds = dict(kinds)
-                series.go_backs.append((t, seq, kind))
+            self.highest_sent = max(self.highest_sent, seq)
             series.flight.append((t, max(1, seq - self.acked)))
         series.window.append((t, s.window))
+        if self.pending:
+            self.classify()
 
 
 @dataclass
 class CaptureSeries:
-    """The series of a capture's first sessions, and how many sessions there were."""
+    """The series of a capture's first sessions, and how many sessions were seen.
+
+    When ``stopped_early`` the pass ended once the drawn sessions were
+    finished, so ``total_sessions`` counts only those seen until then.
+    """
 
     sessions: list[SessionSeries] = field(default_factory=list)
     total_sessions: int = 0
@@ -164,6 +178,7 @@ def collect_series(
     """
     tracker = RudpTracker(ports.rudp, max_window=max_window, min_rto=min_rto, keep_series=False)
     samplers: dict[int, _Sampler] = {}
+    others: set[int] = set()
     out = CaptureSeries()
     rudp_port = ports.rudp
     with CaptureReader(path) as reader:
@@ -182,12 +197,15 @@ def collect_series(
             session, from_client = entry
             sampler = samplers.get(id(session))
             if sampler is None:
-                out.total_sessions += 1
                 if len(out.sessions) >= max_sessions:
+                    if id(session) not in others:
+                        others.add(id(session))  # the tracker keeps it alive: ids are stable
+                        out.total_sessions += 1
                     if all(s.session.finished for s in samplers.values()):
                         out.stopped_early = True
                         break
                     continue
+                out.total_sessions += 1
                 series = SessionSeries(session.f.key, session.f.start, session.f.first_frame)
                 out.sessions.append(series)
                 sampler = samplers[id(session)] = _Sampler(session, series)
@@ -195,6 +213,9 @@ def collect_series(
             seq = int.from_bytes(payload[0:4], "big")
             ack = int.from_bytes(payload[4:8], "big")
             sampler.sample(packet.time, payload[8:9], from_client, seq, ack)
+    tracker.sessions()  # finish them: the last go-backs get their kind
+    for sampler in samplers.values():
+        sampler.classify()
     return out
 
 
@@ -204,6 +225,16 @@ class SenderWindow:
 
     points: list[tuple[float, int]] = field(default_factory=list)
     first_data: float | None = None  # time the sender logged its first DATA, if traced
+    data_sent: int = 0  # DATA packets the sender logged (0 when not traced)
+
+    def pick(self, sessions: list[SessionSeries]) -> SessionSeries | None:
+        """The session this log describes: the only one, else the one with as many DATA."""
+        if len(sessions) == 1:
+            return sessions[0]
+        for series in sessions:
+            if self.data_sent and len(series.data) == self.data_sent:
+                return series
+        return sessions[0] if sessions else None
 
 
 def read_sender_window(path: str | os.PathLike[str]) -> SenderWindow:
@@ -230,8 +261,10 @@ def read_sender_window(path: str | os.PathLike[str]) -> SenderWindow:
                 if not out.points and isinstance(data.get("old"), int):
                     out.points.append((float(time), data["old"]))
                 out.points.append((float(time), data["new"]))
-            elif name == "packet_sent" and data.get("flag") == "D" and out.first_data is None:
-                out.first_data = float(time)
+            elif name == "packet_sent" and data.get("flag") == "D":
+                out.data_sent += 1
+                if out.first_data is None:
+                    out.first_data = float(time)
     return out
 
 

@@ -126,3 +126,31 @@ def test_sender_window_read_tolerantly_and_aligned(tmp_path: Path) -> None:
 def test_missing_events_log_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         read_sender_window(tmp_path / "missing.jsonl")
+
+
+def test_events_log_picks_its_session_by_data_count(tmp_path: Path) -> None:
+    packets = []
+    for i, chunks in enumerate((1, 3)):
+        conv = Conversation(client=("127.0.0.1", 52000 + i), start=1_700_000_000.0 + i)
+        conv.handshake()
+        for n in range(1, chunks + 1):
+            conv.data(n, b"x")
+            conv.ack(n)
+        conv.fin(chunks + 1)
+        conv.ack(chunks + 1)
+        packets += conv.packets
+    path = tmp_path / "two.pcap"
+    write_capture(path, packets)
+    sessions = collect_series(path).sessions
+    sent = SenderWindow(data_sent=3)
+    assert sent.pick(sessions) is sessions[1]
+    assert SenderWindow(data_sent=7).pick(sessions) is sessions[0]
+    assert SenderWindow().pick([]) is None
+    log = tmp_path / "e.jsonl"
+    log.write_text(
+        "\n".join(
+            json.dumps({"time": 5.0 + i, "name": "rudp:packet_sent", "data": {"flag": f}})
+            for i, f in enumerate("DDAD")
+        )
+    )
+    assert read_sender_window(log).data_sent == 3

@@ -215,3 +215,15 @@ def test_command_bad_input_is_one_line(tmp_path: Path, args: list[str], message:
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.output.startswith("stacklab: error: ") and result.output.count("\n") == 1
+
+
+def test_services_section_lists_dhcp_dns_and_app() -> None:
+    html = build_report(seed_capture("part1_flow")).html
+    section = html[html.index('<section id="services">') :]
+    section = section[: section.index("</section>")]
+    assert "<h3>DHCP (1)</h3>" in section and "<h3>DNS (1)</h3>" in section
+    assert "<h3>App sessions over TCP (1)</h3>" in section
+    assert "FETCH http://127.0.0.1:8080/test_file.txt" in section
+    assert '<a href="#f1">1</a>, <a href="#f2">2</a>' in section
+    assert 'id="session-1"' not in html  # no RUDP in part1
+    assert "No RUDP session." in html

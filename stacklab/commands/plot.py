@@ -145,6 +145,7 @@ def plot(
     written: list[tuple[str, str]] = []
     try:
         series = collect_series(capture, ports, max_window=max_window, min_rto=min_rto)
+        target = sender.pick(series.sessions) if sender is not None else None
         for index, s in enumerate(series.sessions, 1):
             name = f"s{index}-{slug(s.key.split('->')[0])}"
             label = f"{stem} — session {index}: {s.key}"
@@ -152,7 +153,7 @@ def plot(
             path = os.path.join(outdir, f"{stem}.{name}.timeseq.{fmt}")
             plots.save_figure(fig, path, fmt)
             written.append((path, f"time-sequence, {len(s.data)} DATA, {s.retransmissions} R"))
-            overlay = align_sender_window(sender, s) if sender is not None and index == 1 else None
+            overlay = align_sender_window(sender, s) if sender is not None and s is target else None
             fig = plots.window_figure(s, f"{label}: window", max_window, overlay)
             path = os.path.join(outdir, f"{stem}.{name}.window.{fmt}")
             plots.save_figure(fig, path, fmt)
@@ -175,6 +176,5 @@ def plot(
         table.add_row(path, what)
     console.print(table)
     if series.total_sessions > len(series.sessions):
-        console.print(
-            f"drawn: the first {len(series.sessions)} of {series.total_sessions} RUDP sessions"
-        )
+        more = "more" if series.stopped_early else str(series.total_sessions)
+        console.print(f"drawn: the first {len(series.sessions)} of {more} RUDP sessions")
