@@ -117,23 +117,25 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "rudp-loss",
-            "the client ignores 30% of DATA (seeded): timeouts, Go-Back-N resends, window halving",
+            "the client ignores 30% of DATA (seeded): timeouts and duplicate-ACK go-backs, "
+            "Go-Back-N resends, the window halving",
             "rudp",
             "dhcp,dns,rudp",
             file_size=8_000,
             drop=0.3,
-            seed=7,
+            seed=4,
             server={"initial_rto": 0.3, "min_rto": 0.25},
         ),
         Scenario(
             "rudp-advanced",
-            "receiver delay on every DATA, the window growing to 5, one loss halving it, and regrowth",
+            "5-25 ms of receiver delay on every DATA; the window grows to 5, one loss halves it, "
+            "it grows back",
             "rudp",
             "dhcp,dns,rudp",
             file_size=30_000,
             drop=0.04,
-            delay=(0.002, 0.012),
-            seed=3,
+            delay=(0.005, 0.025),
+            seed=19,
             server={"initial_rto": 0.3, "min_rto": 0.25},
         ),
     )
