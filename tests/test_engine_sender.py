@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import pytest
 from crc32c import crc32c
@@ -14,6 +15,7 @@ from stacklab.transport.events import (
     FastRetransmit,
     GaveUp,
     GoBack,
+    LossProbe,
     RttSample,
     Timeout,
     WindowChanged,
@@ -109,8 +111,9 @@ def test_timeout_backs_off_halves_and_goes_back_to_base() -> None:
     assert s.rto == pytest.approx(2 * rto)
     assert s.get_timer() == pytest.approx(timer + 2 * rto)
     assert events(s, GoBack)[-1] == GoBack(timer, 10, 7, "timeout")
-    assert seqs(s.datagrams_to_send(timer)) == [7, 8]
-    assert s.retransmissions == 2
+    # the base goes out twice after a timeout, then the rest of the halved window
+    assert seqs(s.datagrams_to_send(timer)) == [7, 7, 8]
+    assert s.retransmissions == 3
 
 
 def test_karn_no_sample_from_resent_chunk_but_backoff_undone_by_new_ack() -> None:
@@ -118,7 +121,7 @@ def test_karn_no_sample_from_resent_chunk_but_backoff_undone_by_new_ack() -> Non
     s.datagrams_to_send(0.0)
     s.handle_timer(1.0)
     assert s.rto == 2.0 and s.get_timer() == 3.0
-    assert seqs(s.datagrams_to_send(1.0)) == [1]
+    assert seqs(s.datagrams_to_send(1.0)) == [1, 1]
     s.on_ack(1, 1.05)  # ambiguous: answer to the first or the second copy?
     assert events(s, RttSample) == []
     assert s.estimator.srtt is None
@@ -159,11 +162,11 @@ def test_rto_clamped_at_maximum_under_backoff() -> None:
     assert s.rto == 10.0
 
 
-def _grow(s: GbnSender, to_window: int) -> float:
+def _grow(s: GbnSender, to_window: int, step: float = 0.1) -> float:
     now = 0.0
     s.datagrams_to_send(now)
     while s.window < to_window:
-        now += 0.1
+        now += step
         s.on_ack(s.next_seq - 1, now)
         s.datagrams_to_send(now)
     return now
@@ -183,13 +186,20 @@ def test_third_duplicate_ack_triggers_fast_retransmit_once() -> None:
     assert events(s, FastRetransmit) == [FastRetransmit(now + 0.03, base, 3)]
     assert s.window == 3
     assert s.next_seq == base
-    assert s.get_timer() == pytest.approx(now + 0.03 + s.rto)
+    assert s.rto_timer == pytest.approx(now + 0.03 + s.rto)
     assert seqs(s.datagrams_to_send(now + 0.03)) == [base, base + 1, base + 2]
-    # the rest of the old flight keeps producing duplicates: same loss event, no second go-back
-    for i in range(5):
-        s.on_ack(base - 1, now + 0.04 + i / 100)
+    # the old flight (base+1 .. base+5) can still echo 2 duplicates: same loss event
+    s.on_ack(base - 1, now + 0.04)
+    s.on_ack(base - 1, now + 0.05)
     assert len(events(s, FastRetransmit)) == 1
-    assert s.window == 3
+    # three more can only come from the resent flight: its first chunk was lost too
+    s.on_ack(base - 1, now + 0.06)
+    s.on_ack(base - 1, now + 0.07)
+    assert len(events(s, FastRetransmit)) == 1
+    s.on_ack(base - 1, now + 0.08)
+    assert len(events(s, FastRetransmit)) == 2
+    assert s.window == 3  # nothing acknowledged in between: one loss event, one halving
+    assert s.next_seq == base
     assert [e.reason for e in events(s, WindowChanged) if e.new < e.old] == ["dupack"]
 
 
@@ -216,7 +226,7 @@ def test_fin_after_last_ack_then_done() -> None:
     assert fin == RUDP_HEADER.pack(4, 0, b"F", 0)
     assert not s.done
     s.handle_timer(s.get_timer() or 0.0)  # a lost FIN is resent like data
-    assert s.datagrams_to_send(10.0) == [fin]
+    assert s.datagrams_to_send(10.0) == [fin, fin]
     s.on_ack(4, 10.1)
     assert s.done and s.get_timer() is None
     assert s.datagrams_to_send(10.2) == []
@@ -275,3 +285,71 @@ def test_invariants_under_any_event_sequence(steps: list[tuple[str, int]]) -> No
         assert s.consecutive_timeouts <= 5
         if s.failed or s.done:
             assert s.get_timer() is None
+
+
+def test_an_unacknowledged_fin_closes_quietly_after_max_timeouts() -> None:
+    s = make(chunks=1, max_timeouts=2)
+    s.datagrams_to_send(0.0)
+    s.on_ack(1, 0.1)
+    s.datagrams_to_send(0.1)  # the FIN
+    for _ in range(2):
+        timer = s.get_timer()
+        assert timer is not None
+        s.handle_timer(timer)
+        s.datagrams_to_send(timer)
+    assert s.done and not s.fin_acknowledged and s.failed is None
+    assert s.get_timer() is None
+
+
+def _fast_path(s: GbnSender) -> float:
+    """Grow to window 3 with 10 ms round trips: SRTT 10 ms, RTO held at its 200 ms floor."""
+    s.datagrams_to_send(0.0)
+    now = 0.0
+    for _ in range(2):
+        now += 0.01
+        s.on_ack(s.next_seq - 1, now)
+        s.datagrams_to_send(now)
+    return now
+
+
+def test_loss_probe_resends_the_base_alone_well_before_the_rto_floor() -> None:
+    s = make()
+    now = _fast_path(s)
+    assert s.rto == 0.2
+    srtt, rttvar = s.estimator.srtt, s.estimator.rttvar
+    assert srtt is not None and rttvar is not None
+    pto = srtt + 4 * rttvar
+    assert s.get_timer() == pytest.approx(now + pto)
+    base, next_seq, window = s.base, s.next_seq, s.window
+    s.handle_timer(now + pto)
+    assert seqs(s.datagrams_to_send(now + pto)) == [base]
+    assert (s.base, s.next_seq, s.window, s.consecutive_timeouts) == (base, next_seq, window, 0)
+    assert [e.probes for e in events(s, LossProbe)] == [1]
+    assert s.get_timer() == pytest.approx(now + 2 * pto)  # probes repeat every PTO ...
+    while not events(s, Timeout):
+        t = s.get_timer()
+        assert t is not None
+        s.handle_timer(t)
+        s.datagrams_to_send(t)
+    # ... until the timeout proper, which goes back, backs off and stops probing
+    assert events(s, Timeout)[0].time == pytest.approx(now + 0.2)
+    times = [e.time for e in events(s, LossProbe)]
+    assert len(times) >= 7
+    assert all(b - a == pytest.approx(pto) for a, b in itertools.pairwise(times))
+    assert times[-1] <= now + 0.2
+    assert s.get_timer() == pytest.approx(now + 0.2 + 0.4)
+
+
+def test_duplicate_caused_by_a_probe_does_not_count_towards_fast_retransmit() -> None:
+    s = make(chunks=40, max_window=8)
+    now = _grow(s, 3, step=0.01)
+    s.on_ack(s.base - 1, now)  # a genuine duplicate
+    t = s.get_timer()
+    assert t is not None and t < now + s.rto
+    s.handle_timer(t)
+    s.datagrams_to_send(t)
+    s.on_ack(s.base - 1, t + 0.001)  # the probe arrived although the base had too: echo
+    s.on_ack(s.base - 1, t + 0.002)
+    assert events(s, FastRetransmit) == []
+    s.on_ack(s.base - 1, t + 0.003)
+    assert len(events(s, FastRetransmit)) == 1

@@ -11,7 +11,10 @@ end the transfer with :class:`~stacklab.transport.events.GaveUp`.
 
 The command ACK is recognised in both conventions seen in real captures
 (``ack = seq`` and the byte-counting ``ack = seq + len(command)``); the first
-DATA also counts as one, in case the command ACK was lost.  After the FIN the
+DATA also counts as one, in case the command ACK was lost.  Until the first
+DATA arrives the command keeps being resent on the backed-off RTO, because
+in the original convention a duplicated SYN-ACK is indistinguishable from
+the command ACK.  After the FIN the
 session stays answerable: a retransmitted FIN (our ACK was lost) is ACKed
 again for as long as the caller keeps feeding it.
 """
@@ -90,6 +93,8 @@ class ClientSession(SessionBase):
         self._timer: float | None = None
         self._retries = 0
         self._pending: bytes | None = None  # the SYN or command being retransmitted
+        self._command_datagram = b""
+        self._probe: float | None = None  # command re-send while no data has come yet
         self._pending_sent_at = 0.0
 
     # -- public API ------------------------------------------------------------
@@ -163,9 +168,20 @@ class ClientSession(SessionBase):
     def get_timer(self) -> float | None:
         if self.state is ClientState.DONE or self.state is ClientState.FAILED:
             return None
+        if self._probe is not None and (self._timer is None or self._probe < self._timer):
+            return self._probe
         return self._timer
 
     def handle_timer(self, now: float) -> None:
+        if self._probe is not None and now >= self._probe and self.state is ClientState.RECEIVING:
+            # The command was acknowledged but no data came yet.  In the original
+            # convention a duplicated SYN-ACK looks exactly like the command ACK,
+            # so keep resending the command (the server re-ACKs it and runs it
+            # once) until data flows; the server's answers keep the session alive
+            # through a long fetch, and silence still ends it.
+            self.rtt.backoff()
+            self._out.append(self._command_datagram)
+            self._probe = now + self.rtt.rto
         if self._timer is None or now < self._timer:
             return
         if self.state in (ClientState.SYN_SENT, ClientState.CMD_SENT):
@@ -222,6 +238,7 @@ class ClientSession(SessionBase):
             o, 1, max_bytes=self.max_bytes, events=self._events, trace=self.trace
         )
         command = self._queue(now, self.command_seq, 0, DATA, self._command_bytes, o.integrity)
+        self._command_datagram = command
         self._arm(command, now)
         self.state = ClientState.CMD_SENT
 
@@ -230,6 +247,7 @@ class ClientSession(SessionBase):
         self._pending = None
         self.state = ClientState.RECEIVING
         self._timer = now + self.silence_timeout
+        self._probe = now + self.rtt.rto
 
     def _on_data(self, seq: int, payload: bytes | memoryview, now: float) -> None:
         receiver = self.receiver
@@ -238,6 +256,7 @@ class ClientSession(SessionBase):
                 receiver.on_data(seq, payload, now)  # answer with the cumulative ACK
             return
         self._timer = now + self.silence_timeout
+        self._probe = None
         try:
             receiver.on_data(seq, payload, now)
         except ReceiverOverflow as exc:
@@ -248,6 +267,7 @@ class ClientSession(SessionBase):
         if receiver is None:
             return
         self._timer = now + self.silence_timeout if self.state is ClientState.RECEIVING else None
+        self._probe = None
         if not receiver.on_fin(seq, now):
             return
         digest = receiver.digest()
@@ -268,5 +288,6 @@ class ClientSession(SessionBase):
         self.failed = reason
         self.state = ClientState.FAILED
         self._timer = None
+        self._probe = None
         self._pending = None
         self._events.append(GaveUp(now, reason))

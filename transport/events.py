@@ -43,9 +43,12 @@ class PacketSent(Event):
 
 @dataclass(frozen=True, slots=True)
 class AckReceived(Event):
+    """``counted``: a duplicate that counts towards the next fast retransmit (not an echo)."""
+
     name: ClassVar[str] = "rudp:ack_received"
     ack: int
     duplicate: bool
+    counted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,13 @@ class Timeout(Event):
     base: int
     rto: float
     consecutive: int
+
+
+@dataclass(frozen=True, slots=True)
+class LossProbe(Event):
+    name: ClassVar[str] = "recovery:loss_probe"
+    base: int
+    probes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,7 @@ class GbnReceiver:
             self._unacked = 0
             return False
         self.fin_seq = seq
+        self.expected = seq + 1  # a stale chunk after the FIN is answered with the FIN's ACK
         self._unacked = 0
         self._acks.append(seq)
         return True

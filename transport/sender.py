@@ -10,7 +10,20 @@ Go-Back-N on the wire:
   a Go-Back-N sender rarely gets a clean sample and its RTO creeps to the
   maximum;
 * the third duplicate ACK (ack == base - 1 while chunks are in flight) goes
-  back at once instead of waiting for the timer, once per base;
+  back at once instead of waiting for the timer.  After a go-back, as many
+  duplicates as the old flight can still produce are ignored (they echo
+  chunks sent before it); three more then mean the resent flight lost its
+  first chunk too, and the sender goes back again without waiting for a
+  timeout (AIMD does not halve twice for it: no new data was acknowledged);
+  after a timeout the base chunk goes out twice: the give-up bound counts
+  rounds, and at 30 % loss each way one copy and its ACK both survive only
+  half the time, so a lossy but live path would otherwise be abandoned;
+* loss probes: when the RTO is held up by its floor (200 ms, far above a
+  LAN round trip), the base alone is resent every SRTT + 4 RTTVAR until the
+  timeout proper (see :meth:`GbnSender._probe`);
+* the first two duplicates each let one new chunk out beyond the window
+  (limited transmit, RFC 3042), so that even a window of 2 can produce the
+  three duplicates a fast retransmit needs;
 * ``max_timeouts`` consecutive timeouts without progress end the transfer with
   a :class:`~stacklab.transport.events.GaveUp` event instead of retransmitting
   forever.
@@ -34,6 +47,7 @@ from stacklab.transport.events import (
     FastRetransmit,
     GaveUp,
     GoBack,
+    LossProbe,
     PacketSent,
     RtoChanged,
     RttSample,
@@ -86,14 +100,21 @@ class GbnSender:
         self.max_sent = first_seq - 1  # highest sequence number ever sent (FIN included)
         self.consecutive_timeouts = 0
         self.done = False
+        self.fin_acknowledged = False
         self.failed: str | None = None
         self.retransmissions = 0
 
         self._timer: float | None = None
         self._timed_seq: int | None = None
         self._timed_at = 0.0
-        self._dup_acks = 0
-        self._recovery_base: int | None = None  # base of the last go-back: no second fast rtx
+        self._dup_acks = 0  # duplicates counted towards the next fast retransmit
+        self._dups_at_base = 0  # every duplicate seen since the base last moved
+        self._old_flight = 0  # duplicates still expected from chunks sent before the go-back
+        self._extra = 0  # limited transmit: new chunks allowed beyond the window
+        self._double_base = False  # after a timeout the base goes out twice
+        self._probe_at: float | None = None
+        self._probes = 0  # loss probes since the base last moved
+        self._probe_pending = False
         self._fin_payload = content_digest(content) if self._integrity else b""
 
     # -- introspection -------------------------------------------------------
@@ -104,8 +125,17 @@ class GbnSender:
 
     @property
     def in_flight(self) -> int:
-        """Chunks sent (or resent) since the last go-back and not yet acknowledged."""
+        """Chunks sent (or resent) since the last go-back and not yet acknowledged.
+
+        At most ``window + limited_transmit``: limited transmit lets up to two
+        chunks beyond the window out while duplicate ACKs arrive.
+        """
         return self.next_seq - self.base
+
+    @property
+    def limited_transmit(self) -> int:
+        """Chunks currently allowed beyond the window by duplicate ACKs (0, 1 or 2)."""
+        return self._extra
 
     @property
     def rto(self) -> float:
@@ -116,7 +146,36 @@ class GbnSender:
         return self._rto
 
     def get_timer(self) -> float | None:
+        probe = self._probe_at
+        if probe is not None and (self._timer is None or probe < self._timer):
+            return probe
         return self._timer
+
+    @property
+    def rto_timer(self) -> float | None:
+        """The retransmission-timeout deadline alone (``get_timer`` may be an earlier probe)."""
+        return self._timer
+
+    @property
+    def probe_timer(self) -> float | None:
+        return self._probe_at
+
+    def _arm(self, now: float) -> None:
+        """(Re)start the retransmission timer and schedule the next loss probe before it."""
+        self._timer = now + self._rto.rto
+        self._probe_at = self._next_probe(now)
+
+    def _next_probe(self, now: float) -> float | None:
+        est = self._rto
+        if est.srtt is None or est.rttvar is None or self._timer is None or est.backoffs:
+            return None  # no estimate yet, or backing off: the path is in trouble, wait
+        pto = est.srtt + max(4 * est.rttvar, est.granularity)
+        at = now + pto
+        return at if at < self._timer else None
+
+    def _disarm(self) -> None:
+        self._timer = None
+        self._probe_at = None
 
     # -- output ----------------------------------------------------------------
 
@@ -139,15 +198,35 @@ class GbnSender:
         if self.done or self.failed is not None:
             return []
         out: list[bytes] = []
-        limit = min(self.base + self._cc.window, self.fin_seq)
+        limit = min(self.base + self._cc.window + self._extra, self.fin_seq)
         if self.base == self.fin_seq:
             limit = self.fin_seq + 1  # everything acknowledged: the FIN may go
         seq = self.next_seq
         cc_sent = self._cc.on_sent
         trace = self.trace
+        if self._probe_pending:
+            self._probe_pending = False
+            if self.base <= self.max_sent and self.base < seq:
+                probe = self._build(self.base)
+                out.append(probe)
+                self.retransmissions += 1
+                if trace:
+                    self.events.append(
+                        PacketSent(
+                            now,
+                            self.base,
+                            "F" if self.base == self.fin_seq else "D",
+                            len(probe) - RUDP_HEADER.size,
+                            True,
+                        )
+                    )
         while seq < limit:
             datagram = self._build(seq)
             out.append(datagram)
+            if self._double_base and seq == self.base:
+                self._double_base = False
+                out.append(datagram)
+                self.retransmissions += 1
             retransmission = seq <= self.max_sent
             if retransmission:
                 self.retransmissions += 1
@@ -170,7 +249,7 @@ class GbnSender:
             seq += 1
         self.next_seq = seq
         if out and self._timer is None:
-            self._timer = now + self._rto.rto
+            self._arm(now)
         return out
 
     # -- input -----------------------------------------------------------------
@@ -194,6 +273,9 @@ class GbnSender:
         self.next_seq = max(self.next_seq, self.base)
         self.consecutive_timeouts = 0
         self._dup_acks = 0
+        self._dups_at_base = 0
+        self._old_flight = 0
+        self._probes = 0
         if self._timed_seq is not None and ack >= self._timed_seq:
             rtt = now - self._timed_at
             seq = self._timed_seq
@@ -208,23 +290,42 @@ class GbnSender:
             self.events.append(RtoChanged(now, self._rto.rto, self._rto.srtt, self._rto.rttvar))
         if ack >= self.fin_seq:
             self.done = True
-            self._timer = None
+            self.fin_acknowledged = True
+            self._disarm()
             return
         old = self._cc.window
         self._cc.on_acked(newly, now)
         if self._cc.window != old:
             self.events.append(WindowChanged(now, old, self._cc.window, "ack"))
+        # Limited-transmit chunks still in flight keep their allowance; no new one.
+        self._extra = max(0, min(self._extra, self.next_seq - self.base - self._cc.window))
         # RFC 6298 5.2/5.3: stop the timer when nothing is outstanding, else restart it.
-        self._timer = None if self.base > self.max_sent else now + self._rto.rto
+        if self.base > self.max_sent:
+            self._disarm()
+        else:
+            self._arm(now)
 
     def _duplicate(self, ack: int, now: float) -> None:
-        self._dup_acks += 1
+        self._dups_at_base += 1
+        if self._old_flight > 0:
+            # An echo of a chunk sent before the last go-back (or of a loss
+            # probe): it says nothing about what was resent since, so it does
+            # not count.
+            self._old_flight -= 1
+            if self.trace:
+                self.events.append(AckReceived(now, ack, True, False))
+            return
         if self.trace:
-            self.events.append(AckReceived(now, ack, True))
-        if self._dup_acks == DUP_ACK_THRESHOLD and self._recovery_base != self.base:
+            self.events.append(AckReceived(now, ack, True, True))
+        self._dup_acks += 1
+        if self._dup_acks < DUP_ACK_THRESHOLD:
+            # Limited transmit (RFC 3042): each of the first two duplicates lets one
+            # new chunk out, so that a small window still yields three duplicates.
+            self._extra += 1
+        if self._dup_acks == DUP_ACK_THRESHOLD:
             self.events.append(FastRetransmit(now, self.base, self._dup_acks))
             self._go_back(now, "dupack")
-            self._timer = now + self._rto.rto
+            self._arm(now)
 
     def _go_back(self, now: float, reason: str) -> None:
         old = self._cc.window
@@ -232,30 +333,66 @@ class GbnSender:
         if self._cc.window != old:
             self.events.append(WindowChanged(now, old, self._cc.window, reason))
         self.events.append(GoBack(now, self.next_seq - 1, self.base, reason))
+        # Chunks base+1 .. next_seq-1 of the old flight may each still produce one
+        # duplicate; those already seen are subtracted.  Only duplicates beyond
+        # that come from the resent flight and may trigger the next fast retransmit.
+        self._old_flight = max(0, self.next_seq - 1 - self.base - self._dups_at_base)
+        self._dups_at_base = 0
         self.next_seq = self.base
         self._timed_seq = None  # Karn: nothing resent is ever timed
-        self._recovery_base = self.base
         self._dup_acks = 0
+        self._extra = 0
 
     def handle_timer(self, now: float) -> None:
-        """The retransmission timer fired (if it is due): back off and go back, or give up."""
-        if self._timer is None or now < self._timer or self.done or self.failed is not None:
+        """Run whichever timer is due: a loss probe, or the retransmission timeout."""
+        if self.done or self.failed is not None:
             return
+        if self._timer is not None and now >= self._timer:
+            self._timeout(now)
+        elif self._probe_at is not None and now >= self._probe_at:
+            self._probe(now)
+
+    def _probe(self, now: float) -> None:
+        # The RTO floor (200 ms) is far above a loopback or LAN round trip.  A
+        # probe resends the base alone after about one RTO-without-floor: if the
+        # base was lost its ACK moves the window on at once; if only its ACK was
+        # late, the copy costs one duplicate ACK, which is not counted towards a
+        # fast retransmit.  No go-back, no backoff, no halving: only the timeout
+        # declares a loss.
+        self._probes += 1
+        self._probe_pending = True
+        self._old_flight += 1
+        if self._timed_seq == self.base:
+            self._timed_seq = None  # Karn
+        self.events.append(LossProbe(now, self.base, self._probes))
+        self._probe_at = self._next_probe(now)
+
+    def _timeout(self, now: float) -> None:
         self.consecutive_timeouts += 1
         fired_rto = self._rto.rto
         self.events.append(Timeout(now, self.base, fired_rto, self.consecutive_timeouts))
+        if self.consecutive_timeouts >= self.max_timeouts and self.base == self.fin_seq:
+            # Every chunk is acknowledged, only our FIN is not: the peer has the
+            # whole content (it may have left after ACKing a FIN whose ACK was lost).
+            self.done = True
+            self.fin_acknowledged = False
+            self._disarm()
+            return
         if self.consecutive_timeouts >= self.max_timeouts:
             self.failed = (
                 f"gave up after {self.consecutive_timeouts} consecutive timeouts "
                 f"waiting for the ACK of {self.base}"
             )
             self.events.append(GaveUp(now, self.failed))
-            self._timer = None
+            self._disarm()
             return
         self._rto.backoff()
         self.events.append(RtoChanged(now, self._rto.rto, self._rto.srtt, self._rto.rttvar))
         self._go_back(now, "timeout")
-        self._timer = now + self._rto.rto
+        self._double_base = True
+        self._probe_pending = False
+        self._probes = 0
+        self._arm(now)
 
 
 __all__ = ["DUP_ACK_THRESHOLD", "GbnSender"]

@@ -248,7 +248,7 @@ class ServerSession(SessionBase):
         if sender.done:
             self.done = True
             self.state = ServerState.CLOSED
-            self._events.append(ConnectionClosed(now, True))
+            self._events.append(ConnectionClosed(now, sender.fin_acknowledged))
         elif sender.failed is not None:
             self.failed = sender.failed
             self.state = ServerState.FAILED
