@@ -99,6 +99,12 @@ class RudpSettings:
     max_timeouts: int = 8
     max_sessions: int = 1024
     idle_timeout: float = 30.0
+    # What a stacklab client may negotiate in its SYN (original clients get the values above).
+    max_chunk: int = wire.MAX_STACKLAB_CHUNK
+    negotiated_max_window: int = 128
+    allow_integrity: bool = True
+    fetch_workers: int = 8
+    events_path: str | None = None  # JSON-lines engine events (wall-clock epoch seconds)
 
 
 @dataclass

@@ -1,0 +1,365 @@
+"""The RUDP app server (2122): many clients on one UDP socket, one engine session each.
+
+Thin by design: all protocol logic is in :class:`stacklab.transport.server.ServerSession`.
+This loop, on one thread, reads every datagram (``recvfrom_into`` a
+preallocated buffer), hands it to the session of its source address, runs
+due timers from a heap, sends what the sessions queue and acts on their
+events.  A command is run by :func:`stacklab.services.fetcher.handle_command`
+(the TCP app server's logic: same allowlist, limits and error texts) in a
+small thread pool; the result is posted back through a queue and a
+socket-pair wake-up, so the loop never blocks on a fetch.
+
+Limits: at most ``max_sessions`` sessions (a SYN beyond that is dropped and
+counted), a session is freed on FIN, give-up, or ``idle_timeout`` seconds
+without a datagram (a session waiting for its fetch is never idle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import queue
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from stacklab.config import RudpSettings
+from stacklab.services.base import Service, bind_error, family_for
+from stacklab.services.fetcher import FetchPolicy, fetch, handle_command
+from stacklab.services.rudp_io import RECV_BUFFER, EventLog, tune_socket
+from stacklab.transport.events import CommandReceived, Event
+from stacklab.transport.options import OptionLimits, TransferOptions
+from stacklab.transport.server import ServerSession, ServerState
+from stacklab.wire import FETCH_COMMAND, Flag, fetch_error_text
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+Fetcher = Callable[[str, FetchPolicy], bytes]
+BATCH = 256
+"""Datagrams read per wake-up before the sessions answer (ACKs coalesce, the loop stays fair)."""
+SWEEP_INTERVAL = 1.0
+_SYN = Flag.SYN.value
+
+
+class RudpAppServer(Service):
+    """Serves FETCH over RUDP to original and stacklab clients alike."""
+
+    name = "app-rudp"
+
+    def __init__(
+        self,
+        settings: RudpSettings,
+        policy: FetchPolicy,
+        *,
+        fetcher: Fetcher = fetch,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.policy = policy
+        self.fetcher = fetcher
+        self.limits = OptionLimits(
+            max_chunk=settings.max_chunk,
+            max_window=settings.negotiated_max_window,
+            allow_integrity=settings.allow_integrity,
+        )
+        self.original = TransferOptions(
+            chunk_size=settings.chunk_size, max_window=settings.max_window
+        )
+        self.sessions: dict[Address, ServerSession] = {}
+        self._sock: socket.socket | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._done: queue.SimpleQueue[tuple[Address, ServerSession, bytes]] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._bound: Address | None = None
+        self._events: EventLog | None = None
+        self._lifecycle = threading.Lock()
+        self._heap: list[tuple[float, int, Address]] = []
+        self._armed: dict[Address, float] = {}
+        self._last_seen: dict[Address, float] = {}
+        self._seq = 0
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def address(self) -> Address:
+        if self._bound is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._bound
+
+    def start(self) -> None:
+        with self._lifecycle:
+            if self._thread is not None:
+                return
+            s = self.settings
+            sock = socket.socket(family_for(s.host), socket.SOCK_DGRAM)
+            try:
+                sock.bind((s.host, s.port))
+            except OSError as exc:
+                sock.close()
+                raise bind_error(self.name, s.host, s.port, exc) from None
+            tune_socket(sock)
+            self._sock = sock
+            name = sock.getsockname()
+            self._bound = (str(name[0]), int(name[1]))
+            self._wake = socket.socketpair()
+            self._wake[0].setblocking(False)
+            self._pool = ThreadPoolExecutor(
+                max_workers=max(1, s.fetch_workers), thread_name_prefix="stacklab-rudp-fetch"
+            )
+            if s.events_path:
+                try:
+                    self._events = EventLog(s.events_path)
+                except OSError as exc:
+                    self._close_sockets()
+                    raise bind_error(self.name, s.host, s.port, exc) from None
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name="stacklab-app-rudp", daemon=True)
+            self._thread.start()
+            log.info("app-rudp listening on %s:%d", *self._bound)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lifecycle:
+            thread = self._thread
+            if thread is None:
+                return
+            self._stopping.set()
+            self._poke()
+            thread.join(timeout)
+            self._thread = None
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+            self._close_sockets()
+            if self._events is not None:
+                self._events.close()
+                self._events = None
+            self.sessions.clear()
+            log.info("app-rudp stopped")
+
+    def _close_sockets(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._wake is not None:
+            for end in self._wake:
+                end.close()
+            self._wake = None
+
+    def _poke(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            with contextlib.suppress(OSError):
+                wake[1].send(b"x")
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self._sock is not None and self._wake is not None
+        sock, wake = self._sock, self._wake[0]
+        sel = selectors.DefaultSelector()
+        sel.register(sock, selectors.EVENT_READ, "sock")
+        sel.register(wake, selectors.EVENT_READ, "wake")
+        buf = bytearray(RECV_BUFFER)
+        view = memoryview(buf)
+        next_sweep = time.monotonic() + SWEEP_INTERVAL
+        try:
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                deadline = min(self._heap[0][0] if self._heap else next_sweep, next_sweep)
+                ready = sel.select(max(0.0, deadline - now))
+                now = time.monotonic()
+                touched: dict[Address, ServerSession] = {}
+                for key, _ in ready:
+                    if key.data == "sock":
+                        self._read(sock, buf, view, now, touched)
+                    else:
+                        with contextlib.suppress(OSError):
+                            wake.recv(4096)
+                        self._collect_fetches(now, touched)
+                self._run_timers(now, touched)
+                for addr, session in touched.items():
+                    self._service(sock, addr, session, now)
+                if now >= next_sweep:
+                    self._sweep(now)
+                    next_sweep = now + SWEEP_INTERVAL
+        except Exception:  # the loop must not die silently
+            self.count("errors")
+            log.exception("app-rudp: socket loop crashed")
+        finally:
+            sel.close()
+
+    def _read(
+        self,
+        sock: socket.socket,
+        buf: bytearray,
+        view: memoryview,
+        now: float,
+        touched: dict[Address, ServerSession],
+    ) -> None:
+        sessions = self.sessions
+        last_seen = self._last_seen
+        for _ in range(BATCH):
+            try:
+                n, raw_addr = sock.recvfrom_into(buf, RECV_BUFFER, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors surface here on Linux
+                log.debug("app-rudp: recvfrom: %s", exc)
+                continue
+            addr: Address = (raw_addr[0], raw_addr[1])
+            session = sessions.get(addr)
+            if session is None:
+                session = self._new_session(addr, view, n)
+                if session is None:
+                    continue
+            session.receive_datagram(view[:n], now)
+            last_seen[addr] = now
+            touched[addr] = session
+
+    def _new_session(self, addr: Address, view: memoryview, n: int) -> ServerSession | None:
+        if n < 11 or view[8:9] != _SYN:
+            self.count("no_session")  # not a SYN: a stray packet or a session we already freed
+            return None
+        if len(self.sessions) >= self.settings.max_sessions:
+            self.count("busy")
+            return None
+        s = self.settings
+        session = ServerSession(
+            self.limits,
+            s.max_timeouts,
+            original_options=self.original,
+            initial_rto=s.initial_rto,
+            min_rto=s.min_rto,
+            max_rto=s.max_rto,
+            handshake_timeout=s.idle_timeout,
+            trace=self._events is not None,
+        )
+        self.sessions[addr] = session
+        self.count("sessions")
+        return session
+
+    def _collect_fetches(self, now: float, touched: dict[Address, ServerSession]) -> None:
+        while True:
+            try:
+                addr, session, content = self._done.get_nowait()
+            except queue.Empty:
+                return
+            if self.sessions.get(addr) is not session or session.state is not (
+                ServerState.AWAIT_CONTENT
+            ):
+                continue  # the client left while we fetched
+            session.provide_content(content, now)
+            self._last_seen[addr] = now
+            touched[addr] = session
+
+    def _run_timers(self, now: float, touched: dict[Address, ServerSession]) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, addr = heapq.heappop(heap)
+            session = self.sessions.get(addr)
+            if session is None:
+                continue
+            timer = session.get_timer()
+            if timer is not None and timer <= now:
+                self._armed.pop(addr, None)
+                session.handle_timer(now)
+                touched[addr] = session
+            elif timer is not None and self._armed.get(addr) != timer:
+                self._arm(addr, timer)
+
+    def _arm(self, addr: Address, timer: float) -> None:
+        self._armed[addr] = timer
+        self._seq += 1
+        heapq.heappush(self._heap, (timer, self._seq, addr))
+
+    def _service(
+        self, sock: socket.socket, addr: Address, session: ServerSession, now: float
+    ) -> None:
+        """Send what the session queued, act on its events, re-arm or free it."""
+        for datagram in session.datagrams_to_send(now):
+            try:
+                sock.sendto(datagram, addr)
+            except BlockingIOError:
+                self.count("send_dropped")  # like a loss: Go-Back-N recovers
+            except OSError as exc:
+                self.count("send_errors")
+                log.debug("app-rudp: sendto %s:%d: %s", addr[0], addr[1], exc)
+                break
+        events = self._events
+        while (event := session.next_event()) is not None:
+            if events is not None:
+                events.write(event, f"{addr[0]}:{addr[1]}")
+            if isinstance(event, CommandReceived):
+                self._submit(addr, session, event)
+            else:
+                self._note(addr, event)
+        if session.done or session.failed is not None:
+            self._free(addr, session)
+            return
+        timer = session.get_timer()
+        if timer is not None and self._armed.get(addr) != timer:
+            self._arm(addr, timer)
+
+    def _note(self, addr: Address, event: Event) -> None:
+        name = event.name
+        if name == "rudp:gave_up":
+            log.info("app-rudp: %s:%d: %s", addr[0], addr[1], getattr(event, "reason", ""))
+
+    def _free(self, addr: Address, session: ServerSession) -> None:
+        if session.done:
+            self.count("completed")
+        else:
+            self.count("failed")
+        self.count("retransmissions", session.sender.retransmissions if session.sender else 0)
+        self.sessions.pop(addr, None)
+        self._armed.pop(addr, None)
+        self._last_seen.pop(addr, None)
+        if self._events is not None:
+            self._events.flush()
+
+    def _submit(self, addr: Address, session: ServerSession, event: CommandReceived) -> None:
+        self.count("requests")
+        pool = self._pool
+        if pool is None:
+            return
+        command = event.command
+
+        def work() -> None:
+            content = self._answer(command)
+            self._done.put((addr, session, content))
+            self._poke()
+
+        pool.submit(work)
+
+    def _answer(self, command: str) -> bytes:
+        try:
+            return handle_command(command.encode("utf-8"), self.policy, self.fetcher)
+        except Exception as exc:  # a fetcher bug must still produce the documented error text
+            self.count("errors")
+            log.exception("app-rudp: command %r failed unexpectedly", command[:200])
+            _, _, url = command.partition(" ")
+            if not command.startswith(FETCH_COMMAND + " "):
+                url = command
+            return fetch_error_text(url.strip(), f"internal error ({type(exc).__name__})").encode()
+
+    def _sweep(self, now: float) -> None:
+        """Free sessions idle for ``idle_timeout`` (never one waiting for its fetch)."""
+        limit = self.settings.idle_timeout
+        for addr, seen in list(self._last_seen.items()):
+            session = self.sessions.get(addr)
+            if session is None:
+                self._last_seen.pop(addr, None)
+                continue
+            if session.state is ServerState.AWAIT_CONTENT:
+                continue
+            if now - seen > limit:
+                self.count("idle")
+                log.info("app-rudp: %s:%d idle for %.0f s: freed", addr[0], addr[1], limit)
+                self._free(addr, session)

@@ -1,0 +1,223 @@
+"""The RUDP client: one :class:`~stacklab.transport.client.ClientSession` on a connected socket.
+
+``fetch_rudp(server, url)`` is what ``stacklab fetch --transport rudp``
+calls.  By default it negotiates stacklab's options (1400-byte chunks, a
+larger window, CRC32C per datagram and the SHA-256 in the FIN); with
+``legacy=True`` it sends an empty SYN and behaves exactly like the original
+client.  An original server answers an empty SYN-ACK and the session falls
+back to the original options on its own.
+
+Fault injection as in the original client, but reproducible: ``drop`` is
+the share of DATA datagrams ignored (never ACKed), ``delay=(a, b)`` sleeps a
+uniform ``a..b`` seconds before handling each DATA datagram, both drawn from
+``random.Random(seed)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from stacklab.services.client import ClientError, ServerError, looks_like_server_error
+from stacklab.services.rudp_io import RECV_BUFFER, EventLog, tune_socket
+from stacklab.transport.client import ClientSession
+from stacklab.transport.options import STACKLAB_DEFAULT, TransferOptions
+from stacklab.wire import FETCH_COMMAND, ORIGINAL_ISN, Flag
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+BATCH = 256
+LINGER_S = 2.0
+"""How long a finished client keeps answering a FIN whose ACK may have been lost."""
+_DATA = Flag.DATA.value
+_FIN = Flag.FIN.value
+
+
+class RudpTransferError(ClientError):
+    """The RUDP transfer failed: no answer, silence, or content that fails its integrity check."""
+
+
+def fetch_rudp(
+    server: tuple[str, int],
+    url: str,
+    *,
+    progress: Progress | None = None,
+    chunk: int = STACKLAB_DEFAULT.chunk_size,
+    window: int = STACKLAB_DEFAULT.max_window,
+    integrity: bool = True,
+    ack_every: int = STACKLAB_DEFAULT.ack_every,
+    legacy: bool = False,
+    drop: float = 0.0,
+    delay: tuple[float, float] | None = None,
+    seed: int | None = None,
+    events: str | None = None,
+    isn: int = ORIGINAL_ISN,
+    initial_rto: float = 1.0,
+    min_rto: float = 0.2,
+    max_timeouts: int = 8,
+    silence_timeout: float = 30.0,
+    max_bytes: int | None = 2 * 1024**3,
+    linger: float = LINGER_S,
+    stats: dict[str, object] | None = None,
+) -> bytes:
+    """Send ``FETCH url`` over RUDP to ``server``; return the body or raise ClientError."""
+    options = (
+        None
+        if legacy
+        else TransferOptions(
+            chunk_size=chunk, max_window=window, integrity=integrity, ack_every=ack_every
+        )
+    )
+    session = ClientSession(
+        f"{FETCH_COMMAND} {url}",
+        options,
+        isn,
+        initial_rto=initial_rto,
+        min_rto=min_rto,
+        max_timeouts=max_timeouts,
+        silence_timeout=silence_timeout,
+        max_bytes=max_bytes,
+        trace=events is not None,
+    )
+    where = f"{server[0]}:{server[1]}"
+    rng = random.Random(seed)
+    log_file = EventLog(events) if events is not None else None
+    sock = socket.socket(socket.AF_INET6 if ":" in server[0] else socket.AF_INET, socket.SOCK_DGRAM)
+    handed_off = False
+    try:
+        tune_socket(sock)
+        try:
+            sock.connect(server)  # only the server's datagrams are accepted
+        except OSError as exc:
+            raise ClientError(f"cannot reach the RUDP app server at {where}: {exc}") from None
+        _run(sock, session, rng, drop, delay, progress, log_file, where)
+        if stats is not None:
+            stats.update(session.stats)
+            stats["options"] = session.options
+        if session.failed is not None:
+            raise RudpTransferError(f"RUDP transfer from {where} failed: {session.failed}")
+        body = session.content
+        if linger > 0:
+            _linger_in_background(sock, session, linger, log_file)
+            handed_off = True
+    finally:
+        if not handed_off:
+            sock.close()
+            if log_file is not None:
+                log_file.close()
+    if looks_like_server_error(body):
+        raise ServerError(f"the app server answered: {body.decode('utf-8')}")
+    return body
+
+
+def _run(
+    sock: socket.socket,
+    session: ClientSession,
+    rng: random.Random,
+    drop: float,
+    delay: tuple[float, float] | None,
+    progress: Progress | None,
+    log_file: EventLog | None,
+    where: str,
+) -> None:
+    buf = bytearray(RECV_BUFFER)
+    view = memoryview(buf)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    inject = drop > 0 or delay is not None
+    reported = -1
+    try:
+        session.start(time.monotonic())
+        while not session.done and session.failed is None:
+            now = time.monotonic()
+            _flush(sock, session, now, log_file, where)
+            if session.done or session.failed is not None:
+                break
+            timer = session.get_timer()
+            timeout = None if timer is None else max(0.0, timer - now)
+            if not sel.select(timeout):
+                session.handle_timer(time.monotonic())
+                continue
+            for _ in range(BATCH):
+                try:
+                    n = sock.recv_into(buf, RECV_BUFFER, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except ConnectionRefusedError:
+                    raise ClientError(f"no RUDP app server at {where} (port unreachable)") from None
+                except OSError as exc:
+                    raise ClientError(f"RUDP receive from {where} failed: {exc}") from None
+                if inject and n >= 11 and view[8:9] == _DATA:
+                    if rng.random() < drop:
+                        continue  # as the original: present on the wire, never ACKed
+                    if delay is not None:
+                        time.sleep(rng.uniform(*delay))
+                session.receive_datagram(view[:n], time.monotonic())
+            session.handle_timer(time.monotonic())
+            if progress is not None and session.receiver is not None:
+                got = session.receiver.delivered_bytes
+                if got != reported:
+                    reported = got
+                    progress(got, 0)
+        _flush(sock, session, time.monotonic(), log_file, where)
+    finally:
+        sel.close()
+
+
+def _flush(
+    sock: socket.socket,
+    session: ClientSession,
+    now: float,
+    log_file: EventLog | None,
+    where: str,
+) -> None:
+    for datagram in session.datagrams_to_send(now):
+        try:
+            sock.send(datagram)
+        except ConnectionRefusedError:
+            raise ClientError(f"no RUDP app server at {where} (port unreachable)") from None
+        except BlockingIOError:
+            pass  # a lost ACK: cumulative ACKs make up for it
+        except OSError as exc:
+            raise ClientError(f"RUDP send to {where} failed: {exc}") from None
+    while (event := session.next_event()) is not None:
+        if log_file is not None:
+            log_file.write(event, where)
+
+
+def _linger_in_background(
+    sock: socket.socket, session: ClientSession, linger: float, log_file: EventLog | None
+) -> None:
+    """Keep ACKing retransmitted FINs for ``linger`` seconds, off the caller's path."""
+
+    def run() -> None:
+        deadline = time.monotonic() + linger
+        try:
+            sock.settimeout(linger)
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                try:
+                    data = sock.recv(RECV_BUFFER)
+                except (TimeoutError, OSError):
+                    break
+                now = time.monotonic()
+                session.receive_datagram(data, now)
+                for datagram in session.datagrams_to_send(now):
+                    with contextlib.suppress(OSError):
+                        sock.send(datagram)
+                while (event := session.next_event()) is not None:
+                    if log_file is not None:
+                        log_file.write(event)
+        finally:
+            sock.close()
+            if log_file is not None:
+                log_file.close()
+
+    threading.Thread(target=run, name="stacklab-rudp-linger", daemon=True).start()
