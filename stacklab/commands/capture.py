@@ -143,18 +143,20 @@ def capture(
     console = Console(highlight=False)
     table = Table(title="captured" + (" (private network namespace)" if netns else ""))
     for column in ("scenario", "file", "frames", "fetched", "seconds"):
-        table.add_column(column, justify="right" if column in ("frames", "seconds") else "left")
-    verdicts: list[str] = []
-    for result in results:
-        fetched = f"{result.bytes:,} bytes" if result.bytes else "(handshake only)"
-        table.add_row(
-            result.name, result.path, str(result.frames), fetched, f"{result.seconds:.1f}"
+        table.add_column(
+            column,
+            justify="right" if column in ("frames", "seconds") else "left",
+            overflow="fold",
         )
+    verdicts: list[str] = []
+    for result, path in zip(results, paths, strict=True):
+        fetched = f"{result.bytes:,} bytes" if result.bytes else "(handshake only)"
+        table.add_row(result.name, str(path), str(result.frames), fetched, f"{result.seconds:.1f}")
         if then_verify:
-            verdicts.append(_verify_one(result.path, SCENARIOS[result.name].expect))
+            verdicts.append(_verify_one(str(path), SCENARIOS[result.name].expect))
     console.print(table)
     for line in verdicts:
-        console.print(line)
+        console.print(line, soft_wrap=True)
     if then_verify and any(not v.startswith("PASS") for v in verdicts):
         raise ChecksFailed("a capture failed its checks (see above)")
 

@@ -141,7 +141,7 @@ def summary_table(rows: list[DemoRow]) -> Table:
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
-    default="stacklab-demo",
+    default="demo-out",
     show_default=True,
     help="Folder for the captures, plots, reports and summary.json.",
 )
