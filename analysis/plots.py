@@ -23,9 +23,10 @@ import io
 import os
 import re
 import tempfile
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import matplotlib
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -40,7 +41,7 @@ TIMEOUT_COLOUR: Final = "#d62728"
 DUPACK_COLOUR: Final = "#9467bd"
 WINDOW_COLOUR: Final = "#ff7f0e"
 SENDER_COLOUR: Final = "#2ca02c"
-MAX_R_LABELS: Final = 80
+MAX_R_LABELS: Final = 40
 """Retransmission bursts labelled with an ``R``; beyond this the colour alone says it."""
 RASTER_ABOVE: Final = 3000
 """Marks drawn as an embedded image (not one SVG element each) above this count."""
@@ -55,27 +56,50 @@ def new_figure(width: float = 10.0, height: float = 5.0, *, constrained: bool = 
     return fig
 
 
-def _gap_lines(ax: object, series: SessionSeries) -> list[Line2D]:
-    """Vertical markers for go-backs; returns legend handles for the kinds present."""
+_GO_BACK_STYLE: Final[dict[str, tuple[str, Any, str]]] = {
+    "timeout": (TIMEOUT_COLOUR, "--", "timeout → go-back"),
+    "dupack": (DUPACK_COLOUR, ":", "duplicate ACKs → go-back"),
+    "unexplained": ("black", "--", "unexplained go-back (a Go-Back-N fault)"),
+    "go-back": ("grey", ":", "go-back"),
+}
+MAX_GO_BACK_LINES: Final = 30
+"""Go-backs drawn as full-height lines; more are drawn as ticks along the top edge."""
+
+
+def _gap_lines(ax: Axes, series: SessionSeries) -> list[Line2D]:
+    """Mark go-backs (lines, or ticks when many); return legend handles for the kinds present."""
     handles: list[Line2D] = []
-    seen: set[str] = set()
+    kinds: dict[str, list[float]] = {}
     for t, _chunk, kind in series.go_backs:
-        colour = TIMEOUT_COLOUR if kind == "timeout" else DUPACK_COLOUR
-        style = "--" if kind == "timeout" else ":"
-        ax.axvline(t, color=colour, linestyle=style, linewidth=0.9, alpha=0.6)  # type: ignore[attr-defined]
-        seen.add(kind)
-    if "timeout" in seen:
-        handles.append(
-            Line2D([], [], color=TIMEOUT_COLOUR, linestyle="--", label="timeout → go-back")
-        )
-    if "dupack" in seen:
-        handles.append(
-            Line2D([], [], color=DUPACK_COLOUR, linestyle=":", label="duplicate ACKs → go-back")
-        )
-    if "unexplained" in seen:
-        handles.append(
-            Line2D([], [], color=DUPACK_COLOUR, linestyle="--", label="unexplained go-back")
-        )
+        kinds.setdefault(kind, []).append(t)
+    many = len(series.go_backs) > MAX_GO_BACK_LINES
+    for name, (colour, style, label) in _GO_BACK_STYLE.items():
+        times = kinds.get(name)
+        if not times:
+            continue
+        if many:
+            ax.plot(
+                times,
+                [1.0] * len(times),
+                transform=ax.get_xaxis_transform(),
+                marker="v",
+                linestyle="",
+                color=colour,
+                markersize=6,
+                clip_on=False,
+                zorder=6,
+            )
+            handles.append(
+                Line2D(
+                    [], [], color=colour, marker="v", linestyle="", label=f"{label} ({len(times)})"
+                )
+            )
+        else:
+            for t in times:
+                ax.axvline(t, color=colour, linestyle=style, linewidth=0.9, alpha=0.6)
+            handles.append(
+                Line2D([], [], color=colour, linestyle=style, label=f"{label} ({len(times)})")
+            )
     return handles
 
 
@@ -102,7 +126,7 @@ def time_sequence_figure(series: SessionSeries, title: str) -> Figure:
     if series.acks:
         xs = [0.0] + [t for t, _ in series.acks]
         ys = [0] + [a for _, a in series.acks]
-        ax.step(xs, ys, where="post", color=ACK_COLOUR, linewidth=1.4, label="cumulative ACK")
+        ax.step(xs, ys, where="post", color=ACK_COLOUR, linewidth=1.3, zorder=5)
         handles.append(Line2D([], [], color=ACK_COLOUR, linewidth=1.4, label="cumulative ACK"))
     if new:
         ax.scatter(
@@ -156,7 +180,7 @@ def time_sequence_figure(series: SessionSeries, title: str) -> Figure:
         handles.append(
             Line2D([], [], color="black", marker="X", linestyle="", label=f"FIN seq={top}")
         )
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title, fontsize=11, pad=12)
     ax.set_xlabel("time since the SYN (s)")
     ax.set_ylabel("chunk number (DATA seq)")
     ax.yaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]
@@ -220,7 +244,7 @@ def window_figure(
         Line2D([], [], color="black", linestyle="-.", label=f"maximum window ({max_window})")
     )
     handles += _gap_lines(ax, series)
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title, fontsize=11, pad=12)
     ax.set_xlabel("time since the SYN (s)")
     ax.set_ylabel("chunks")
     ax.set_ylim(0, max_window + 1.5)
@@ -232,13 +256,13 @@ def window_figure(
     return fig
 
 
-def _clip_note(ax: object, series: SessionSeries) -> None:
+def _clip_note(ax: Axes, series: SessionSeries) -> None:
     if series.clipped:
-        ax.text(  # type: ignore[attr-defined]
+        ax.text(
             0.99,
             0.01,
             f"first points only: {series.points:,} DATA/ACK in the session",
-            transform=ax.transAxes,  # type: ignore[attr-defined]
+            transform=ax.transAxes,
             ha="right",
             va="bottom",
             fontsize=8,

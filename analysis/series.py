@@ -36,7 +36,8 @@ MAX_SESSIONS: Final = 12
 MAX_POINTS: Final = 20_000
 """DATA plus ACK points kept per session; the rest of a longer session is not drawn."""
 
-GoBackKind = Literal["timeout", "dupack", "unexplained"]
+GoBackKind = Literal["timeout", "dupack", "unexplained", "go-back"]
+"""How the verifier explained a go-back; ``go-back`` when it did not classify it."""
 
 
 @dataclass
@@ -79,38 +80,83 @@ class SessionSeries:
 class _Sampler:
     """The sampling state of one session.
 
-    Retransmissions and go-backs are read off the wire here (a DATA not above
-    the highest chunk sent; a DATA not following the previous one), so each
-    mark sits at its own packet.  Only their *kind* comes from the verifier:
-    whenever its timeout / duplicate-ACK counters move, the oldest go-backs
-    not yet classified take that kind (the verifier may decide a packet or
-    two later, once it has seen what followed).
+    Retransmissions and go-back candidates are read off the wire here (a DATA
+    not above the highest chunk sent; a DATA not following the previous
+    one), so each mark sits at its own packet.  What a candidate *is* comes
+    from the verifier, which may decide a packet or two later, once it has
+    seen what followed: whenever its loss-probe, timeout or duplicate-ACK
+    counters move, the oldest undecided candidates take that verdict.  Probes,
+    and candidates left over once the verifier's go-back count is reached,
+    are dropped from the go-backs at the end (they stay retransmissions); a
+    candidate the verifier flagged as a Go-Back-N fault is ``unexplained``.
     """
 
-    __slots__ = ("acked", "highest_sent", "kinds", "last_sent", "pending", "series", "session")
+    __slots__ = (
+        "acked",
+        "highest_sent",
+        "kinds",
+        "last_sent",
+        "pending",
+        "probe_count",
+        "probes",
+        "series",
+        "session",
+    )
 
     def __init__(self, session: RudpSession, series: SessionSeries) -> None:
         self.session = session
         self.series = series
         self.kinds = dict(session.f.go_back_kinds)
-        self.pending: deque[int] = deque()  # indexes of go-backs not yet classified
+        self.probe_count = session.f.probes
+        self.pending: deque[tuple[int, int]] = deque()  # (index in go_backs, frame), undecided
+        self.probes: set[int] = set()
         self.last_sent = 0
         self.highest_sent = 0
         self.acked = 0
 
     def classify(self) -> None:
-        """Give the verifier's newly counted go-back kinds to the oldest unclassified go-backs."""
-        kinds = self.session.f.go_back_kinds
+        """Hand the verifier's newly counted verdicts to the oldest undecided candidates."""
+        f = self.session.f
         go_backs = self.series.go_backs
+        for _ in range(f.probes - self.probe_count):
+            if self.pending:
+                self.probes.add(self.pending.popleft()[0])
+        self.probe_count = f.probes
+        kinds = f.go_back_kinds
         for name in ("timeout", "dupack"):
             for _ in range(kinds.get(name, 0) - self.kinds.get(name, 0)):
                 if self.pending:
-                    index = self.pending.popleft()
+                    index, _frame = self.pending.popleft()
                     t, chunk, _kind = go_backs[index]
                     go_backs[index] = (t, chunk, name)
         self.kinds = dict(kinds)
 
-    def sample(self, time: float, flag: bytes, from_client: bool, seq: int, ack: int) -> None:
+    def finish(self) -> None:
+        """After the verifier finished the session: settle the last candidates, drop probes."""
+        self.classify()
+        f = self.session.f
+        faults = {x.frame for x in f.findings if x.check == "rudp.gbn"}
+        go_backs = self.series.go_backs
+        # Go-backs the verifier counted without a kind; candidates beyond that
+        # (a base resent twice at a go-back, say) were not go-backs to it.
+        unclassified = f.go_backs - sum(f.go_back_kinds.values())
+        for index, frame in self.pending:
+            t, chunk, _kind = go_backs[index]
+            if frame in faults:
+                go_backs[index] = (t, chunk, "unexplained")
+                unclassified -= 1
+            elif unclassified > 0:
+                unclassified -= 1
+            else:
+                self.probes.add(index)
+        self.pending.clear()
+        if self.probes:
+            self.series.go_backs = [g for i, g in enumerate(go_backs) if i not in self.probes]
+            self.probes = set()
+
+    def sample(
+        self, number: int, time: float, flag: bytes, from_client: bool, seq: int, ack: int
+    ) -> None:
         s = self.session
         series = self.series
         t = round(time - series.start, 6)
@@ -139,8 +185,8 @@ class _Sampler:
         else:
             series.data.append((t, seq, seq <= self.highest_sent))
             if self.last_sent and seq <= self.last_sent:
-                self.pending.append(len(series.go_backs))
-                series.go_backs.append((t, seq, "unexplained"))
+                self.pending.append((len(series.go_backs), number))
+                series.go_backs.append((t, seq, "go-back"))
             self.last_sent = seq
             self.highest_sent = max(self.highest_sent, seq)
             series.flight.append((t, max(1, seq - self.acked)))
@@ -212,10 +258,10 @@ def collect_series(
             payload = packet.payload
             seq = int.from_bytes(payload[0:4], "big")
             ack = int.from_bytes(payload[4:8], "big")
-            sampler.sample(packet.time, payload[8:9], from_client, seq, ack)
-    tracker.sessions()  # finish them: the last go-backs get their kind
+            sampler.sample(packet.number, packet.time, payload[8:9], from_client, seq, ack)
+    tracker.sessions()  # finish them: the last candidates get their verdict
     for sampler in samplers.values():
-        sampler.classify()
+        sampler.finish()
     return out
 
 

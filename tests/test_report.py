@@ -227,3 +227,33 @@ def test_services_section_lists_dhcp_dns_and_app() -> None:
     assert '<a href="#f1">1</a>, <a href="#f2">2</a>' in section
     assert 'id="session-1"' not in html  # no RUDP in part1
     assert "No RUDP session." in html
+
+
+@pytest.mark.timeout(60)
+def test_stacklab_engine_capture_with_its_events_log(tmp_path: Path) -> None:
+    """A capture of stacklab's own engine (negotiated window 16) and its events log."""
+    from test_verify_stacklab_engine import run_transfer
+
+    from stacklab.analysis.series import collect_series
+    from stacklab.transport.options import TransferOptions
+
+    options = TransferOptions(chunk_size=700, max_window=16, integrity=False, ack_every=1)
+    content = random.Random(5).randbytes(60_000)
+    packets, log, client = run_transfer(content, options, seed=5, loss=0.05, delay=0.01)
+    assert client.done
+    capture = tmp_path / "engine.pcapng"
+    write_capture(capture, packets, fmt="pcapng")
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(log) + "\n")
+    report = build_report(capture, ReportOptions(max_window=16, events_path=str(events)))
+    assert report.analysis.passed
+    (facts,) = report.analysis.rudp_sessions
+    (series,) = collect_series(capture, max_window=16).sessions
+    # The charts mark the go-backs the verifier counted, with its kinds.
+    assert len(series.go_backs) == facts.go_backs > 0
+    kinds = {k: sum(1 for *_x, kind in series.go_backs if kind == k) for k in ("timeout", "dupack")}
+    assert kinds == {k: facts.go_back_kinds.get(k, 0) for k in kinds}
+    html = report.html
+    assert "sender's window (events log)" in html
+    assert "<code>rudp.events</code>" in html
+    assert_offline(html)
