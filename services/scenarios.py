@@ -410,13 +410,14 @@ def run_scenarios(
         return [
             run_scenario(s, path, interface=interface, running=running, url=url) for s, path in jobs
         ]
-    argv = [sys.executable, "-m", "stacklab.services.scenarios"]
+    level = logging.getLogger().getEffectiveLevel()
+    argv = [sys.executable, "-m", "stacklab.services.scenarios", "--log-level", str(level)]
     if url is not None:
         argv += ["--url", url]
+    if interface is not None:
+        argv += ["--interface", interface]
     for s, path in jobs:
         argv += [s.name, os.fspath(Path(path).absolute())]
-    level = logging.getLogger().getEffectiveLevel()
-    argv[3:3] = ["--log-level", str(level)]
     try:
         with private_netns() as name:
             proc = run_in_netns(name, argv, timeout=RUN_TIMEOUT_S)
@@ -435,12 +436,13 @@ def run_scenarios(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The in-namespace helper: ``[--url URL] NAME PATH [NAME PATH ...]``; JSON on stdout."""
+    """The in-namespace helper: ``[options] NAME PATH [NAME PATH ...]``; a JSON report on stdout."""
     from stacklab.services.capture import CaptureToolError
 
     parser = argparse.ArgumentParser(prog="python -m stacklab.services.scenarios")
     parser.add_argument("--log-level", type=int, default=logging.WARNING)
     parser.add_argument("--url")
+    parser.add_argument("--interface")
     parser.add_argument("pairs", nargs="+")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(name)s: %(message)s")
@@ -451,7 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ScenarioError("expected NAME PATH pairs")
         for name, path in zip(pairs[::2], pairs[1::2], strict=True):
             (scenario,) = resolve_names([name])
-            results.append(run_scenario(scenario, path, url=args.url).to_json())
+            results.append(
+                run_scenario(scenario, path, url=args.url, interface=args.interface).to_json()
+            )
     except (ScenarioError, CaptureToolError, OSError) as exc:
         json.dump({"error": str(exc), "results": results}, sys.stdout)
         return 1
