@@ -37,7 +37,9 @@ import hashlib
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 
+from stacklab.analysis.hashing import BackgroundHasher, StreamHash
 from stacklab.analysis.scan import flow_endpoints
 from stacklab.analysis.sessions import Finding, RudpSessionFacts
 from stacklab.wire import ORIGINAL_MAX_WINDOW, RUDP_CRC_TRAILER_LEN, RUDP_HEADER, RUDP_HEADER_LEN
@@ -68,7 +70,6 @@ class RudpSession:
     """
 
     __slots__ = (
-        "_acked_since_loss",
         "_advances",
         "_burst_max",
         "_burst_start",
@@ -89,6 +90,7 @@ class RudpSession:
         "bytes",
         "cmd_len",
         "data_packets",
+        "digest",
         "dupacks",
         "end",
         "f",
@@ -118,6 +120,7 @@ class RudpSession:
         max_window: int = ORIGINAL_MAX_WINDOW,
         min_rto: float = 0.2,
         keep_series: bool = True,
+        hasher: BackgroundHasher | None = None,
     ) -> None:
         self.f = RudpSessionFacts(client, server)
         self.max_window = max_window
@@ -140,9 +143,9 @@ class RudpSession:
         self.finished = False
         self.trailer = 0
         self.fin_seen = False
+        self.digest: hashlib._Hash | None = None
         self.fin_digest: bytes | None = None
         self.series: list[tuple[float, int]] = []
-        self._acked_since_loss = True
         self._last_sent = 0
         self._last_advance = 0.0
         self._last_dupack = -1.0
@@ -155,7 +158,7 @@ class RudpSession:
         self._credit_grew = 0
         self._dup_before = -1.0  # time of the duplicate ACK before the last one
         self._pending: dict[int, list] = {}  # chunk -> [payload, last transmission time]
-        self._hash: hashlib._Hash | None = hashlib.sha256()
+        self._hash: StreamHash | None = (hasher or BackgroundHasher()).stream()
         self._hash_next = 1
         self._held: tuple[int, float, int, int, float, bool, int, int] | None = None
         self._burst_start = -1.0
@@ -236,7 +239,6 @@ class RudpSession:
                 self.acked_seen = ack
             self._last_advance = time
             self.dupacks = 0
-            self._acked_since_loss = True
             grew = self.window < self.max_window
             if grew:
                 self.window += 1
@@ -248,7 +250,8 @@ class RudpSession:
             entry = pending.get(ack)
             if entry is not None:
                 delay = time - entry[1]
-                f.max_ack_delay = max(f.max_ack_delay, delay)
+                if delay > f.max_ack_delay:  # noqa: PLR1730 - hot path, no call
+                    f.max_ack_delay = delay
             # Keep acknowledged chunks for a while: a go-back that raced an ACK
             # on the wire resends them, and its timing is judged from them.
             hi = ack - 2 * self.max_window
@@ -437,9 +440,10 @@ class RudpSession:
         # Content: new chunks are hashed in order, retransmissions compared.
         if self.trailer:
             payload = payload[: -self.trailer]
+        pending = self._pending
         if chunk <= highest_sent:
             self.retransmissions += 1
-            entry = self._pending.get(chunk)
+            entry = pending.get(chunk)
             if entry is not None:
                 if entry[0] != payload:
                     self.find("rudp.delivery", number, f"chunk {chunk} resent with different bytes")
@@ -447,16 +451,17 @@ class RudpSession:
         else:
             self.highest_sent = chunk
             self.bytes += len(payload)
-            if self._hash is not None:
+            sha = self._hash
+            if sha is not None:
                 if chunk == self._hash_next:
-                    self._hash.update(payload)
+                    sha.update(payload)
                     self._hash_next = chunk + 1
                 else:
                     self._hash = None
-            if len(self._pending) < _MAX_PENDING:
-                self._pending[chunk] = [payload, time]
+            if len(pending) < _MAX_PENDING:
+                pending[chunk] = [payload, time]
         self._last_sent = chunk
-        if self.f.fin_seq is not None and chunk >= self.f.fin_seq:
+        if self.fin_seen and chunk >= self.f.fin_seq:  # type: ignore[operator]
             self.find(
                 "rudp.teardown", number, f"DATA {chunk} at or after the FIN ({self.f.fin_seq})"
             )
@@ -551,7 +556,6 @@ class RudpSession:
                 f"go-back to {chunk} only {time - previous:.3f} s after sending it, with no duplicate ACK",
             )
             self.window = max(self.window // 2, 1)
-        self._acked_since_loss = False
         self.dupacks = 0
 
     def _fin(self, number: int, seq: int) -> None:
@@ -614,17 +618,29 @@ class RudpSession:
             and self.highest_sent == last_chunk
         )
         if f.all_acked and self._hash is not None and self._hash_next == last_chunk + 1:
-            f.sha256 = self._hash.hexdigest()
-            if self.fin_digest is not None and self.fin_digest != self._hash.digest():
-                self.find(
-                    "rudp.delivery",
-                    f.frames.get("fin", self.last_frame),
-                    f"the FIN carries SHA-256 {self.fin_digest.hex()[:16]}..., the chunks hash to {f.sha256[:16]}...",
-                )
+            self._hash.close()
+            self.digest = self._hash.sha  # read by digest() once the hasher has caught up
         f.complete = f.all_acked and f.fin_acked
         self._pending = {}
         self._hash = None
+        self._advances.clear()
         return f
+
+    def set_digest(self) -> None:
+        """Fill in ``sha256`` (after :meth:`BackgroundHasher.wait`) and compare the FIN's."""
+        sha = self.digest
+        if sha is None:
+            return
+        self.digest = None
+        f = self.f
+        f.sha256 = sha.hexdigest()
+        if self.fin_digest is not None and self.fin_digest != sha.digest():
+            self.find(
+                "rudp.delivery",
+                f.frames.get("fin", self.last_frame),
+                f"the FIN carries SHA-256 {self.fin_digest.hex()[:16]}..., "
+                f"the chunks hash to {f.sha256[:16]}...",
+            )
 
     def sync(self) -> None:
         """Refresh the facts of a finished session after late duplicates."""
@@ -635,6 +651,7 @@ class RudpSession:
 
 
 FlowKey = bytes | tuple[str, int, str, int]
+HotFeed = Callable[[int, float, FlowKey, bool, int, int, bytes, int, bytes, int, int], None]
 
 
 def reverse_key(key: FlowKey) -> FlowKey:
@@ -671,6 +688,8 @@ class RudpTracker:
         self.done: list[RudpSessionFacts] = []
         self.sessions_seen: list[RudpSession] = []
         self.stray = 0
+        self.hasher = BackgroundHasher()
+        self.feed_fields: HotFeed = self._hot_feed()
 
     def _new(
         self, key: FlowKey, from_client: bool, number: int, time: float
@@ -683,6 +702,7 @@ class RudpTracker:
             max_window=self.max_window,
             min_rto=self.min_rto,
             keep_series=self.keep_series,
+            hasher=self.hasher,
         )
         session.f.start = _r(time)
         session.f.first_frame = number
@@ -705,55 +725,64 @@ class RudpTracker:
             number, time, key, to_port, seq, ack, flag, length, datagram, 0, len(datagram)
         )
 
-    def feed_fields(
-        self,
-        number: int,
-        time: float,
-        key: FlowKey,
-        to_port: bool,
-        seq: int,
-        ack: int,
-        flag: bytes,
-        length: int,
-        buf: bytes,
-        start: int,
-        stop: int,
-    ) -> None:
-        """The same, with the header already decoded; the datagram is ``buf[start:stop]``.
+    def _hot_feed(self) -> HotFeed:
+        """Build :meth:`feed_fields`: a closure, so the hot path reads locals, not attributes.
 
         This is the hot path of ``stacklab verify``: the capture scan reads
         the RUDP header together with the IP and UDP fields, so an ACK costs
         no slicing at all.
         """
-        entry = self.flows.get(key)
-        if entry is None:
-            entry = self._new(key, to_port, number, time)
-        elif flag == _SYN and entry[1] and ("command" in entry[0].f.frames or entry[0].finished):
-            self._finish(entry[0])
-            entry = self._new(key, True, number, time)
-        session, from_client = entry
-        session.packets += 1
-        session.last_frame = number
-        session.end = time
-        if stop - start - RUDP_HEADER_LEN != length:
-            session.f.malformed += 1
-            length = min(length, stop - start - RUDP_HEADER_LEN)  # never read past the datagram
-        if from_client:
-            if flag == _ACK:
-                session.chunk_ack(number, time, ack)
-                if session.fin_seen and session.f.fin_acked and not session.finished:
-                    self._finish(session, key)
+        flows_get = self.flows.get
+        new = self._new
+        finish = self._finish
+        header = RUDP_HEADER_LEN
+        syn, ack_flag, data_flag = _SYN, _ACK, _DATA
+
+        def feed_fields(
+            number: int,
+            time: float,
+            key: FlowKey,
+            to_port: bool,
+            seq: int,
+            ack: int,
+            flag: bytes,
+            length: int,
+            buf: bytes,
+            start: int,
+            stop: int,
+        ) -> None:
+            """One RUDP datagram, header decoded; the datagram is ``buf[start:stop]``."""
+            entry = flows_get(key)
+            if entry is None:
+                entry = new(key, to_port, number, time)
+            elif flag == syn and entry[1] and ("command" in entry[0].f.frames or entry[0].finished):
+                finish(entry[0])
+                entry = new(key, True, number, time)
+            session, from_client = entry
+            session.packets += 1
+            session.last_frame = number
+            session.end = time
+            if stop - start - header != length:
+                session.f.malformed += 1
+                length = min(length, stop - start - header)  # never read past the datagram
+            if from_client:
+                if flag == ack_flag:
+                    session.chunk_ack(number, time, ack)
+                    if session.fin_seen and session.f.fin_acked and not session.finished:
+                        finish(session, key)
+                else:
+                    begin = start + header
+                    session.client_other(number, seq, flag, buf[begin : begin + length])
+            elif flag == data_flag:
+                begin = start + header
+                session.data(number, time, seq, buf[begin : begin + length])
             else:
-                begin = start + RUDP_HEADER_LEN
-                session.client_other(number, seq, flag, buf[begin : begin + length])
-        elif flag == _DATA:
-            begin = start + RUDP_HEADER_LEN
-            session.data(number, time, seq, buf[begin : begin + length])
-        else:
-            begin = start + RUDP_HEADER_LEN
-            session.server_other(number, seq, ack, flag, buf[begin : begin + length])
-        if session.finished:
-            session.sync()
+                begin = start + header
+                session.server_other(number, seq, ack, flag, buf[begin : begin + length])
+            if session.finished:
+                session.sync()
+
+        return feed_fields
 
     def _finish(self, session: RudpSession, key: FlowKey | None = None) -> None:
         if session.finished:
@@ -772,6 +801,10 @@ class RudpTracker:
         for session in self.sessions_seen:
             if not session.finished:
                 self.done.append(session.finish())
+        self.hasher.wait()
+        for session in self.sessions_seen:
+            session.set_digest()
+        self.hasher.close()
         self.sessions_seen = []
         return sorted(self.done, key=lambda s: s.first_frame)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from stacklab.analysis.synth import CaptureWriter, benchmark_stream
 from stacklab.analysis.tshark_engine import RUDP_FIELDS, write_dissector
-from stacklab.wire import Ports
+from stacklab.wire import STACKLAB_DEFAULT_CHUNK, Ports
 
 
 @dataclass
@@ -51,9 +51,9 @@ def run_child(cmd: list[str]) -> Run:
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode)
 
 
-def generate(path: str, size: int, seed: int) -> int:
+def generate(path: str, size: int, seed: int, chunk: int) -> int:
     with CaptureWriter(path, fmt="pcap") as writer:
-        writer.write_all(benchmark_stream(size, seed=seed))
+        writer.write_all(benchmark_stream(size, seed=seed, chunk_size=chunk))
         return writer.count
 
 
@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="250000,500000,1000000")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=STACKLAB_DEFAULT_CHUNK,
+        help="RUDP chunk size of the transfers (stacklab's default; the original used 500).",
+    )
     parser.add_argument("--markdown", action="store_true", help="Print the table as Markdown.")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             path = os.path.join(tmp, f"bench-{size}.pcap")
             t = time.perf_counter()
-            count = generate(path, size, args.seed)
+            count = generate(path, size, args.seed, args.chunk)
             mb = os.path.getsize(path) / 1e6
             print(
                 f"generated {count} packets ({mb:.0f} MB) in {time.perf_counter() - t:.1f} s",
@@ -91,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                 ours.append(run_child([*stacklab, path]))
                 theirs.append(run_child(tshark))
             if any(r.exit_code != 0 for r in ours):
-                print(f"warning: stacklab verify exited {ours[0].exit_code} on {path}", file=sys.stderr)
+                print(
+                    f"warning: stacklab verify exited {ours[0].exit_code} on {path}",
+                    file=sys.stderr,
+                )
             row = (
                 count,
                 statistics.median(r.wall for r in ours),
