@@ -98,6 +98,8 @@ def fetch_rudp(
         except OSError as exc:
             raise ClientError(f"cannot reach the RUDP app server at {where}: {exc}") from None
         _run(sock, session, rng, drop, delay, progress, log_file, where)
+        if log_file is not None:
+            log_file.flush()
         if stats is not None:
             stats.update(session.stats)
             stats["options"] = session.options
