@@ -88,7 +88,12 @@ def fetch_rudp(
     )
     where = f"{server[0]}:{server[1]}"
     rng = random.Random(seed)
-    log_file = EventLog(events) if events is not None else None
+    try:
+        log_file = EventLog(events) if events is not None else None
+    except OSError as exc:
+        raise ClientError(
+            f"cannot write the events file {events!r}: {exc.strerror or exc}"
+        ) from None
     sock = socket.socket(socket.AF_INET6 if ":" in server[0] else socket.AF_INET, socket.SOCK_DGRAM)
     handed_off = False
     try:

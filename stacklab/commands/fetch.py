@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -100,6 +101,30 @@ def phase(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = round(time.perf_counter() - start, 6)
 
 
+def parse_delay(value: str | None) -> tuple[float, float] | None:
+    """``A:B`` (or ``A``) seconds into a (min, max) pair; a UserError otherwise."""
+    if value is None:
+        return None
+    low, _, high = value.partition(":")
+    try:
+        a, b = float(low), float(high or low)
+    except ValueError:
+        raise UserError(f"--delay {value!r}: expected A:B in seconds, e.g. 0.1:0.4") from None
+    if not 0 <= a <= b or b > 60:
+        raise UserError(f"--delay {value!r}: need 0 <= A <= B <= 60")
+    return a, b
+
+
+def _explicit(options: dict[str, Any]) -> dict[str, Any]:
+    """The options given on the command line (defaults are left to ``fetch_rudp``)."""
+    ctx = click.get_current_context()
+    return {
+        name: value
+        for name, value in options.items()
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    }
+
+
 def _load_rudp() -> Callable[..., bytes]:
     try:
         module = importlib.import_module("stacklab.services.rudp_client")
@@ -150,6 +175,52 @@ def _load_rudp() -> Callable[..., bytes]:
     help="Seconds to wait for each answer (DHCP/DNS attempt, connect, each read).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a sentence.")
+@click.option(
+    "--chunk",
+    type=click.IntRange(1, wire.MAX_STACKLAB_CHUNK),
+    default=wire.STACKLAB_DEFAULT_CHUNK,
+    show_default=True,
+    help="RUDP: content bytes per datagram (the default fits one Ethernet MTU).",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    help="RUDP: largest window to ask for, in chunks (the server may grant less).",
+)
+@click.option(
+    "--no-integrity",
+    "integrity",
+    flag_value=False,
+    default=True,
+    help="RUDP: no CRC32C per datagram and no SHA-256 in the FIN.",
+)
+@click.option(
+    "--legacy",
+    is_flag=True,
+    help="RUDP: behave exactly like the original client (empty SYN, 500-byte chunks, window 5).",
+)
+@click.option(
+    "--drop",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    help="RUDP fault injection: ignore this share of DATA datagrams (never ACKed).",
+)
+@click.option(
+    "--delay",
+    metavar="A:B",
+    callback=lambda ctx, param, value: parse_delay(value),
+    help="RUDP fault injection: wait A..B seconds before handling each DATA datagram.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="RUDP: seed of --drop and --delay."
+)
+@click.option(
+    "--events",
+    type=click.Path(dir_okay=False),
+    help="RUDP: write the engine's events as JSON lines (wall-clock times) to this file.",
+)
 def fetch(
     url: str,
     transport: str,
@@ -171,6 +242,10 @@ def fetch(
     out_path = Path(output or default_output(url))
     if out_path.parent and not out_path.parent.is_dir():
         raise UserError(f"output directory {str(out_path.parent)!r} does not exist")
+    rudp_options = _explicit(rudp_options)
+    if transport != "rudp" and rudp_options:
+        names = ", ".join("--" + k.replace("_", "-") for k in sorted(rudp_options))
+        raise UserError(f"{names}: only with --transport rudp")
     fetch_rudp = _load_rudp() if transport == "rudp" else None
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"url": url, "transport": transport}
