@@ -259,3 +259,16 @@ def test_stacklab_engine_capture_with_its_events_log(tmp_path: Path) -> None:
     assert "sender's window (events log)" in html
     assert "<code>rudp.events</code>" in html
     assert_offline(html)
+
+
+def test_truncated_capture_is_reported_up_to_the_cut(tmp_path: Path) -> None:
+    data = seed_capture("part4_rudp_loss_flow").read_bytes()
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(data[: len(data) // 2 + 7])
+    out = tmp_path / "cut.html"
+    result = CliRunner().invoke(cli, ["report", str(cut), "-o", str(out), "--max-sessions", "0"])
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    assert "· truncated" in html and "capture is truncated" in html
+    assert '<span class="verdict fail">FAIL</span>' in html  # the transfer never finished
+    assert 'class="session"' not in html and "Charts drawn for the first 0 of 1" in html

@@ -33,11 +33,19 @@ from stacklab.errors import UserError
     show_default=True,
     help="Rows of the packet table.",
 )
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(0, 1000),
+    default=12,
+    show_default=True,
+    help="RUDP sessions charted (the page says how many there were).",
+)
 @capture_options
 def report(
     capture: str,
     out: str | None,
     max_rows: int,
+    max_sessions: int,
     rudp_port: int,
     dns_port: int,
     dhcp_port: int,
@@ -65,6 +73,7 @@ def report(
         min_rto=min_rto,
         events_path=events_path,
         max_rows=max_rows,
+        max_sessions=max_sessions,
     )
     try:
         result = write_report(capture, target, options)
