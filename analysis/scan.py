@@ -196,7 +196,9 @@ class CaptureScan:
                 raise CaptureError(f"{self.path}: truncated pcap header")
             magic = header[:4]
             endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-            resolution = 1e-9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e-6
+            # Times are exact integer ticks divided once (correctly rounded), so
+            # they equal the float of tshark's decimal timestamps bit for bit.
+            per_sec = 10**9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 10**6
             linktype = struct.unpack(endian + "I", header[20:24])[0] & 0x0FFFFFFF
             self.linktypes.append(linktype)
             read = f.read
@@ -258,7 +260,7 @@ class CaptureScan:
                                 if incl > 64 and incl >= full_len:
                                     hot_fields(
                                         number,
-                                        sec + frac * resolution,
+                                        (sec * per_sec + frac) / per_sec,
                                         buf[ip + 12 : ip + 24],
                                         dport == hot,
                                         seq,
@@ -271,14 +273,20 @@ class CaptureScan:
                                     )
                                 else:  # short frames may carry link padding: trust the UDP length
                                     short_hot(
-                                        number, sec + frac * resolution, buf, ip, end, True, fields
+                                        number,
+                                        (sec * per_sec + frac) / per_sec,
+                                        buf,
+                                        ip,
+                                        end,
+                                        True,
+                                        fields,
                                     )
                                 continue
                             if sport not in udp_watch and dport not in udp_watch:
                                 continue
                         elif proto != 6 or (sport not in tcp_watch and dport not in tcp_watch):
                             continue
-                item = general(number, sec + frac * resolution, linktype, buf[start:end])
+                item = general(number, (sec * per_sec + frac) / per_sec, linktype, buf[start:end])
                 if item is not None:
                     yield item
             self.frames = number
@@ -296,7 +304,7 @@ class CaptureScan:
             number = 0
             endian = "<"
             head = struct.Struct("<IIIIII").unpack_from
-            interfaces: list[tuple[int, float]] = []
+            interfaces: list[tuple[int, int]] = []
             net = None
             l2, min_len = 0, 1 << 62
             tails: frozenset[int | bytes] = frozenset()
@@ -388,7 +396,7 @@ class CaptureScan:
                                 if incl > 64 and incl >= min_len + 11:
                                     hot_fields(
                                         number,
-                                        ((ts_hi << 32) | ts_lo) * tick,
+                                        ((ts_hi << 32) | ts_lo) / tick,
                                         buf[ip + 12 : ip + 24],
                                         dport == hot,
                                         seq,
@@ -402,7 +410,7 @@ class CaptureScan:
                                 else:
                                     short_hot(
                                         number,
-                                        ((ts_hi << 32) | ts_lo) * tick,
+                                        ((ts_hi << 32) | ts_lo) / tick,
                                         buf,
                                         ip,
                                         start + incl,
@@ -415,14 +423,15 @@ class CaptureScan:
                         elif proto != 6 or (sport not in tcp_watch and dport not in tcp_watch):
                             continue
                 item = general(
-                    number, ((ts_hi << 32) | ts_lo) * tick, lt, buf[start : start + incl]
+                    number, ((ts_hi << 32) | ts_lo) / tick, lt, buf[start : start + incl]
                 )
                 if item is not None:
                     yield item
             self.frames = number
 
 
-def _tsresol(buf: bytes, start: int, stop: int, endian: str) -> float:
+def _tsresol(buf: bytes, start: int, stop: int, endian: str) -> int:
+    """Ticks per second of an interface (if_tsresol: 10**n or 2**n; default 10**6)."""
     pos = start
     while pos + 4 <= stop:
         code, length = struct.unpack_from(endian + "HH", buf, pos)
@@ -430,6 +439,6 @@ def _tsresol(buf: bytes, start: int, stop: int, endian: str) -> float:
             break
         if code == 9 and length:
             raw = buf[pos + 4]
-            return 2.0 ** -(raw & 0x7F) if raw & 0x80 else 10.0**-raw
+            return 2 ** (raw & 0x7F) if raw & 0x80 else 10**raw
         pos += 4 + ((length + 3) & ~3)
-    return 1e-6
+    return 10**6

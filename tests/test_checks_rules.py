@@ -293,3 +293,54 @@ def test_capture_with_nothing_to_verify_fails(tmp_path: Path) -> None:
     noise = [UdpPacket(1.0 + i, "10.0.0.1", 1000, "10.0.0.2", 2000, b"hello") for i in range(3)]
     analysis = _verify(tmp_path, noise)
     assert _failing(analysis) == {"capture.traffic"}
+
+
+def test_loss_probe_is_not_a_go_back(tmp_path: Path) -> None:
+    conv = Conversation()
+    _window_ramp(conv)  # chunks 5, 6, 7 outstanding (base 5, window 5)
+    conv.data(5, bytes([5]), dt=0.05)  # the base alone, sooner than any timeout
+    conv.data(8, b"h")  # ... and the sender carries on
+    for ack in (5, 6, 7, 8):
+        conv.ack(ack)
+    conv.fin(9)
+    conv.ack(9)
+    analysis = _verify(tmp_path, conv.packets)
+    assert _failing(analysis) == set()
+    (s,) = analysis.rudp_sessions
+    assert (s.probes, s.go_backs, s.retransmissions) == (1, 0, 1)
+
+
+def test_lone_resend_after_a_timeout_is_selective(tmp_path: Path) -> None:
+    conv = Conversation()
+    _window_ramp(conv)
+    conv.data(5, bytes([5]), dt=1.0)  # a timeout...
+    conv.data(8, b"h")  # ... but 6 and 7 are not resent
+    for ack in (5, 6, 7, 8):
+        conv.ack(ack)
+    conv.fin(9)
+    conv.ack(9)
+    analysis = _verify(tmp_path, conv.packets)
+    # gbn: 6 and 7 skipped; aimd too: after the timeout the window is 2, 8 makes 4 in flight
+    assert _failing(analysis) == {"rudp.gbn", "rudp.aimd"}
+    assert "not a go-back" in next(c.detail for c in analysis.checks if c.id == "rudp.gbn")
+
+
+@pytest.mark.parametrize(
+    ("dup_acks", "extra_chunks", "failing"), [(2, 2, set()), (2, 3, {"rudp.gbn"})]
+)
+def test_limited_transmit(
+    tmp_path: Path, dup_acks: int, extra_chunks: int, failing: set[str]
+) -> None:
+    conv = Conversation()
+    _window_ramp(conv)  # base 5, window 5: chunks up to 9 allowed
+    conv.data(8, b"h")
+    conv.data(9, b"i")
+    for _ in range(dup_acks):
+        conv.ack(4)  # duplicates: each may let one new chunk out (RFC 3042)
+    for chunk in range(10, 10 + extra_chunks):
+        conv.data(chunk, bytes([chunk]))
+    for ack in range(5, 10 + extra_chunks):
+        conv.ack(ack)
+    conv.fin(10 + extra_chunks)
+    conv.ack(10 + extra_chunks)
+    assert _failing(_verify(tmp_path, conv.packets)) == failing

@@ -195,4 +195,5 @@ def test_small_file_is_fast_and_imports_nothing_heavy() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    assert float(done.stdout.strip().splitlines()[-1]) < 1.0
+    # well under a second on an idle machine; the bound leaves room for a loaded CI runner
+    assert float(done.stdout.strip().splitlines()[-1]) < 2.0
