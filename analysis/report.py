@@ -45,8 +45,12 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS: Final = 2000
 """Rows of the packet table."""
-DECODE_LIMIT: Final = 200_000
-"""Packets decoded for the ladder and the table; a longer capture is decoded only that far."""
+DECODE_LIMIT: Final = 50_000
+"""Frames decoded for the ladder and the table; a longer capture is decoded only that far."""
+MAX_CHECK_ROWS: Final = 500
+"""Rows of the checks table (failures first); the rest are counted."""
+MAX_CHECKS_WITHOUT_TOTALS: Final = 20
+"""Above this many checks a per-check overview table comes first."""
 MAX_FRAME_LINKS: Final = 12
 """Frame numbers listed per check."""
 
@@ -112,25 +116,55 @@ def _frame_links(frames: list[int], linked: set[int]) -> str:
     return ", ".join(out)
 
 
-def _checks(checks: list[Check], linked: set[int]) -> str:
+def _check_totals(checks: list[Check]) -> str:
+    """Pass / fail / skip counts per check id: the overview when there are many sessions."""
+    totals: dict[str, dict[str, int]] = {}
+    for check in checks:
+        row = totals.setdefault(check.id, {"pass": 0, "fail": 0, "skip": 0})
+        row[check.status] += 1
+    rows = "".join(
+        f'<tr class="{"fail" if t["fail"] else "pass"}"><td><code>{_e(name)}</code></td>'
+        f'<td class="num">{t["pass"]:,}</td><td class="num">{t["fail"]:,}</td>'
+        f'<td class="num">{t["skip"]:,}</td></tr>'
+        for name, t in sorted(totals.items(), key=lambda item: (-item[1]["fail"], item[0]))
+    )
+    return (
+        '<table id="check-totals"><thead><tr><th>check</th><th class="num">passed</th>'
+        '<th class="num">failed</th><th class="num">skipped</th></tr></thead><tbody>'
+        + rows
+        + "</tbody></table><h3>Every check</h3>"
+    )
+
+
+def _checks(checks: list[Check], linked: set[int], limit: int = MAX_CHECK_ROWS) -> str:
     if not checks:
         return (
             '<p class="note">No checks apply: the capture holds none of the stack\'s traffic.</p>'
         )
     rows = []
-    for check in checks:
+    for check in checks[:limit]:
         rows.append(
             f'<tr class="{_e(check.status)}"><td><span class="status {_e(check.status)}">'
             f"{_e(check.status)}</span></td><td><code>{_e(check.id)}</code></td>"
             f'<td class="mono">{_e(check.session)}</td><td>{_e(check.detail)}</td>'
             f"<td>{_frame_links(check.frames, linked)}</td></tr>"
         )
+    rest = checks[limit:]
+    note = ""
+    if rest:
+        failing = sum(1 for c in rest if c.status == "fail")
+        note = (
+            f'<p class="note">{len(rest):,} more checks not listed ({failing:,} of them failing); '
+            f"the table is capped at {limit:,} rows, failures first.</p>"
+        )
+    overview = _check_totals(checks) if len(checks) > MAX_CHECKS_WITHOUT_TOTALS else ""
     return (
-        '<p class="note">Failures first; frame numbers link to the packet table.</p>'
+        overview + '<p class="note">Failures first; frame numbers link to the packet table.</p>'
         '<table id="checks-table"><thead><tr><th>status</th><th>check</th><th>session</th>'
         "<th>detail</th><th>frames</th></tr></thead><tbody>\n"
         + "\n".join(rows)
         + "</tbody></table>"
+        + note
     )
 
 

@@ -272,3 +272,19 @@ def test_truncated_capture_is_reported_up_to_the_cut(tmp_path: Path) -> None:
     assert "· truncated" in html and "capture is truncated" in html
     assert '<span class="verdict fail">FAIL</span>' in html  # the transfer never finished
     assert 'class="session"' not in html and "Charts drawn for the first 0 of 1" in html
+
+
+def test_many_checks_get_an_overview_and_a_capped_table() -> None:
+    from stacklab.analysis.report import _checks
+    from stacklab.analysis.sessions import Check
+
+    checks = [Check("rudp.gbn", "a->b", "fail", "bad <go-back>", [7])]
+    checks += [Check("rudp.aimd", f"c{i}->b", "pass", "ok", [i]) for i in range(30)]
+    html = _checks(checks, linked={7}, limit=10)
+    assert html.index('id="check-totals"') < html.index('id="checks-table"')
+    assert '<td><code>rudp.gbn</code></td><td class="num">0</td><td class="num">1</td>' in html
+    assert html.count("<tr class=") == 2 + 10  # two overview rows, ten check rows
+    assert "21 more checks not listed (0 of them failing)" in html
+    assert "bad &lt;go-back&gt;" in html and '<a href="#f7">7</a>' in html
+    few = _checks(checks[:3], linked=set())
+    assert "check-totals" not in few and "not listed" not in few

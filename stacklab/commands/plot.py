@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from itertools import takewhile
 from typing import Any, TypeVar
 
 import click
@@ -158,7 +159,7 @@ def plot(
             path = os.path.join(outdir, f"{stem}.{name}.window.{fmt}")
             plots.save_figure(fig, path, fmt)
             written.append((path, f"window, {len(s.go_backs)} go-backs"))
-        packets = (p for p in decode_capture(capture, ports) if p.frame <= DECODE_LIMIT)
+        packets = takewhile(lambda p: p.frame <= DECODE_LIMIT, decode_capture(capture, ports))
         ladder = build_ladder(packets, ports)
         fig = ladder_figure(ladder, f"{stem}: ladder diagram")
         path = os.path.join(outdir, f"{stem}.ladder.{fmt}")
