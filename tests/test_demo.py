@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def _committed(name: str, as_name: str | None = None) -> ScenarioResult:
     )
 
 
-def _fake_captures(results: list[ScenarioResult]):  # type: ignore[no-untyped-def]
+def _fake_captures(results: list[ScenarioResult]) -> Callable[..., list[ScenarioResult]]:
     def run(names: list[str], paths: list[Path], *, netns: bool) -> list[ScenarioResult]:
         return results
 
