@@ -198,6 +198,18 @@ def _facts(facts: RudpSessionFacts | None, series: SessionSeries) -> str:
     return "\n".join(out)
 
 
+_TIMESEQ_NOTE: Final = (
+    "Each DATA is a square at its time and chunk number; a red diamond is a retransmission "
+    "(R marks the first of each resent run). The green steps are the client's cumulative ACK; "
+    "go-backs are marked as the verifier explained them (timeout or duplicate ACKs)."
+)
+_WINDOW_NOTE: Final = (
+    "Chunks in flight when each DATA left (last chunk sent minus the cumulative ACK): the AIMD "
+    "sawtooth. The dashed line is the window the verifier's AIMD model allows (an upper bound), "
+    "the dash-dotted line the maximum window."
+)
+
+
 def _sessions(
     analysis: CaptureAnalysis, series: CaptureSeries, options: ReportOptions, stem: str
 ) -> str:
@@ -223,7 +235,9 @@ def _sessions(
             f'<section class="session" id="session-{index}"><h2>RUDP {_e(name)}</h2>'
             f"{_facts(facts, s)}"
             f'<div class="chart timeseq">{plots.inline_svg(ts)}</div>'
-            f'<div class="chart window">{plots.inline_svg(win)}</div></section>'
+            f'<p class="note">{_TIMESEQ_NOTE}</p>'
+            f'<div class="chart window">{plots.inline_svg(win)}</div>'
+            f'<p class="note">{_WINDOW_NOTE}</p></section>'
         )
         plots.close(ts)
         plots.close(win)
