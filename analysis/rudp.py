@@ -5,8 +5,7 @@ what the wire shows: the base (lowest unacknowledged chunk) from the client's
 cumulative ACKs, go-backs from DATA that does not continue with the previous
 chunk + 1, and the AIMD window by replaying the rule on the observed ACKs and
 loss events: start at 1, +1 per ACK that advances the base (capped at the
-maximum window), halve (floor 1) on a timeout, and on a duplicate-ACK
-go-back only if new data was acknowledged since the last halving.
+maximum window), halve (floor 1) on a timeout.
 
 It records facts (:class:`~stacklab.analysis.sessions.RudpSessionFacts`) and
 *findings*: observations that break a rule, tagged with the check they
@@ -15,20 +14,35 @@ belong to and the frame that shows them.  Which check owns which rule:
 * ``rudp.handshake``: SYN seq=x, ACK ack=x+1, command DATA seq=x+1, its ACK
   (ack = x+1, or x+1+length as in older captures), in this order;
 * ``rudp.gbn``: a go-back resends from the lowest unacknowledged chunk and
-  continues in order; it follows a timeout (no progress for ``min_rto``) or
-  duplicate ACKs; no chunk beyond base + max_window - 1;
+  continues in order; it follows a timeout (the chunk went unacknowledged
+  for ``min_rto``) or duplicate ACKs; no chunk beyond base + max_window - 1;
 * ``rudp.aimd``: no DATA beyond base + (AIMD window) - 1, the window being
   the replayed one above; what exceeds the maximum window itself is the
   Go-Back-N bound's business, so one broken rule fails one check;
 * ``rudp.delivery``: retransmissions carry the same bytes, ACKs only cover
-  chunks that were sent;
+  chunks that were sent, the FIN's SHA-256 (stacklab extension) matches;
 * ``rudp.teardown``: FIN seq = N+1 only after chunk N is acknowledged, no
   DATA after it.
 
-Memory per session is bounded: the payloads of unacknowledged chunks (to
-compare retransmissions) are dropped as the base advances, the content is
-hashed incrementally in chunk order, and a finished session keeps only its
-summary.  Nothing here reads files or clocks: the caller feeds datagrams.
+A capture is one vantage point, so the model is generous wherever the wire
+cannot tell what the sender knew, and strict where it can:
+
+* ACKs may still be on their way, or lost after the capture point: a go-back
+  below the captured base rewinds the model to the sender's base, and the
+  ACKs set aside count again as soon as the client repeats them;
+* a go-back triggered by duplicate ACKs does not halve the model's window
+  (whether the sender halved depends on ACKs reordering may hide);
+* recognised sender refinements that stay Go-Back-N on the wire: loss probes
+  (the base alone, resent sooner than any timeout, after which the sender
+  carries on), the base sent twice at a go-back, and limited transmit
+  (RFC 3042: up to two new chunks beyond the window on duplicate ACKs).
+  A lone resend *after a timeout* is a selective repeat and fails.
+
+Memory per session is bounded: the payloads of recent chunks (to compare
+retransmissions) are dropped as the base advances, the content is hashed in
+chunk order (on a worker thread, :mod:`~stacklab.analysis.hashing`), and a
+finished session keeps only its summary.  Nothing here reads files or
+clocks: the caller feeds datagrams.
 """
 
 from __future__ import annotations

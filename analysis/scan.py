@@ -238,11 +238,11 @@ class CaptureScan:
                     limit = real - 15 if eof else real - _PAD
                     continue
                 sec, frac, incl, _orig = head(buf, pos)
-                if incl > 0x4000000:
-                    raise CaptureError(f"{self.path}: corrupt pcap record after frame {number}")
                 start = pos + 16
                 end = start + incl
                 if end > real:
+                    if incl > 0x4000000:
+                        raise CaptureError(f"{self.path}: corrupt pcap record after frame {number}")
                     if eof:
                         self.truncated = True
                         break
