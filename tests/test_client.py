@@ -292,3 +292,24 @@ def test_rudp_transport_missing_is_a_clear_error(
     code, _, err = run_fetch(["--transport", "rudp", "--server", "127.0.0.1:2122"], tmp_path)
     assert code == 2
     assert err == "stacklab: error: RUDP transport is not available in this installation\n"
+
+
+def test_progress_bar_appears_only_for_slow_transfers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stacklab.commands import fetch as fetch_command
+
+    now = [100.0]
+    monkeypatch.setattr(fetch_command.time, "monotonic", lambda: now[0])
+    quick = fetch_command.LazyProgress(True, "x")
+    quick(10, 100)
+    quick(100, 100)
+    assert quick._progress is None  # done within the grace period: no bar
+    slow = fetch_command.LazyProgress(True, "x")
+    slow(10, 100)
+    now[0] += fetch_command.PROGRESS_AFTER_S
+    slow(50, 100)
+    assert slow._progress is not None
+    slow.close()
+    disabled = fetch_command.LazyProgress(False, "x")
+    now[0] += 10
+    disabled(1, 2)
+    assert disabled._progress is None

@@ -250,3 +250,25 @@ def test_bad_input_is_dropped_and_the_server_keeps_answering(
     assert ask(server.address, b"DISCOVER").startswith(b'{"type": "OFFER"')
     assert server.stats["dropped"] == 1
     assert server.stats["errors"] == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.dictionaries(
+            st.sampled_from(["type", "client_id", "requested_ip", "x"]),
+            st.one_of(
+                st.sampled_from(["DISCOVER", "REQUEST", "RELEASE", "127.0.0.5", "a"]),
+                st.integers(),
+                st.none(),
+                st.lists(st.integers(), max_size=2),
+            ),
+        ).map(lambda d: json.dumps(d).encode()),
+    )
+)
+def test_any_datagram_gets_a_reply_or_nothing_never_an_exception(data: bytes) -> None:
+    server = DhcpServer(DhcpSettings(lease_db=":memory:"), clock=Clock())  # table only, no socket
+    reply = server.handle_datagram(data, ("127.0.0.1", 1))
+    if reply is not None:
+        assert json.loads(reply)["type"] in ("OFFER", "ACK", "NAK", "RELEASED")

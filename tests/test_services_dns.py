@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -13,6 +14,8 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stacklab.config import DnsSettings
 from stacklab.services.dns import DnsServer, ZoneError, load_zone
@@ -173,3 +176,14 @@ def test_bad_zone_files_are_clear_errors(
         load_zone(path)
     with pytest.raises(ZoneError, match="cannot read"):
         load_zone(tmp_path / "missing")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=100).map(lambda t: ("{" + t).encode())))
+def test_any_datagram_gets_a_reply_or_nothing_never_an_exception(data: bytes) -> None:
+    server = DnsServer(DnsSettings(), {"my-app-server.local": "127.0.0.3"})  # no socket needed
+    reply = server.handle_datagram(data, ("127.0.0.1", 1))
+    if reply is not None and reply.startswith(b"{"):
+        assert json.loads(reply)["status"] in ("SUCCESS", "NOT_FOUND", "ERROR")
+    elif reply is not None:
+        assert dns.message.from_wire(reply).flags & dns.flags.QR

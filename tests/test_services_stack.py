@@ -79,7 +79,8 @@ def test_serve_app_rudp_without_the_module_is_a_clear_error() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_up_serves_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_up_serves_then_stops_cleanly_on_a_signal(tmp_path: Path, stop_signal: int) -> None:
     env = {**os.environ, "COLUMNS": "200", "XDG_STATE_HOME": str(tmp_path / "state")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "stacklab", "up", *PORT_OPTIONS],
@@ -102,7 +103,7 @@ def test_up_serves_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             udp.settimeout(5)
             udp.sendto(b"DISCOVER", table["dhcp"])
             assert udp.recvfrom(2048)[0] == b'{"type": "OFFER", "assigned_ip": "127.0.0.2"}'
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop_signal)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
