@@ -230,7 +230,8 @@ def _sessions(
         name = f"session {index}: {s.key}"
         ts = plots.time_sequence_figure(s, f"{stem} — {name}: time-sequence")
         overlay = align_sender_window(sender, s) if sender is not None and s is target else None
-        win = plots.window_figure(s, f"{stem} — {name}: window", options.max_window, overlay)
+        limit = s.window_limit or options.max_window
+        win = plots.window_figure(s, f"{stem} — {name}: window", limit, overlay)
         parts.append(
             f'<section class="session" id="session-{index}"><h2>RUDP {_e(name)}</h2>'
             f"{_facts(facts, s)}"

@@ -66,6 +66,7 @@ class SessionSeries:
     fin: float | None = None
     clipped: bool = False
     points: int = 0
+    window_limit: int | None = None  # the session's own maximum window (negotiated in the SYN)
 
     @property
     def retransmissions(self) -> int:
@@ -135,6 +136,7 @@ class _Sampler:
         """After the verifier finished the session: settle the last candidates, drop probes."""
         self.classify()
         f = self.session.f
+        self.series.window_limit = f.window_limit
         faults = {x.frame for x in f.findings if x.check == "rudp.gbn"}
         go_backs = self.series.go_backs
         # Go-backs the verifier counted without a kind; candidates beyond that

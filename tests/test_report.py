@@ -247,16 +247,18 @@ def test_stacklab_engine_capture_with_its_events_log(tmp_path: Path) -> None:
     write_capture(capture, packets, fmt="pcapng")
     events = tmp_path / "events.jsonl"
     events.write_text("\n".join(log) + "\n")
-    report = build_report(capture, ReportOptions(max_window=16, events_path=str(events)))
+    # No --max-window: the window negotiated in the handshake is the ceiling drawn.
+    report = build_report(capture, ReportOptions(events_path=str(events)))
     assert report.analysis.passed
     (facts,) = report.analysis.rudp_sessions
-    (series,) = collect_series(capture, max_window=16).sessions
+    (series,) = collect_series(capture).sessions
     # The charts mark the go-backs the verifier counted, with its kinds.
     assert len(series.go_backs) == facts.go_backs > 0
     kinds = {k: sum(1 for *_x, kind in series.go_backs if kind == k) for k in ("timeout", "dupack")}
     assert kinds == {k: facts.go_back_kinds.get(k, 0) for k in kinds}
     html = report.html
     assert "sender's window (events log)" in html
+    assert "maximum window (16)" in html and series.window_limit == 16
     assert "<code>rudp.events</code>" in html
     assert_offline(html)
 

@@ -155,7 +155,8 @@ def plot(
             plots.save_figure(fig, path, fmt)
             written.append((path, f"time-sequence, {len(s.data)} DATA, {s.retransmissions} R"))
             overlay = align_sender_window(sender, s) if sender is not None and s is target else None
-            fig = plots.window_figure(s, f"{label}: window", max_window, overlay)
+            limit = s.window_limit or max_window  # a window negotiated in the SYN wins
+            fig = plots.window_figure(s, f"{label}: window", limit, overlay)
             path = os.path.join(outdir, f"{stem}.{name}.window.{fmt}")
             plots.save_figure(fig, path, fmt)
             written.append((path, f"window, {len(s.go_backs)} go-backs"))
