@@ -9,9 +9,19 @@ events.  A command is run by :func:`stacklab.services.fetcher.handle_command`
 small thread pool; the result is posted back through a queue and a
 socket-pair wake-up, so the loop never blocks on a fetch.
 
-Limits: at most ``max_sessions`` sessions (a SYN beyond that is dropped and
-counted), a session is freed on FIN, give-up, or ``idle_timeout`` seconds
-without a datagram (a session waiting for its fetch is never idle).
+Stateless SYNs: a SYN never creates a session.  It is answered from the
+datagram alone by :class:`stacklab.transport.handshake.Handshake` (a cookie
+in the SYN-ACK's ``seq`` for a stacklab client, the original ``seq=0``
+SYN-ACK for a plain SYN), so a SYN flood from spoofed addresses leaves the
+session table and memory flat.  The command creates the session: with a
+valid echoed cookie (proven address) or ``ack=0`` (an original client,
+limited by the anti-amplification budget until it acknowledges data).  The
+factor and the budget are documented in :mod:`stacklab.transport.handshake`.
+
+Limits: at most ``max_sessions`` sessions (a command beyond that is dropped
+and counted as ``busy``), a session is freed on FIN, give-up, or
+``idle_timeout`` seconds without a datagram (a session waiting for its
+fetch is never idle).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
+import os
 import queue
 import selectors
 import socket
@@ -32,6 +43,7 @@ from stacklab.services.base import Service, bind_error, family_for
 from stacklab.services.fetcher import FetchPolicy, fetch, handle_command
 from stacklab.services.rudp_io import RECV_BUFFER, EventLog, tune_socket
 from stacklab.transport.events import CommandReceived, Event
+from stacklab.transport.handshake import Handshake, SynCookies
 from stacklab.transport.options import OptionLimits, TransferOptions
 from stacklab.transport.server import ServerSession, ServerState
 from stacklab.wire import FETCH_COMMAND, Flag, fetch_error_text
@@ -44,6 +56,7 @@ BATCH = 256
 """Datagrams read per wake-up before the sessions answer (ACKs coalesce, the loop stays fair)."""
 SWEEP_INTERVAL = 1.0
 _SYN = Flag.SYN.value
+_DATA = Flag.DATA.value
 
 
 class RudpAppServer(Service):
@@ -57,6 +70,7 @@ class RudpAppServer(Service):
         policy: FetchPolicy,
         *,
         fetcher: Fetcher = fetch,
+        cookie_secret: bytes | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -69,6 +83,11 @@ class RudpAppServer(Service):
         )
         self.original = TransferOptions(
             chunk_size=settings.chunk_size, max_window=settings.max_window
+        )
+        # The cookie key is secret, not simulation randomness: fresh per server
+        # unless a caller (a test) passes one.
+        self.handshake = Handshake(
+            self.limits, self.original, SynCookies(cookie_secret or os.urandom(32))
         )
         self.sessions: dict[Address, ServerSession] = {}
         self._sock: socket.socket | None = None
@@ -216,20 +235,45 @@ class RudpAppServer(Service):
             addr: Address = (raw_addr[0], raw_addr[1])
             session = sessions.get(addr)
             if session is None:
-                session = self._new_session(addr, view, n)
+                session = self._new_session(sock, addr, view, n, now)
                 if session is None:
                     continue
             session.receive_datagram(view[:n], now)
             last_seen[addr] = now
             touched[addr] = session
 
-    def _new_session(self, addr: Address, view: memoryview, n: int) -> ServerSession | None:
-        if n < 11 or view[8:9] != _SYN:
-            self.count("no_session")  # not a SYN: a stray packet or a session we already freed
+    def _new_session(
+        self, sock: socket.socket, addr: Address, view: memoryview, n: int, now: float
+    ) -> ServerSession | None:
+        """Answer a SYN without state; create a session only for an acceptable command."""
+        flag = view[8:9] if n >= 11 else b""
+        if flag == _SYN:
+            answer = self.handshake.answer_syn(view[:n], addr, now)
+            if answer is None:
+                self.count("bad_syn")
+                return None
+            self.count("syn_answered")
+            try:
+                sock.sendto(answer, addr)
+            except OSError as exc:
+                self.count("send_errors")
+                log.debug("app-rudp: sendto %s:%d: %s", addr[0], addr[1], exc)
+            return None
+        if flag != _DATA:
+            self.count("no_session")  # a stray packet or a session we already freed
             return None
         if len(self.sessions) >= self.settings.max_sessions:
             self.count("busy")
             return None
+        session = self.handshake.accept_command(view[:n], addr, now, self._make_session)
+        if session is None:
+            self.count("bad_cookie")
+            return None
+        self.sessions[addr] = session
+        self.count("sessions")
+        return session
+
+    def _make_session(self) -> ServerSession:
         s = self.settings
         session = ServerSession(
             self.limits,
@@ -241,8 +285,6 @@ class RudpAppServer(Service):
             handshake_timeout=s.idle_timeout,
             trace=self._events is not None,
         )
-        self.sessions[addr] = session
-        self.count("sessions")
         return session
 
     def _collect_fetches(self, now: float, touched: dict[Address, ServerSession]) -> None:

@@ -9,6 +9,10 @@ retransmitted on an RFC 6298 timer until answered, at most ``max_timeouts``
 times; once data flows, ``silence_timeout`` seconds without a valid datagram
 end the transfer with :class:`~stacklab.transport.events.GaveUp`.
 
+The command echoes the SYN-ACK's ``seq`` in its ``ack`` field: a stacklab
+server's SYN cookie (see :mod:`stacklab.transport.handshake`), 0 from an
+original server, which never reads it.
+
 The command ACK is recognised in both conventions seen in real captures
 (``ack = seq`` and the byte-counting ``ack = seq + len(command)``); the first
 DATA also counts as one, in case the command ACK was lost.  Until the first
@@ -130,7 +134,7 @@ class ClientSession(SessionBase):
         seq, ack, flag, payload = parsed
         if state is ClientState.SYN_SENT:
             if flag == ACK and ack == self.command_seq:
-                self._on_syn_ack(data, now)
+                self._on_syn_ack(seq, data, now)
             else:
                 self.stats["unexpected"] += 1
             return
@@ -213,7 +217,7 @@ class ClientSession(SessionBase):
         if self._retries == 0:  # Karn: an answer to a resent packet is no sample
             self.rtt.on_sample(now - self._pending_sent_at)
 
-    def _on_syn_ack(self, data: bytes | memoryview, now: float) -> None:
+    def _on_syn_ack(self, cookie: int, data: bytes | memoryview, now: float) -> None:
         payload = bytes(data[RUDP_HEADER_LEN:])
         original = True
         if payload and self.requested is not None:
@@ -237,7 +241,9 @@ class ClientSession(SessionBase):
         self.receiver = GbnReceiver(
             o, 1, max_bytes=self.max_bytes, events=self._events, trace=self.trace
         )
-        command = self._queue(now, self.command_seq, 0, DATA, self._command_bytes, o.integrity)
+        # Echo the SYN-ACK's seq (a stacklab server's SYN cookie; 0 from an
+        # original server, which ignores the field) to prove our address.
+        command = self._queue(now, self.command_seq, cookie, DATA, self._command_bytes, o.integrity)
         self._command_datagram = command
         self._arm(command, now)
         self.state = ClientState.CMD_SENT

@@ -14,6 +14,13 @@ from 1, window 5, FIN ``N+1``).  A SYN whose payload is a stacklab options
 offer (JSON + CRC32C) gets the accepted values in the SYN-ACK payload.  A
 duplicate SYN or command is answered again, so a lost SYN-ACK or command ACK
 costs the client one retransmission and nothing else.
+
+Stateless handshakes: the RUDP app server answers SYNs without a session
+(:mod:`stacklab.transport.handshake`) and creates one at the command with
+:meth:`ServerSession.adopt`.  An adopted session whose address is not proven
+(a legacy command without a cookie) sends at most ``unproven_budget``
+DATA/FIN datagrams before the client acknowledges data, then gives up:
+a spoofed SYN + command cannot draw a whole file toward a victim.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from stacklab.transport.events import (
     GaveUp,
     OptionsNegotiated,
     ProtocolError,
+    RtoChanged,
 )
 from stacklab.transport.integrity import check_trailer
 from stacklab.transport.options import (
@@ -91,7 +99,14 @@ class ServerSession(SessionBase):
         self._syn_ack_payload = b""
         self._command_seq: int | None = None
         self._deadline: float | None = None
+        self._syn_ack_at = 0.0
+        self._syns = 0
+        self.handshake_rtt: float | None = None
         self.sender: GbnSender | None = None
+        self._syn_ack_seq = 0  # the cookie of a stateless handshake, else 0 (WIRE.md)
+        self.proven = True  # False: an adopted legacy session before its first ACK of data
+        self.unproven_budget = 0
+        self._unproven_sent = 0
 
     # -- public API ------------------------------------------------------------
 
@@ -106,6 +121,8 @@ class ServerSession(SessionBase):
         seq, ack, flag, payload = parsed
         if flag == ACK:
             if self.sender is not None:
+                if not self.proven and ack >= self.sender.first_seq:
+                    self.proven = True  # it saw our data: its address is real
                 self.sender.on_ack(ack, now)
                 self._check_sender(now)
             return
@@ -116,11 +133,45 @@ class ServerSession(SessionBase):
         else:
             self.stats["unexpected"] += 1
 
+    def adopt(
+        self,
+        isn: int,
+        options: TransferOptions,
+        negotiated: bool,
+        syn_ack_seq: int,
+        syn_ack_payload: bytes,
+        *,
+        proven: bool,
+        now: float,
+    ) -> None:
+        """Start in SYN_RECEIVED from a handshake answered without state; feed the command next."""
+        if self.state is not ServerState.LISTEN:
+            raise RuntimeError(f"adopt() in state {self.state.value}")
+        self.options = options
+        self.negotiated = negotiated
+        self.client_isn = isn & 0xFFFFFFFF
+        self._syn_ack_seq = syn_ack_seq
+        self._syn_ack_payload = syn_ack_payload
+        self.proven = proven
+        self.state = ServerState.SYN_RECEIVED
+        self._deadline = now + self.handshake_timeout
+        o = options
+        self._events.append(
+            OptionsNegotiated(
+                now, o.chunk_size, o.max_window, o.integrity, o.ack_every, not negotiated
+            )
+        )
+
     def provide_content(self, content: bytes, now: float) -> None:
         """The command's response (file bytes or error text): start sending it."""
         if self.state is not ServerState.AWAIT_CONTENT:
             raise RuntimeError(f"content provided in state {self.state.value}")
         rto = RttEstimator(self.initial_rto, self.min_rto, self.max_rto)
+        if self.handshake_rtt is not None:
+            # SYN-ACK out -> command in is a clean round trip (one SYN, no resend):
+            # start from it instead of the 1 s guess, as TCP does with its handshake.
+            rto.on_sample(self.handshake_rtt)
+            self._events.append(RtoChanged(now, rto.rto, rto.srtt, rto.rttvar))
         self.sender = GbnSender(
             content,
             self.options,
@@ -138,12 +189,23 @@ class ServerSession(SessionBase):
         out = self._take_out()
         if self.sender is not None:
             sent = self.sender.datagrams_to_send(now)
+            if not self.proven and sent:
+                sent = self._spend_unproven(sent, now)
             if out:
                 out.extend(sent)
             else:
                 out = sent
         self.stats["datagrams_out"] += len(out)
         return out
+
+    def _spend_unproven(self, sent: list[bytes], now: float) -> list[bytes]:
+        """Keep a legacy session within its budget until it acknowledges data."""
+        room = self.unproven_budget - self._unproven_sent
+        if len(sent) > room:
+            sent = sent[: max(room, 0)]
+            self.stats["unproven_capped"] = self.stats.get("unproven_capped", 0) + 1
+        self._unproven_sent += len(sent)
+        return sent
 
     def get_timer(self) -> float | None:
         if self.done or self.failed is not None:
@@ -156,6 +218,13 @@ class ServerSession(SessionBase):
         if self.done or self.failed is not None:
             return
         if self.sender is not None:
+            if not self.proven and self._unproven_sent >= self.unproven_budget:
+                # The budget is spent and the last copy had its RTO: nobody is there.
+                self._fail(
+                    now,
+                    f"no ACK of data after {self._unproven_sent} datagrams to an unproven address",
+                )
+                return
             self.sender.handle_timer(now)
             self._check_sender(now)
         elif self._deadline is not None and now >= self._deadline:
@@ -209,6 +278,10 @@ class ServerSession(SessionBase):
                     now, o.chunk_size, o.max_window, o.integrity, o.ack_every, not self.negotiated
                 )
             )
+        if self.state is ServerState.LISTEN or seq != self.client_isn:
+            self._syn_ack_at = now
+            self._syns = 0
+        self._syns += 1
         self.client_isn = seq
         self.state = ServerState.SYN_RECEIVED
         self._deadline = now + self.handshake_timeout
@@ -218,7 +291,12 @@ class ServerSession(SessionBase):
         # The SYN-ACK of a negotiated session carries the CRC even when integrity
         # was refused: the client must be able to trust the values it reads.
         self._queue(
-            now, 0, (seq + 1) & 0xFFFFFFFF, ACK, self._syn_ack_payload, bool(self._syn_ack_payload)
+            now,
+            self._syn_ack_seq,
+            (seq + 1) & 0xFFFFFFFF,
+            ACK,
+            self._syn_ack_payload,
+            bool(self._syn_ack_payload),
         )
 
     def _on_command(self, seq: int, payload: bytes | memoryview, now: float) -> None:
@@ -227,6 +305,8 @@ class ServerSession(SessionBase):
                 self.stats["unexpected"] += 1
                 return
             self._command_seq = seq
+            if self._syns == 1:
+                self.handshake_rtt = max(0.0, now - self._syn_ack_at)
             self.command = bytes(payload).decode("utf-8", errors="replace")
             self._ack_command(now)
             self.state = ServerState.AWAIT_CONTENT
