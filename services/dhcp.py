@@ -90,7 +90,11 @@ class DhcpServer(UdpService):
                 self.store.load(),
             )
             self.store.delete(self.table.expire(self.clock()))
-        super().start()
+        try:
+            super().start()
+        except BaseException:
+            self._on_stop()  # a failed bind must not leave the database open
+            raise
 
     def _on_stop(self) -> None:
         if self.store is not None:

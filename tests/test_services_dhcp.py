@@ -272,3 +272,14 @@ def test_any_datagram_gets_a_reply_or_nothing_never_an_exception(data: bytes) ->
     reply = server.handle_datagram(data, ("127.0.0.1", 1))
     if reply is not None:
         assert json.loads(reply)["type"] in ("OFFER", "ACK", "NAK", "RELEASED")
+
+
+def test_failed_bind_closes_the_lease_database(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        settings = settings_for(tmp_path)
+        settings.port = holder.getsockname()[1]
+        dhcp = DhcpServer(settings)
+        with pytest.raises(OSError, match="address in use"):
+            dhcp.start()
+        assert dhcp.store is None
