@@ -101,7 +101,7 @@ def rudp_checks(session: RudpSessionFacts, options: VerifyOptions) -> list[Check
             add(
                 "rudp.handshake",
                 "pass",
-                f"SYN {session.isn}, ACK {session.isn + 1 if session.isn is not None else '?'}, "
+                f"SYN {session.isn}, ACK {(session.isn + 1) & 0xFFFFFFFF if session.isn is not None else '?'}, "
                 f"command {session.command!r} acknowledged ({conv})",
                 [fr["syn"], fr["synack"], fr["command"], fr["command_ack"]],
             )

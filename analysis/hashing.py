@@ -21,25 +21,27 @@ BLOCK: Final = 1 << 16
 class StreamHash:
     """One stream's SHA-256, fed by :meth:`update`, read after :meth:`BackgroundHasher.wait`."""
 
-    __slots__ = ("_buffer", "_hasher", "sha")
+    __slots__ = ("_hasher", "buffer", "sha")
 
     def __init__(self, hasher: BackgroundHasher) -> None:
         self.sha = hashlib.sha256()
-        self._buffer = bytearray()
+        self.buffer = bytearray()  # callers on a hot path may append here, then flush() at BLOCK
         self._hasher = hasher
 
     def update(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        if len(buffer) >= BLOCK:
-            self._hasher.submit(self.sha, buffer)
-            self._buffer = bytearray()
+        self.buffer += data
+        if len(self.buffer) >= BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the gathered bytes to the worker."""
+        if self.buffer:
+            self._hasher.submit(self.sha, self.buffer)
+            self.buffer = bytearray()
 
     def close(self) -> None:
-        """No more data: hand the rest to the worker."""
-        if self._buffer:
-            self._hasher.submit(self.sha, self._buffer)
-            self._buffer = bytearray()
+        """No more data."""
+        self.flush()
 
 
 class BackgroundHasher:

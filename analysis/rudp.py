@@ -53,6 +53,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+from stacklab.analysis.hashing import BLOCK as HASH_BLOCK
 from stacklab.analysis.hashing import BackgroundHasher, StreamHash
 from stacklab.analysis.scan import flow_endpoints
 from stacklab.analysis.sessions import Finding, RudpSessionFacts
@@ -69,6 +70,7 @@ _RECENT_CLOSED = 4096
 """Finished sessions remembered for late duplicates (FIN, its ACK)."""
 
 _TRAILER = RUDP_CRC_TRAILER_LEN
+_MASK = 0xFFFFFFFF  # sequence numbers are 32-bit and wrap
 _unpack = RUDP_HEADER.unpack_from
 _SYN, _ACK, _DATA, _FIN = b"S", b"A", b"D", b"F"
 
@@ -84,6 +86,7 @@ class RudpSession:
     """
 
     __slots__ = (
+        "_advanced",
         "_advances",
         "_burst_max",
         "_burst_start",
@@ -174,7 +177,8 @@ class RudpSession:
         self._pending: dict[int, list] = {}  # chunk -> [payload, last transmission time]
         self._hash: StreamHash | None = (hasher or BackgroundHasher()).stream()
         self._hash_next = 1
-        self._held: tuple[int, float, int, int, float, bool, int, int] | None = None
+        self._held: tuple[int, float, int, int, float, bool, int, int, int] | None = None
+        self._advanced = 0  # ACKs that advanced the base, ever
         self._burst_start = -1.0
         self._burst_max = 0
         self._synack: int | None = None
@@ -218,11 +222,11 @@ class RudpSession:
         self.cmd_len = len(payload)
         if f.isn is None:
             self.find("rudp.handshake", number, "command DATA without a SYN before it")
-        elif seq != f.isn + 1:
+        elif seq != (f.isn + 1) & _MASK:
             self.find(
                 "rudp.handshake",
                 number,
-                f"command DATA has seq {seq}, expected ISN+1 = {f.isn + 1}",
+                f"command DATA has seq {seq}, expected ISN+1 = {(f.isn + 1) & _MASK}",
             )
         if "synack" not in f.frames:
             self.find("rudp.handshake", number, "command DATA before the server's SYN-ACK")
@@ -253,6 +257,7 @@ class RudpSession:
                 self.acked_seen = ack
             self._last_advance = time
             self.dupacks = 0
+            self._advanced += 1
             grew = self.window < self.max_window
             if grew:
                 self.window += 1
@@ -308,11 +313,11 @@ class RudpSession:
             self._synack = ack
             if isn is None:
                 self.find("rudp.handshake", number, "server ACK without a SYN before it")
-            elif ack != isn + 1:
+            elif ack != (isn + 1) & _MASK:
                 self.find(
                     "rudp.handshake",
                     number,
-                    f"SYN-ACK acknowledges {ack}, expected ISN+1 = {isn + 1}",
+                    f"SYN-ACK acknowledges {ack}, expected ISN+1 = {(isn + 1) & _MASK}",
                 )
             return
         if "command" not in frames:
@@ -323,15 +328,16 @@ class RudpSession:
             frames["command_ack"] = number
             if isn is None:
                 return
-            if ack == isn + 1:
+            if ack == (isn + 1) & _MASK:
                 f.command_ack = "seq"
-            elif ack == isn + 1 + self.cmd_len:
+            elif ack == (isn + 1 + self.cmd_len) & _MASK:
                 f.command_ack = "bytes"
             else:
                 self.find(
                     "rudp.handshake",
                     number,
-                    f"command ACK acknowledges {ack}, expected {isn + 1} (or {isn + 1 + self.cmd_len})",
+                    f"command ACK acknowledges {ack}, expected {(isn + 1) & _MASK} "
+                    f"(or {(isn + 1 + self.cmd_len) & _MASK})",
                 )
             f.handshake = "rudp.handshake" not in f.finding_counts
 
@@ -412,6 +418,7 @@ class RudpSession:
                     time - self._last_dupack < self.min_rto,
                     last,
                     self.window,
+                    self._advanced,
                 )
                 if self._burst_start >= 0.0:  # a resend starts a new burst
                     if self.keep_series:
@@ -468,7 +475,9 @@ class RudpSession:
             sha = self._hash
             if sha is not None:
                 if chunk == self._hash_next:
-                    sha.update(payload)
+                    sha.buffer += payload  # StreamHash.update, inlined: the hot path
+                    if len(sha.buffer) >= HASH_BLOCK:
+                        sha.flush()
                     self._hash_next = chunk + 1
                 else:
                     self._hash = None
@@ -509,12 +518,12 @@ class RudpSession:
         held = self._held
         self._held = None
         if held is not None:
-            number, time, chunk, base, previous, dup_recent, _last, window = held
+            number, time, chunk, base, previous, dup_recent, _last, window, advanced = held
             # The loss happened at the resend: halve the window it had then,
-            # and add back what ACKs since then brought.
-            grown = self.window - window
+            # and add one for each ACK that advanced the base since.
             self.window = window
             self._go_back(number, time, chunk, base, previous, dup_recent)
+            grown = self._advanced - advanced
             if grown > 0:
                 self.window = min(self.window + grown, self.max_window)
 

@@ -279,10 +279,11 @@ class Conversation:
         synack: int | None = None,
     ) -> None:
         """SYN, SYN-ACK, command DATA, command ACK (ack = seq, or seq + length)."""
-        self.c2s(isn, 0, Flag.SYN.value)
-        self.s2c(0, isn + 1 if synack is None else synack, Flag.ACK.value)
-        self.c2s(isn + 1, 0, Flag.DATA.value, command)
-        self.s2c(0, isn + 1 + (len(command) if byte_ack else 0), Flag.ACK.value)
+        mask = 0xFFFFFFFF  # sequence numbers wrap
+        self.c2s(isn & mask, 0, Flag.SYN.value)
+        self.s2c(0, (isn + 1) & mask if synack is None else synack, Flag.ACK.value)
+        self.c2s((isn + 1) & mask, 0, Flag.DATA.value, command)
+        self.s2c(0, (isn + 1 + (len(command) if byte_ack else 0)) & mask, Flag.ACK.value)
 
     def data(self, chunk: int, payload: bytes, dt: float | None = None) -> UdpPacket:
         return self.s2c(chunk, 0, Flag.DATA.value, payload, dt)
