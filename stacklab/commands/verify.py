@@ -10,6 +10,7 @@ fails on its own.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Final
@@ -41,7 +42,7 @@ _STATUS_STYLE: Final = {"fail": "bold red", "pass": "green", "skip": "dim"}
     type=click.IntRange(1, 1 << 20),
     default=ORIGINAL_MAX_WINDOW,
     show_default=True,
-    help="Largest window the sender may use.",
+    help="Largest window the sender may use (a window negotiated in the SYN-ACK replaces it).",
 )
 @click.option("--rudp-port", type=_PORT, default=_DEFAULT.rudp, show_default=True)
 @click.option("--dns-port", type=_PORT, default=_DEFAULT.dns, show_default=True)
@@ -98,6 +99,8 @@ def verify(
         expected = parse_expect(expect)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if events_path is not None and not os.access(events_path, os.R_OK):
+        raise UserError(f"{events_path}: cannot read the events file")
     options = VerifyOptions(
         ports=Ports(rudp=rudp_port, dns=dns_port, dhcp=dhcp_port, app=app_port),
         max_window=max_window,
