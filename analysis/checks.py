@@ -148,7 +148,8 @@ def rudp_checks(session: RudpSessionFacts, options: VerifyOptions) -> list[Check
             "rudp.gbn",
             f"{session.go_backs} go-back(s) ({session.go_back_kinds['timeout']} timeout, "
             f"{session.go_back_kinds['dupack']} duplicate ACK), all from the lowest unacknowledged chunk; "
-            f"max in flight {session.max_flight} <= {session.window_limit}",
+            + (f"{session.probes} loss probe(s); " if session.probes else "")
+            + f"max in flight {session.max_flight} <= {session.window_limit}",
         ),
         (
             "rudp.aimd",
