@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from stacklab.config import RudpSettings
 from stacklab.services.base import Service, bind_error, family_for
 from stacklab.services.fetcher import FetchPolicy, fetch, handle_command
-from stacklab.services.rudp_io import RECV_BUFFER, EventLog, tune_socket
+from stacklab.services.rudp_io import RECV_BUFFER, DatagramSender, EventLog, tune_socket
 from stacklab.transport.events import CommandReceived, Event
 from stacklab.transport.handshake import Handshake, SynCookies
 from stacklab.transport.options import OptionLimits, TransferOptions
@@ -91,6 +91,7 @@ class RudpAppServer(Service):
         )
         self.sessions: dict[Address, ServerSession] = {}
         self._sock: socket.socket | None = None
+        self._sender: DatagramSender | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -125,6 +126,7 @@ class RudpAppServer(Service):
                 raise bind_error(self.name, s.host, s.port, exc) from None
             tune_socket(sock)
             self._sock = sock
+            self._sender = DatagramSender(sock, gso=s.gso)
             name = sock.getsockname()
             self._bound = (str(name[0]), int(name[1]))
             self._wake = socket.socketpair()
@@ -325,15 +327,16 @@ class RudpAppServer(Service):
         self, sock: socket.socket, addr: Address, session: ServerSession, now: float
     ) -> None:
         """Send what the session queued, act on its events, re-arm or free it."""
-        for datagram in session.datagrams_to_send(now):
+        out = session.datagrams_to_send(now)
+        if out:
             try:
-                sock.sendto(datagram, addr)
-            except BlockingIOError:
-                self.count("send_dropped")  # like a loss: Go-Back-N recovers
+                sent = self._sender.send(out, addr) if self._sender else 0
             except OSError as exc:
                 self.count("send_errors")
                 log.debug("app-rudp: sendto %s:%d: %s", addr[0], addr[1], exc)
-                break
+            else:
+                if sent < len(out):
+                    self.count("send_dropped", len(out) - sent)  # like a loss: GBN recovers
         events = self._events
         while (event := session.next_event()) is not None:
             if events is not None:

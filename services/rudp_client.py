@@ -25,7 +25,14 @@ import time
 from collections.abc import Callable
 
 from stacklab.services.client import ClientError, ServerError, looks_like_server_error
-from stacklab.services.rudp_io import RECV_BUFFER, EventLog, tune_socket
+from stacklab.services.rudp_io import (
+    GRO_CMSG_SPACE,
+    RECV_BUFFER,
+    EventLog,
+    enable_gro,
+    gro_segment_size,
+    tune_socket,
+)
 from stacklab.transport.client import ClientSession
 from stacklab.transport.options import STACKLAB_DEFAULT, TransferOptions
 from stacklab.wire import FETCH_COMMAND, ORIGINAL_ISN, Flag
@@ -98,6 +105,7 @@ def fetch_rudp(
     handed_off = False
     try:
         tune_socket(sock)
+        enable_gro(sock)
         try:
             sock.connect(server)  # only the server's datagrams are accepted
         except OSError as exc:
@@ -134,7 +142,7 @@ def _run(
     log_file: EventLog | None,
     where: str,
 ) -> None:
-    buf = bytearray(RECV_BUFFER)
+    buf = bytearray(2 * RECV_BUFFER)  # a GRO batch is at most 64 KiB
     view = memoryview(buf)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
@@ -154,19 +162,22 @@ def _run(
                 continue
             for _ in range(BATCH):
                 try:
-                    n = sock.recv_into(buf, RECV_BUFFER, socket.MSG_DONTWAIT)
+                    n, ancdata, _, _ = sock.recvmsg_into([buf], GRO_CMSG_SPACE, socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     break
                 except ConnectionRefusedError:
                     raise ClientError(f"no RUDP app server at {where} (port unreachable)") from None
                 except OSError as exc:
                     raise ClientError(f"RUDP receive from {where} failed: {exc}") from None
-                if inject and n >= 11 and view[8:9] == _DATA:
-                    if rng.random() < drop:
-                        continue  # as the original: present on the wire, never ACKed
-                    if delay is not None:
-                        time.sleep(rng.uniform(*delay))
-                session.receive_datagram(view[:n], time.monotonic())
+                segment = (gro_segment_size(ancdata) if ancdata else None) or n
+                for offset in range(0, n, segment):
+                    datagram = view[offset : min(n, offset + segment)]
+                    if inject and len(datagram) >= 11 and datagram[8:9] == _DATA:
+                        if rng.random() < drop:
+                            continue  # as the original: present on the wire, never ACKed
+                        if delay is not None:
+                            time.sleep(rng.uniform(*delay))
+                    session.receive_datagram(datagram, time.monotonic())
             session.handle_timer(time.monotonic())
             if progress is not None and session.receiver is not None:
                 got = session.receiver.delivered_bytes

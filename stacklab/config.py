@@ -101,10 +101,11 @@ class RudpSettings:
     idle_timeout: float = 30.0
     # What a stacklab client may negotiate in its SYN (original clients get the values above).
     max_chunk: int = wire.MAX_STACKLAB_CHUNK
-    negotiated_max_window: int = 128
+    negotiated_max_window: int = 1024
     allow_integrity: bool = True
     fetch_workers: int = 8
     events_path: str | None = None  # JSON-lines engine events (wall-clock epoch seconds)
+    gso: bool = False  # batch sends with UDP GSO (fast; loopback captures then see big datagrams)
 
 
 @dataclass

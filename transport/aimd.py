@@ -7,8 +7,9 @@ event" is defined precisely:
 
 * a *timeout* always halves: the resent data went unacknowledged for a whole
   (backed-off) RTO, which is a new loss event;
-* a *fast retransmit* halves only if new data was acknowledged since the last
-  halving; otherwise it is the same loss event seen again.
+* a *fast retransmit* (or a probe timeout, reason ``"probe"``) halves only if
+  new data was acknowledged since the last halving; otherwise it is the same
+  loss event seen again.
 """
 
 from __future__ import annotations

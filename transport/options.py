@@ -79,7 +79,7 @@ ORIGINAL = TransferOptions(
 """What an original peer does: 500-byte chunks, window 5, no trailer, one ACK per chunk."""
 
 STACKLAB_DEFAULT = TransferOptions(
-    chunk_size=STACKLAB_DEFAULT_CHUNK, max_window=64, integrity=True, ack_every=8
+    chunk_size=STACKLAB_DEFAULT_CHUNK, max_window=256, integrity=True, ack_every=16
 )
 """What stacklab's client asks for unless told otherwise."""
 
@@ -89,7 +89,7 @@ class OptionLimits:
     """The most a server grants a stacklab client (original clients always get ORIGINAL)."""
 
     max_chunk: int = MAX_STACKLAB_CHUNK
-    max_window: int = 128
+    max_window: int = 1024
     allow_integrity: bool = True
     max_ack_every: int = 32
 

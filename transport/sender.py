@@ -18,9 +18,9 @@ Go-Back-N on the wire:
   after a timeout the base chunk goes out twice: the give-up bound counts
   rounds, and at 30 % loss each way one copy and its ACK both survive only
   half the time, so a lossy but live path would otherwise be abandoned;
-* loss probes: when the RTO is held up by its floor (200 ms, far above a
-  LAN round trip), the base alone is resent every SRTT + 4 RTTVAR until the
-  timeout proper (see :meth:`GbnSender._probe`);
+* probe timeouts: when the RTO is held up by its floor (200 ms, far above a
+  LAN round trip), a window silent for SRTT + 4 RTTVAR goes back like a fast
+  retransmit, without backoff (see :meth:`GbnSender._probe`);
 * the first two duplicates each let one new chunk out beyond the window
   (limited transmit, RFC 3042), so that even a window of 2 can produce the
   three duplicates a fast retransmit needs;
@@ -114,7 +114,6 @@ class GbnSender:
         self._double_base = False  # after a timeout the base goes out twice
         self._probe_at: float | None = None
         self._probes = 0  # loss probes since the base last moved
-        self._probe_pending = False
         self._fin_payload = content_digest(content) if self._integrity else b""
 
     # -- introspection -------------------------------------------------------
@@ -204,22 +203,6 @@ class GbnSender:
         seq = self.next_seq
         cc_sent = self._cc.on_sent
         trace = self.trace
-        if self._probe_pending:
-            self._probe_pending = False
-            if self.base <= self.max_sent and self.base < seq:
-                probe = self._build(self.base)
-                out.append(probe)
-                self.retransmissions += 1
-                if trace:
-                    self.events.append(
-                        PacketSent(
-                            now,
-                            self.base,
-                            "F" if self.base == self.fin_seq else "D",
-                            len(probe) - RUDP_HEADER.size,
-                            True,
-                        )
-                    )
         while seq < limit:
             datagram = self._build(seq)
             out.append(datagram)
@@ -353,18 +336,18 @@ class GbnSender:
             self._probe(now)
 
     def _probe(self, now: float) -> None:
-        # The RTO floor (200 ms) is far above a loopback or LAN round trip.  A
-        # probe resends the base alone after about one RTO-without-floor: if the
-        # base was lost its ACK moves the window on at once; if only its ACK was
-        # late, the copy costs one duplicate ACK, which is not counted towards a
-        # fast retransmit.  No go-back, no backoff, no halving: only the timeout
-        # declares a loss.
+        # The RTO floor (200 ms) is far above a loopback or LAN round trip.  When
+        # the window has been silent for a whole round trip and its variation
+        # (SRTT + 4 RTTVAR), the base is taken as lost and the sender goes back
+        # at once, as on a third duplicate ACK: a Go-Back-N receiver has thrown
+        # away everything after a lost base anyway.  Unlike a timeout this does
+        # not back off the RTO nor count towards giving up, and the window halves
+        # only under the fast-retransmit rule (new data acknowledged since the
+        # last halving).  The RTO timer keeps running: with no progress at all,
+        # the timeout proper still fires.
         self._probes += 1
-        self._probe_pending = True
-        self._old_flight += 1
-        if self._timed_seq == self.base:
-            self._timed_seq = None  # Karn
         self.events.append(LossProbe(now, self.base, self._probes))
+        self._go_back(now, "probe")
         self._probe_at = self._next_probe(now)
 
     def _timeout(self, now: float) -> None:
@@ -390,7 +373,6 @@ class GbnSender:
         self.events.append(RtoChanged(now, self._rto.rto, self._rto.srtt, self._rto.rttvar))
         self._go_back(now, "timeout")
         self._double_base = True
-        self._probe_pending = False
         self._probes = 0
         self._arm(now)
 

@@ -185,7 +185,7 @@ def _load_rudp() -> Callable[..., bytes]:
 @click.option(
     "--window",
     type=click.IntRange(1, 4096),
-    default=64,
+    default=256,
     show_default=True,
     help="RUDP: largest window to ask for, in chunks (the server may grant less).",
 )
