@@ -37,7 +37,7 @@ def test_plot_part4_writes_three_readable_pngs(tmp_path: Path) -> None:
         "part4_rudp_loss_flow.s1-127.0.0.1-58314.timeseq.png",
         "part4_rudp_loss_flow.s1-127.0.0.1-58314.window.png",
     ]
-    assert "3 R" in result.output and "3 go-backs" in result.output
+    assert "4 DATA (3 retransmitted)" in result.output and "3 go-backs" in result.output
     for name in names:
         png = tmp_path / "out" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

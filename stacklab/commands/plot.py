@@ -153,7 +153,9 @@ def plot(
             fig = plots.time_sequence_figure(s, f"{label}: time-sequence")
             path = os.path.join(outdir, f"{stem}.{name}.timeseq.{fmt}")
             plots.save_figure(fig, path, fmt)
-            written.append((path, f"time-sequence, {len(s.data)} DATA, {s.retransmissions} R"))
+            written.append(
+                (path, f"time-sequence, {len(s.data)} DATA ({s.retransmissions} retransmitted)")
+            )
             overlay = align_sender_window(sender, s) if sender is not None and s is target else None
             limit = s.window_limit or max_window  # a window negotiated in the SYN wins
             fig = plots.window_figure(s, f"{label}: window", limit, overlay)
