@@ -17,21 +17,25 @@ The invariants (each violation names the seed and scenario that replay it):
   clean give-up (a ``GaveUp`` event, a ``failed`` reason);
 * the client's ACK numbers never go backwards nor beyond what the server has
   sent; the sender's base never goes backwards;
-* in flight <= window <= negotiated maximum, window >= 1; the window grows by
+* in flight <= window (+ limited transmit) <= negotiated maximum, window >= 1;
+  the window grows by
   one per advancing ACK and halves (floor 1) at most once per loss event (a
   timeout always is one; a fast retransmit only after new data was ACKed);
 * the RTO stays within ``[min_rto, max_rto]`` and doubles (capped) on each
   expiry; the sender gives up exactly at ``max_timeouts`` consecutive
   timeouts; an RTT sample only ever comes from a chunk sent once, and
   measures exactly from its transmission;
-* the third duplicate ACK — and only it — triggers one go-back (at most one
-  per base);
+* the third duplicate ACK — and only it — triggers one go-back; duplicates
+  that merely echo chunks sent before the last go-back (or a loss probe) do
+  not count, and up to two chunks may leave beyond the window on the first
+  two counted duplicates (limited transmit, RFC 3042);
 * a blackhole shorter than the give-up limit ends in a complete transfer; a
   longer one in a clean error, within bounded virtual time;
 * with integrity negotiated, a corrupted datagram never reaches the
   delivered bytes;
 * the run ends: a stuck engine (no progress in bounded steps or virtual
-  time) is a violation, never a hang.
+  time) is a violation, never a hang; so is a retransmission storm (far more
+  datagrams in the network than a window and its ACKs can explain).
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ COMMAND: Final = f"FETCH {DEFAULT_URL}"
 MAX_SIZE: Final = 200_000
 """Largest file a drawn scenario transfers (bytes): modest, so 10,000 scenarios stay fast."""
 MAX_STEPS: Final = 400_000
+STEPS_PER_CHUNK: Final = 1_000
+"""Steps a scenario may take: 20,000 plus this per chunk (legitimate runs stay under ~400)."""
 MAX_STEPS_AT_ONE_INSTANT: Final = 20_000
 BASE_TIME_LIMIT: Final = 300.0
 PER_CHUNK_TIME_LIMIT: Final = 3.0
@@ -77,6 +83,8 @@ Generous on purpose (a chunk rarely costs more than a few RTTs even at 30%
 loss): exceeding it means the engine stopped making progress."""
 SHORT_HOLE_MAX: Final = 3.0
 LONG_HOLE_MIN: Final = 70.0
+LIMITED_TRANSMIT: Final = 2
+"""RFC 3042: at most this many new chunks beyond the window, one per counted duplicate ACK."""
 _ACK: Final = Flag.ACK.value
 _EPS: Final = 1e-9
 
@@ -263,7 +271,17 @@ def content_for(scenario: Scenario) -> bytes:
 
 
 class _Checker:
-    """Mirrors what the engine may do and raises :class:`InvariantViolation` when it does not."""
+    """Mirrors what the engine may do and raises :class:`InvariantViolation` when it does not.
+
+    The checker keeps its own account from the events (it never trusts the
+    engine's private counters).  Duplicate ACKs: after a go-back, each chunk
+    of the old flight above the base (less the duplicates already seen at
+    this base) may still echo one duplicate, and a loss probe's copy of the
+    base one more; those echoes are not counted.  The third *counted*
+    duplicate, and only it, triggers exactly one go-back.  Limited transmit
+    (RFC 3042) lets each of the first two counted duplicates send one new
+    chunk beyond the window, never more than two.
+    """
 
     def __init__(self, scenario: Scenario, content: bytes) -> None:
         self.scenario = scenario
@@ -277,7 +295,12 @@ class _Checker:
         self.base = 1
         self.window = 1
         self.max_window = 1
-        self.dup = 0
+        self.dup = 0  # duplicates counted towards the next fast retransmit
+        self.dups_at_base = 0  # every duplicate since the base last moved
+        self.old_flight = 0  # duplicates still expected as echoes of a resent flight
+        self.probes = 0
+        self.lt_sent = 0  # chunks sent beyond the window since the base last moved
+        self.lt_outstanding: list[int] = []  # those chunks, until acknowledged
         self.last_goback_to: int | None = None
         self.expect_fast_retransmit = False
         self.advanced_since_loss = True
@@ -322,6 +345,8 @@ class _Checker:
                     self.first_sent[seq] = ev.time
                 else:
                     self.retransmissions += 1
+                if seq >= self.base + self.window and ev.flag == "D":
+                    self._beyond_window(seq)
                 self.sent_count[seq] = count + 1
         elif isinstance(ev, AckReceived):
             if ev.duplicate:
@@ -329,9 +354,24 @@ class _Checker:
                     self.fail(
                         "duplicate ACK", f"ACK {ev.ack} counted as duplicate with base {self.base}"
                     )
-                self.dup += 1
-                if self.dup == 3 and self.last_goback_to != self.base:
-                    self.expect_fast_retransmit = True
+                # Our own account of which duplicates count (see _Checker's docstring);
+                # the engine's ``counted`` flag, where it exists, must agree with it.
+                self.dups_at_base += 1
+                if self.old_flight > 0:
+                    self.old_flight -= 1
+                    counted = False
+                else:
+                    counted = True
+                    self.dup += 1
+                    if self.dup == 3:
+                        self.expect_fast_retransmit = True
+                engine_says = getattr(ev, "counted", counted)
+                if engine_says != counted:
+                    self.fail(
+                        "duplicate ACK accounting",
+                        f"duplicate ACK {ev.ack} counted={engine_says}, expected {counted} "
+                        f"({self.old_flight} echoes of the old flight still expected)",
+                    )
             else:
                 if ev.ack < self.base:
                     self.fail("ACKs never go backwards", f"ACK {ev.ack} advanced base {self.base}")
@@ -340,6 +380,9 @@ class _Checker:
                     self.expect_increase = self.window < self.max_window
                 self.base = ev.ack + 1
                 self.dup = 0
+                self.dups_at_base = 0
+                self.old_flight = 0
+                self.lt_sent = 0
                 self.consecutive = 0
                 self.advanced_since_loss = True
         elif isinstance(ev, WindowChanged):
@@ -364,9 +407,17 @@ class _Checker:
                 )
             self.halved_for_loss = False
             self.go_backs += 1
+            # Chunks of the old flight above the base may each still echo one duplicate.
+            self.old_flight = max(0, ev.from_seq - ev.to_seq - self.dups_at_base)
+            self.dups_at_base = 0
             self.dup = 0
+            self.lt_sent = 0
+            self.lt_outstanding = []
             self.last_goback_to = ev.to_seq
             self.advanced_since_loss = False
+        elif ev.name == "recovery:loss_probe":
+            self.old_flight += 1  # the probe's copy of the base echoes one duplicate
+            self.probes += 1
         elif isinstance(ev, Timeout):
             self.timeouts += 1
             self.consecutive += 1
@@ -402,6 +453,17 @@ class _Checker:
                 if not should:
                     self.fail("give-up limit", "the sender gave up before max_timeouts")
                 self.pending_backoff = None
+
+    def _beyond_window(self, seq: int) -> None:
+        """A chunk left beyond the window: only limited transmit may do that."""
+        if self.lt_sent >= min(LIMITED_TRANSMIT, self.dup):
+            self.fail(
+                "in flight <= window",
+                f"chunk {seq} sent beyond the window (base {self.base}, window {self.window}) "
+                f"after {self.dup} counted duplicate ACKs and {self.lt_sent} limited transmits",
+            )
+        self.lt_sent += 1
+        self.lt_outstanding = [s for s in self.lt_outstanding if s >= self.base] + [seq]
 
     def _window_changed(self, ev: WindowChanged) -> None:
         if ev.old != self.window:
@@ -514,8 +576,23 @@ class _Checker:
                 self.fail("window", f"sender window {window}, events imply {self.window}")
             if not 1 <= window <= self.max_window:
                 self.fail("1 <= window <= maximum", f"window {window}, maximum {self.max_window}")
-            if sender.in_flight > window:
-                self.fail("in flight <= window", f"{sender.in_flight} in flight, window {window}")
+            # Limited transmit (RFC 3042): chunks sent beyond the window on a
+            # counted duplicate may stay in flight until acknowledged; at most two.
+            edge = self.base + window
+            allowance = sum(1 for seq in self.lt_outstanding if seq >= edge)
+            if allowance > LIMITED_TRANSMIT:
+                beyond = [seq for seq in self.lt_outstanding if seq >= edge]
+                self.fail(
+                    "limited transmit",
+                    f"{allowance} chunks beyond the window in flight (chunks {beyond}, "
+                    f"base {self.base}, window {window}); RFC 3042 allows two",
+                )
+            if sender.in_flight > window + allowance:
+                self.fail(
+                    "in flight <= window",
+                    f"{sender.in_flight} in flight, window {window}"
+                    + (f" + {allowance} by limited transmit" if allowance else ""),
+                )
             if not sender.failed and not sender.done:
                 self._rto_in_bounds(sender.rto, "sender RTO")
         receiver = client.receiver
@@ -578,6 +655,13 @@ def run_scenario(scenario: Scenario, *, keep_trace: bool = False) -> Outcome:
         + PER_CHUNK_TIME_LIMIT * -(-scenario.size // chunk)
         + sum(h.duration for h in scenario.up.blackholes)
     )
+    chunks = -(-scenario.size // chunk)
+    max_steps = min(MAX_STEPS, 20_000 + STEPS_PER_CHUNK * chunks)
+    # Both directions together: a window of data (plus limited transmit), an ACK
+    # for each, every one possibly duplicated, and stragglers held back by
+    # reordering or a queue.  Far beyond that, the engine is feeding a storm.
+    window = (scenario.options or TransferOptions()).max_window
+    max_in_flight = 20 * (window + 2) + 200
     now = 0.0
     steps = 0
     same_instant = 0
@@ -603,8 +687,14 @@ def run_scenario(scenario: Scenario, *, keep_trace: bool = False) -> Outcome:
                     f"still running at {t:.3f} s (limit {limit:.0f} s)",
                 )
             steps += 1
-            if steps > MAX_STEPS:
+            if steps > max_steps:
                 check.fail("ends in bounded steps", f"{steps} steps at {now:.3f} s")
+            if net.in_flight > max_in_flight:
+                check.fail(
+                    "datagrams in flight stay bounded",
+                    f"{net.in_flight} datagrams in the network at {now:.3f} s "
+                    "(a retransmission storm)",
+                )
             if t > now:
                 now = t
                 same_instant = 0
