@@ -66,6 +66,7 @@ class ReportOptions:
     max_rows: int = MAX_ROWS
     max_sessions: int = MAX_SESSIONS
     decode_limit: int = DECODE_LIMIT
+    expect: frozenset[str] | None = None  # as VerifyOptions.expect: checks that must be present
 
 
 def _template(name: str) -> str:
@@ -388,6 +389,7 @@ def build_report(path: str | os.PathLike[str], options: ReportOptions | None = N
             max_window=options.max_window,
             min_rto=options.min_rto,
             events_path=options.events_path,
+            expect=options.expect,
         ),
     )
     series = collect_series(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 
 from stacklab.cli import cli
 from stacklab.commands import demo as demo_module
-from stacklab.services.scenarios import ALL, ScenarioResult
+from stacklab.services.scenarios import ALL, SCENARIOS, ScenarioResult
 
 from conftest import REPO
 
@@ -84,12 +85,27 @@ def test_a_failing_check_exits_one_and_names_it(
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_extras_write_plots_and_a_report(tmp_path: Path) -> None:
-    written = demo_module.write_extras(str(CAPTURES / "rudp-loss.pcapng"), tmp_path)
-    assert list((tmp_path / "plots").glob("rudp-loss.*.png"))
-    report = tmp_path / "reports" / "rudp-loss.html"
-    assert report.is_file() and report.stat().st_size > 1000
-    assert str(report) in written
+def test_extras_write_plots_and_a_report_judged_like_verify(tmp_path: Path) -> None:
+    """The handshake-only capture's report passes with the scenario's --expect, as verify does."""
+    from stacklab.analysis.checks import parse_expect
+
+    capture = str(CAPTURES / "rudp-handshake.pcapng")
+    expect = parse_expect(SCENARIOS["rudp-handshake"].expect)
+    written = demo_module.write_extras(capture, tmp_path / "judged", expect)
+    assert list((tmp_path / "judged" / "plots").glob("rudp-handshake.*.png"))
+    report = tmp_path / "judged" / "reports" / "rudp-handshake.html"
+    assert report.is_file() and str(report) in written
+    unjudged = tmp_path / "plain"
+    demo_module.write_extras(capture, unjudged)
+    assert _verdict(report) == "PASS"
+    assert _verdict(unjudged / "reports" / "rudp-handshake.html") == "FAIL"
+
+
+def _verdict(report: Path) -> str:
+    """The report's overall verdict (the page's ``verdict`` badge)."""
+    match = re.search(r'class="verdict (\w+)"', report.read_text())
+    assert match is not None
+    return match.group(1).upper()
 
 
 @pytest.mark.netns

@@ -85,8 +85,11 @@ def _quietly(func: Any, *args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
 
 
-def write_extras(capture: str, out: Path) -> list[str]:
-    """Plots and the HTML report of one capture, when those parts are installed."""
+def write_extras(capture: str, out: Path, expect: frozenset[str] | None = None) -> list[str]:
+    """Plots and the HTML report of one capture, when those parts are installed.
+
+    ``expect`` is the scenario's: the report judges the capture as ``verify`` did.
+    """
     written: list[str] = []
     stem = Path(capture).stem
     if importlib.util.find_spec("stacklab.commands.plot") is not None:
@@ -109,7 +112,7 @@ def write_extras(capture: str, out: Path) -> list[str]:
         target = out / "reports" / f"{stem}.html"
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            write_report(capture, str(target), ReportOptions())
+            write_report(capture, str(target), ReportOptions(expect=expect))
             written.append(str(target))
         except (OSError, RuntimeError, ValueError) as exc:
             log.warning("report of %s failed: %s", capture, exc)
@@ -176,16 +179,15 @@ def demo(out_dir: str, netns: bool | None, no_extras: bool) -> None:
     rows: list[DemoRow] = []
     for result in results:
         scenario = SCENARIOS[result.name]
+        expect = parse_expect(scenario.expect)
         try:
-            analysis = analyze_capture(
-                result.path, VerifyOptions(expect=parse_expect(scenario.expect))
-            )
+            analysis = analyze_capture(result.path, VerifyOptions(expect=expect))
         except CaptureError as exc:
             raise UserError(f"{result.path}: {exc}") from None
         row = summarize(result, analysis)
         if not no_extras:
             with console.status(f"plots and report of {result.name}"):
-                row.extras = write_extras(result.path, out)
+                row.extras = write_extras(result.path, out, expect)
         rows.append(row)
         mark = "[green]PASS[/green]" if row.ok else "[bold red]FAIL[/bold red]"
         console.print(f"  {mark} {result.name}: {result.frames} frames, {row.passed} checks passed")
