@@ -249,9 +249,7 @@ def _private_stack(scenario: Scenario, config: StackConfig) -> Iterator[_Gate | 
 
     gate = _Gate() if scenario.handshake_only else None
     stack = Stack(config, ("origin", "dhcp", "dns", "app-tcp"))
-    rudp = RudpAppServer(
-        config.app_rudp, config.fetch_policy(), **({"fetcher": gate} if gate else {})
-    )
+    rudp = RudpAppServer(config.app_rudp, config.fetch_policy(), fetcher=gate or fetch)
     try:
         try:
             stack.start()
