@@ -308,7 +308,7 @@ def run_bench(
                 if quic is not None and quic_addr is not None:
                     if step:
                         step(f"round {r + 1}/{repeat}: aioquic")
-                    _measure(worker, quic, "aioquic", quic_addr, "", size=size)
+                    _measure(worker, quic, "aioquic", quic_addr, digest, size=size)
                 if step:
                     step(f"round {r + 1}/{repeat}: RUDP with loss")
                 small_digest = hashlib.sha256(small).hexdigest()

@@ -151,5 +151,11 @@ def bench(
             f"(median; runs {runs} s)",
             highlight=False,
         )
+    quic = next((s for s in report.series if s.name.startswith("aioquic")), None)
+    if quic is not None and quic.median_goodput > 0:
+        rudp = report.series[1]
+        console.print(
+            f"RUDP / aioquic: {rudp.median_goodput / quic.median_goodput:.1f}x", highlight=False
+        )
     if report.aioquic:
         console.print(report.aioquic, highlight=False)
