@@ -122,8 +122,12 @@ class CaptureScan:
         hot_port: int | None = None,
         hot_fields: HotFields | None = None,
         hot_raw: HotRaw | None = None,
+        hot_share: tuple[int, int] = (1, 0),
     ) -> None:
         self.path = os.fspath(path)
+        # (parts, part): only hot flows whose client port % parts == part are
+        # handed over, so that several processes can share the sessions.
+        self.parts, self.part = hot_share
         with CaptureReader(self.path) as probe:  # validates, and names the format
             self.format = probe.format
         self.udp_ports = udp_ports
@@ -162,7 +166,10 @@ class CaptureScan:
         if packet.proto == "udp":
             key = (packet.src, packet.sport, packet.dst, packet.dport)
             if self.hot in (packet.dport, packet.sport):
-                self.hot_raw(number, time, key, packet.dport == self.hot, packet.payload)
+                to_port = packet.dport == self.hot
+                client_port = packet.sport if to_port else packet.dport
+                if client_port % self.parts == self.part:
+                    self.hot_raw(number, time, key, to_port, packet.payload)
                 return None
             if packet.sport in self.udp_ports or packet.dport in self.udp_ports:
                 return (number, time, key, packet.sport, packet.dport, packet.payload)
@@ -206,6 +213,7 @@ class CaptureScan:
             hot_fields = self.hot_fields
             short_hot = self._hot
             hot = self.hot
+            parts, part = self.parts, self.part
             udp_watch, tcp_watch = self.udp_ports, self.tcp_ports
             head = struct.Struct(endian + "IIII").unpack_from
             layout = _layout(linktype)
@@ -256,6 +264,8 @@ class CaptureScan:
                     if verihl == 0x45 and not frag & 0x3FFF and tail in tails:
                         if proto == 17:
                             if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
+                                if parts > 1 and (sport if dport == hot else dport) % parts != part:
+                                    continue
                                 ip = start + l2
                                 if incl > 64 and incl >= full_len:
                                     hot_fields(
@@ -300,6 +310,7 @@ class CaptureScan:
             hot_fields = self.hot_fields
             short_hot = self._hot
             hot = self.hot
+            parts, part = self.parts, self.part
             udp_watch, tcp_watch = self.udp_ports, self.tcp_ports
             number = 0
             endian = "<"
@@ -392,6 +403,8 @@ class CaptureScan:
                     if verihl == 0x45 and not frag & 0x3FFF and tail in tails:
                         if proto == 17:
                             if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
+                                if parts > 1 and (sport if dport == hot else dport) % parts != part:
+                                    continue
                                 ip = start + l2
                                 if incl > 64 and incl >= min_len + 11:
                                     hot_fields(

@@ -67,6 +67,12 @@ _STATUS_STYLE: Final = {"fail": "bold red", "pass": "green", "skip": "dim"}
     help="Shortest retransmission timeout the sender may use, in seconds.",
 )
 @click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes sharing the RUDP sessions (default: 2 for captures of 32 MB or more).",
+)
+@click.option(
     "--engine",
     type=click.Choice(["native", "tshark"]),
     default="native",
@@ -85,6 +91,7 @@ def verify(
     events_path: str | None,
     expect: str | None,
     min_rto: float,
+    jobs: int | None,
     engine: str,
 ) -> None:
     """Check captures: handshake, delivery, Go-Back-N, AIMD, teardown, DHCP, DNS, framing.
@@ -108,6 +115,7 @@ def verify(
         min_rto=min_rto,
         events_path=events_path,
         keep_series=as_json,
+        jobs=jobs,
     )
     analyze: Callable[[str, VerifyOptions], CaptureAnalysis]
     errors: tuple[type[Exception], ...] = (CaptureError,)
