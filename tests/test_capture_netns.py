@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -155,3 +156,7 @@ def test_all_into_a_folder_and_verify_flag(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "rudp-handshake.pcapng").is_file()
     assert "PASS" in result.output
+    # the private namespace is gone afterwards
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    names = listing.stdout
+    assert f"stacklab-{os.getpid()}-" not in names
