@@ -79,6 +79,31 @@ def _r(t: float) -> float:
     return round(t, 6)
 
 
+def record_finding(f: RudpSessionFacts, check: str, frame: int, detail: str) -> None:
+    """Count a rule break; keep the first few with their frames."""
+    count = f.finding_counts.get(check, 0) + 1
+    f.finding_counts[check] = count
+    if count <= MAX_FINDINGS_PER_CHECK:
+        f.findings.append(Finding(check, frame, detail))
+
+
+PendingDigest = tuple[RudpSessionFacts, "hashlib._Hash", bytes | None, int]
+
+
+def set_digest(pending: PendingDigest) -> None:
+    """Fill in ``sha256`` (after :meth:`BackgroundHasher.wait`) and compare the FIN's."""
+    f, sha, fin_digest, fin_frame = pending
+    f.sha256 = sha.hexdigest()
+    if fin_digest is not None and fin_digest != sha.digest():
+        record_finding(
+            f,
+            "rudp.delivery",
+            fin_frame,
+            f"the FIN carries SHA-256 {fin_digest.hex()[:16]}..., "
+            f"the chunks hash to {f.sha256[:16]}...",
+        )
+
+
 class RudpSession:
     """The live state of one exchange; :meth:`finish` turns it into facts.
 
@@ -187,11 +212,7 @@ class RudpSession:
 
     def find(self, check: str, frame: int, detail: str) -> None:
         """Record a rule break (the first few are kept with their frames)."""
-        f = self.f
-        count = f.finding_counts.get(check, 0) + 1
-        f.finding_counts[check] = count
-        if count <= MAX_FINDINGS_PER_CHECK:
-            f.findings.append(Finding(check, frame, detail))
+        record_finding(self.f, check, frame, detail)
 
     # -- client -> server ---------------------------------------------------
 
@@ -646,24 +667,17 @@ class RudpSession:
         f.complete = f.all_acked and f.fin_acked
         self._pending = {}
         self._hash = None
-        self._advances.clear()
+        self._advances = deque()
+        self._credit = []
         return f
 
-    def set_digest(self) -> None:
-        """Fill in ``sha256`` (after :meth:`BackgroundHasher.wait`) and compare the FIN's."""
-        sha = self.digest
-        if sha is None:
-            return
+    def pending_digest(self) -> PendingDigest | None:
+        """What is left to do once the hasher has caught up (see :func:`set_digest`)."""
+        if self.digest is None:
+            return None
+        pending = (self.f, self.digest, self.fin_digest, self.f.frames.get("fin", self.last_frame))
         self.digest = None
-        f = self.f
-        f.sha256 = sha.hexdigest()
-        if self.fin_digest is not None and self.fin_digest != sha.digest():
-            self.find(
-                "rudp.delivery",
-                f.frames.get("fin", self.last_frame),
-                f"the FIN carries SHA-256 {self.fin_digest.hex()[:16]}..., "
-                f"the chunks hash to {f.sha256[:16]}...",
-            )
+        return pending
 
     def sync(self) -> None:
         """Refresh the facts of a finished session after late duplicates."""
@@ -709,7 +723,8 @@ class RudpTracker:
         self.flows: dict[FlowKey, tuple[RudpSession, bool]] = {}
         self.recent: deque[tuple[FlowKey, RudpSession]] = deque()
         self.done: list[RudpSessionFacts] = []
-        self.sessions_seen: list[RudpSession] = []
+        self.open: dict[int, RudpSession] = {}  # id -> session not finished yet
+        self.digests: list[PendingDigest] = []
         self.stray = 0
         self.hasher = BackgroundHasher()
         self.feed_fields: HotFeed = self._hot_feed()
@@ -731,7 +746,7 @@ class RudpTracker:
         session.f.first_frame = number
         self.flows[client_key] = (session, True)
         self.flows[reverse_key(client_key)] = (session, False)
-        self.sessions_seen.append(session)
+        self.open[id(session)] = session
         return session, from_client
 
     def feed(self, number: int, time: float, key: FlowKey, to_port: bool, datagram: bytes) -> None:
@@ -811,6 +826,10 @@ class RudpTracker:
         if session.finished:
             return
         self.done.append(session.finish())
+        self.open.pop(id(session), None)
+        pending = session.pending_digest()
+        if pending is not None:
+            self.digests.append(pending)
         if key is not None:
             self.recent.append((key, session))
             if len(self.recent) > _RECENT_CLOSED:
@@ -821,14 +840,13 @@ class RudpTracker:
 
     def sessions(self) -> list[RudpSessionFacts]:
         """Every session, finished or not, in order of first frame (call once, at the end)."""
-        for session in self.sessions_seen:
-            if not session.finished:
-                self.done.append(session.finish())
+        for session in list(self.open.values()):
+            self._finish(session)
         self.hasher.wait()
-        for session in self.sessions_seen:
-            session.set_digest()
+        for pending in self.digests:
+            set_digest(pending)
         self.hasher.close()
-        self.sessions_seen = []
+        self.digests = []
         return sorted(self.done, key=lambda s: s.first_frame)
 
 

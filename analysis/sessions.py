@@ -46,7 +46,7 @@ class VerifyOptions:
     jobs: int | None = None  # processes; None: two for big captures on a multi-core machine
 
 
-@dataclass
+@dataclass(slots=True)
 class Check:
     """One verdict: a rule applied to one session (or to the whole capture)."""
 
@@ -66,7 +66,7 @@ class Check:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class Finding:
     """Something a tracker saw that breaks a rule, with the frame that shows it."""
 
@@ -75,7 +75,7 @@ class Finding:
     detail: str
 
 
-@dataclass
+@dataclass(slots=True)
 class RudpSessionFacts:
     """Everything observed about one RUDP exchange (client ip:port <-> server ip:port).
 
@@ -166,7 +166,7 @@ class RudpSessionFacts:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class TcpSessionFacts:
     """One app-protocol connection over TCP: the framed request and response."""
 
@@ -203,7 +203,7 @@ class TcpSessionFacts:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class ExchangeFacts:
     """One DHCP or DNS request and its reply (JSON over UDP)."""
 
