@@ -4,14 +4,16 @@ For each size (250k, 500k, 1M packets by default) a synthetic capture of
 many interleaved RUDP transfers with loss, plus unrelated noise and some
 DHCP/DNS, is written to a temporary directory.  Then, in the same run:
 
-* ``stacklab verify -q FILE`` (the whole analysis: sessions, checks, output);
+* ``stacklab verify -q FILE`` (the whole analysis: sessions, checks, output;
+  captures of 32 MB or more are shared between two processes);
 * ``tshark -r FILE -X lua_script:stacklab.lua -Y slrudp -T fields -e ...``
   extracting the RUDP fields the checks need (frame number, time, addresses,
   ports, seq, ack, flag, length, payload).
 
 Each is run ``--repeat`` times; the table shows the median wall time, the
 speed-up and the peak resident memory of each child process
-(``wait4``'s ``ru_maxrss``).  Usage::
+(``wait4``'s ``ru_maxrss``: the largest process, helpers included) and the
+CPU time of the child and its helpers.  Usage::
 
     python bench/verify_bench.py [--sizes 250000,500000,1000000] [--repeat 3] [--markdown]
 """
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 from stacklab.analysis.synth import CaptureWriter, benchmark_stream
 from stacklab.analysis.tshark_engine import RUDP_FIELDS, write_dissector
-from stacklab.wire import STACKLAB_DEFAULT_CHUNK, Ports
+from stacklab.wire import ORIGINAL_CHUNK_SIZE, STACKLAB_DEFAULT_CHUNK, Ports
 
 
 @dataclass
@@ -65,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunk",
         type=int,
-        default=STACKLAB_DEFAULT_CHUNK,
-        help="RUDP chunk size of the transfers (stacklab's default; the original used 500).",
+        default=ORIGINAL_CHUNK_SIZE,
+        help=f"RUDP chunk size of the transfers (the original's; stacklab's own is {STACKLAB_DEFAULT_CHUNK}).",
     )
     parser.add_argument("--markdown", action="store_true", help="Print the table as Markdown.")
     args = parser.parse_args(argv)
