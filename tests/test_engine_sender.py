@@ -109,7 +109,14 @@ def test_timeout_backs_off_halves_and_goes_back_to_base() -> None:
     assert s.window == 2
     assert s.rto == pytest.approx(2 * rto)
     assert s.get_timer() == pytest.approx(timer + 2 * rto)
-    assert events(s, GoBack)[-1] == GoBack(timer, 10, 7, "timeout")
+    go_back = events(s, GoBack)[-1]
+    assert (go_back.time, go_back.from_seq, go_back.to_seq, go_back.reason) == (
+        timer,
+        10,
+        7,
+        "timeout",
+    )
+    assert go_back.quiet == s.estimator.srtt
     # the base goes out twice after a timeout, then the rest of the halved window
     assert seqs(s.datagrams_to_send(timer)) == [7, 7, 8]
     assert s.retransmissions == 3
@@ -187,15 +194,20 @@ def test_third_duplicate_ack_triggers_fast_retransmit_once() -> None:
     assert s.next_seq == base
     assert s.rto_timer == pytest.approx(now + 0.03 + s.rto)
     assert seqs(s.datagrams_to_send(now + 0.03)) == [base, base + 1, base + 2]
-    # the old flight (base+1 .. base+5) can still echo 2 duplicates: same loss event
-    s.on_ack(base - 1, now + 0.04)
-    s.on_ack(base - 1, now + 0.05)
+    # within one SRTT (0.1 s) of the go-back every duplicate echoes the old flight
+    for i in range(6):
+        s.on_ack(base - 1, now + 0.04 + i / 100)
+    assert len(events(s, FastRetransmit)) == 1
+    later = now + 0.03 + 0.1
+    # after it, the old flight (base+1 .. base+5) can still echo 2 duplicates
+    s.on_ack(base - 1, later)
+    s.on_ack(base - 1, later + 0.01)
     assert len(events(s, FastRetransmit)) == 1
     # three more can only come from the resent flight: its first chunk was lost too
-    s.on_ack(base - 1, now + 0.06)
-    s.on_ack(base - 1, now + 0.07)
+    s.on_ack(base - 1, later + 0.02)
+    s.on_ack(base - 1, later + 0.03)
     assert len(events(s, FastRetransmit)) == 1
-    s.on_ack(base - 1, now + 0.08)
+    s.on_ack(base - 1, later + 0.04)
     assert len(events(s, FastRetransmit)) == 2
     assert s.window == 3  # nothing acknowledged in between: one loss event, one halving
     assert s.next_seq == base
@@ -324,7 +336,8 @@ def test_probe_timeout_goes_back_well_before_the_rto_floor_without_backoff() -> 
     base = s.base
     s.handle_timer(now + pto)
     assert [e.probes for e in events(s, LossProbe)] == [1]
-    assert events(s, GoBack)[-1] == GoBack(now + pto, base + 2, base, "probe")
+    go_back = events(s, GoBack)[-1]
+    assert (go_back.from_seq, go_back.to_seq, go_back.reason) == (base + 2, base, "probe")
     assert (s.next_seq, s.window, s.consecutive_timeouts, s.rto) == (base, 1, 0, 0.2)
     assert s.rto_timer == rto_deadline  # the timeout proper keeps running
     assert seqs(s.datagrams_to_send(now + pto)) == [base]
@@ -370,9 +383,14 @@ def test_old_flight_echoes_after_a_probe_do_not_count_towards_fast_retransmit() 
     assert t is not None and t > now
     s.handle_timer(t)  # probe: go back to base; base+1 .. top may still echo
     s.datagrams_to_send(t)
-    for i in range(top - base):
-        s.on_ack(base - 1, t + 0.001 * (i + 1))
+    srtt = s.estimator.srtt
+    assert srtt is not None
+    for i in range(5):  # within one SRTT: echoes
+        s.on_ack(base - 1, t + srtt * i / 10)
+    later = t + srtt
+    for i in range(top - base):  # then as many as the old flight still holds
+        s.on_ack(base - 1, later + 0.001 * i)
     assert events(s, FastRetransmit) == []
     for i in range(3):
-        s.on_ack(base - 1, t + 0.01 + 0.001 * i)
+        s.on_ack(base - 1, later + 0.01 + 0.001 * i)
     assert len(events(s, FastRetransmit)) == 1

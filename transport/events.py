@@ -98,10 +98,13 @@ class FastRetransmit(Event):
 
 @dataclass(frozen=True, slots=True)
 class GoBack(Event):
+    """``quiet``: for this long after the go-back, duplicate ACKs echo the old flight."""
+
     name: ClassVar[str] = "recovery:go_back"
     from_seq: int
     to_seq: int
     reason: str
+    quiet: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

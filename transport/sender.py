@@ -10,9 +10,10 @@ Go-Back-N on the wire:
   a Go-Back-N sender rarely gets a clean sample and its RTO creeps to the
   maximum;
 * the third duplicate ACK (ack == base - 1 while chunks are in flight) goes
-  back at once instead of waiting for the timer.  After a go-back, as many
-  duplicates as the old flight can still produce are ignored (they echo
-  chunks sent before it); three more then mean the resent flight lost its
+  back at once instead of waiting for the timer.  After a go-back, for one
+  SRTT and for as many duplicates as the old flight can still produce,
+  duplicates are ignored (they echo chunks sent before it, and counting them
+  feeds a retransmission storm); three more then mean the resent flight lost its
   first chunk too, and the sender goes back again without waiting for a
   timeout (AIMD does not halve twice for it: no new data was acknowledged);
   after a timeout the base chunk goes out twice: the give-up bound counts
@@ -111,6 +112,7 @@ class GbnSender:
         self._dups_at_base = 0  # every duplicate seen since the base last moved
         self._old_flight = 0  # duplicates still expected from chunks sent before the go-back
         self._extra = 0  # limited transmit: new chunks allowed beyond the window
+        self._quiet_until = 0.0  # duplicates before this time echo an earlier flight
         self._double_base = False  # after a timeout the base goes out twice
         self._probe_at: float | None = None
         self._probes = 0  # loss probes since the base last moved
@@ -290,6 +292,12 @@ class GbnSender:
 
     def _duplicate(self, ack: int, now: float) -> None:
         self._dups_at_base += 1
+        if now < self._quiet_until:
+            # Less than a round trip since the last go-back: this duplicate was
+            # caused by something sent before it, not by what we resent.
+            if self.trace:
+                self.events.append(AckReceived(now, ack, True, False))
+            return
         if self._old_flight > 0:
             # An echo of a chunk sent before the last go-back (or of a loss
             # probe): it says nothing about what was resent since, so it does
@@ -304,7 +312,7 @@ class GbnSender:
         if self._dup_acks < DUP_ACK_THRESHOLD:
             # Limited transmit (RFC 3042): each of the first two duplicates lets one
             # new chunk out, so that a small window still yields three duplicates.
-            self._extra += 1
+            self._extra = min(DUP_ACK_THRESHOLD - 1, self._extra + 1)
         if self._dup_acks == DUP_ACK_THRESHOLD:
             self.events.append(FastRetransmit(now, self.base, self._dup_acks))
             self._go_back(now, "dupack")
@@ -315,7 +323,10 @@ class GbnSender:
         self._cc.on_loss(now, reason)
         if self._cc.window != old:
             self.events.append(WindowChanged(now, old, self._cc.window, reason))
-        self.events.append(GoBack(now, self.next_seq - 1, self.base, reason))
+        srtt = self._rto.srtt
+        quiet = srtt if srtt is not None else self._rto.rto
+        self._quiet_until = now + quiet
+        self.events.append(GoBack(now, self.next_seq - 1, self.base, reason, quiet))
         # Chunks base+1 .. next_seq-1 of the old flight may each still produce one
         # duplicate; those already seen are subtracted.  Only duplicates beyond
         # that come from the resent flight and may trigger the next fast retransmit.
