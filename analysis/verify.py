@@ -130,10 +130,14 @@ def _analyze(path: str | os.PathLike[str], options: VerifyOptions) -> CaptureAna
 def _worker(path: str, options: VerifyOptions, share: tuple[int, int], conn: Connection) -> None:
     """A forked helper: follow one share of the RUDP sessions, send their facts back."""
     try:
-        _, rudp, _, _, _ = _scan(path, options, share)
-        conn.send(("ok", rudp.sessions()))
-    except Exception as exc:  # reported to the parent, which raises its own error
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        try:
+            _, rudp, _, _, _ = _scan(path, options, share)
+            message: tuple[str, object] = ("ok", rudp.sessions())
+        except Exception as exc:  # reported to the parent, which raises its own error
+            message = ("error", f"{type(exc).__name__}: {exc}")
+        conn.send(message)
+    except OSError:
+        pass  # the parent stopped listening: it failed on the same file and says so
     finally:
         conn.close()
 

@@ -39,3 +39,16 @@ def test_truncated_capture_shared(tmp_path: Path) -> None:
     single = analyze_capture(path, VerifyOptions(jobs=1))
     shared = analyze_capture(path, VerifyOptions(jobs=3))
     assert single.truncated and json.dumps(shared.to_json()) == json.dumps(single.to_json())
+
+
+def test_corrupt_capture_shared_raises_once(tmp_path: Path) -> None:
+    from stacklab.analysis.pcapio import CaptureError
+
+    path = tmp_path / "bad.pcap"
+    with CaptureWriter(path) as writer:
+        writer.write_all(benchmark_stream(2_000, seed=5, concurrent=4, file_size=8_000))
+    data = bytearray(path.read_bytes())
+    data[24 + 8 : 24 + 12] = (0x7FFFFFFF).to_bytes(4, "little")  # first record: absurd length
+    path.write_bytes(bytes(data))
+    with pytest.raises(CaptureError, match="corrupt pcap record"):
+        analyze_capture(path, VerifyOptions(jobs=2))
