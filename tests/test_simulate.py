@@ -310,3 +310,19 @@ def test_acks_never_go_backwards_after_the_fin() -> None:
     assert client.done and client.content == b"x" * 10
     assert acks[:2] == [1, 2]
     assert acks == sorted(acks), acks
+
+
+# -- replays of findings ------------------------------------------------------------
+# Each names the seed and scenario the random search found; the engine must pass them.
+
+
+def test_replay_limited_transmit_stays_within_two_chunks() -> None:
+    """Seed 1, scenario 61: window 1, three chunks (9, 10, 11) beyond it at once."""
+    outcome = run_scenario(draw_scenario(1, 61))
+    assert_clean(outcome)
+
+
+def test_replay_no_retransmission_storm_under_duplication() -> None:
+    """Seed 1, scenario 2238: 20% duplication both ways blew up to 12,000 datagrams in flight."""
+    outcome = run_scenario(draw_scenario(1, 2238))
+    assert_clean(outcome)
