@@ -81,17 +81,19 @@ def flow_endpoints(key: FlowKey) -> tuple[str, int, str, int]:
 class _Layout:
     """The network-order struct for one link type, and how to read its result."""
 
-    __slots__ = ("l2", "min_len", "net", "tails")
+    __slots__ = ("l2", "min_len", "net", "tail_a", "tail_b")
 
     def __init__(self, linktype: int) -> None:
-        self.tails: frozenset[int | bytes]
+        # tail_a / tail_b: the accepted values of the link header's last field
+        self.tail_a: int | bytes
+        self.tail_b: int | bytes
         if linktype == LINKTYPE_ETHERNET:
-            self.l2, link, self.tails = 14, "12xH", frozenset({0x0800})
+            self.l2, link, self.tail_a, self.tail_b = 14, "12xH", 0x0800, 0x0800
         elif linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
             # AF_INET in host order, written by either kind of host
-            self.l2, link, self.tails = 4, "I", frozenset({2, 0x02000000})
+            self.l2, link, self.tail_a, self.tail_b = 4, "I", 2, 0x02000000
         elif linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
-            self.l2, link, self.tails = 0, "0s", frozenset({b""})
+            self.l2, link, self.tail_a, self.tail_b = 0, "0s", b"", b""
         else:
             raise ValueError(linktype)
         # link tail; IPv4 ver/ihl, (tos, total, id), flags+frag, (ttl), proto,
@@ -218,10 +220,12 @@ class CaptureScan:
             head = struct.Struct(endian + "IIII").unpack_from
             layout = _layout(linktype)
             if layout is not None:
-                net, l2, tails, min_len = layout.net, layout.l2, layout.tails, layout.min_len
+                net, l2, min_len = layout.net, layout.l2, layout.min_len
+                tail_a, tail_b = layout.tail_a, layout.tail_b
             else:
-                net, l2, tails, min_len = None, 0, frozenset(), 1 << 62
-            full_len = min_len + 11  # up to the end of the RUDP header
+                net, l2, min_len = None, 0, 1 << 62
+                tail_a = tail_b = -1
+            big = max(min_len + 11, 65)  # frames of 64 bytes or less may carry link padding
             number = 0
             buf = read(_READ_SIZE)
             real = len(buf)
@@ -261,13 +265,13 @@ class CaptureScan:
                 if incl >= min_len:
                     fields = net(buf, start)  # type: ignore[misc]
                     tail, verihl, frag, proto, sport, dport, _ulen, seq, ack, flag, rlen = fields
-                    if verihl == 0x45 and not frag & 0x3FFF and tail in tails:
+                    if verihl == 0x45 and (tail == tail_a or tail == tail_b) and not frag & 0x3FFF:  # noqa: PLR1714, SIM109
                         if proto == 17:
                             if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
                                 if parts > 1 and (sport if dport == hot else dport) % parts != part:
                                     continue
                                 ip = start + l2
-                                if incl > 64 and incl >= full_len:
+                                if incl >= big:  # past link padding, whole RUDP header
                                     hot_fields(
                                         number,
                                         (sec * per_sec + frac) / per_sec,
@@ -318,7 +322,9 @@ class CaptureScan:
             interfaces: list[tuple[int, int]] = []
             net = None
             l2, min_len = 0, 1 << 62
-            tails: frozenset[int | bytes] = frozenset()
+            tail_a: int | bytes = -1
+            tail_b: int | bytes = -1
+            big = 1 << 62
             buf = read(_READ_SIZE)
             real = len(buf)
             eof = real < _READ_SIZE
@@ -378,8 +384,9 @@ class CaptureScan:
                         if len(interfaces) == 1:
                             layout = _layout(lt)
                             if layout is not None:
-                                net, l2, tails = layout.net, layout.l2, layout.tails
-                                min_len = layout.min_len
+                                net, l2, min_len = layout.net, layout.l2, layout.min_len
+                                tail_a, tail_b = layout.tail_a, layout.tail_b
+                                big = max(min_len + 11, 65)
                     elif btype == 3 and interfaces:  # simple packet
                         number += 1
                         orig = struct.unpack_from(endian + "I", buf, pos + 8)[0]
@@ -400,13 +407,13 @@ class CaptureScan:
                 if not if_id and incl >= min_len:
                     fields = net(buf, start)  # type: ignore[misc]
                     tail, verihl, frag, proto, sport, dport, _ulen, seq, ack, flag, rlen = fields
-                    if verihl == 0x45 and not frag & 0x3FFF and tail in tails:
+                    if verihl == 0x45 and (tail == tail_a or tail == tail_b) and not frag & 0x3FFF:  # noqa: PLR1714, SIM109
                         if proto == 17:
                             if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
                                 if parts > 1 and (sport if dport == hot else dport) % parts != part:
                                     continue
                                 ip = start + l2
-                                if incl > 64 and incl >= min_len + 11:
+                                if incl >= big:  # past link padding, whole RUDP header
                                     hot_fields(
                                         number,
                                         ((ts_hi << 32) | ts_lo) / tick,
