@@ -251,6 +251,8 @@ class Ports:
 ETHERNET_MAX_UDP_PAYLOAD: Final = 1500 - 20 - 8  # 1472: IPv4 MTU minus IPv4 and UDP headers
 RUDP_CRC_TRAILER_LEN: Final = 4
 """With integrity negotiated, every datagram ends with CRC32C (big endian) of all bytes before it."""
-MAX_STACKLAB_CHUNK: Final = ETHERNET_MAX_UDP_PAYLOAD - RUDP_HEADER_LEN - RUDP_CRC_TRAILER_LEN  # 1457
+MAX_STACKLAB_CHUNK: Final = (
+    ETHERNET_MAX_UDP_PAYLOAD - RUDP_HEADER_LEN - RUDP_CRC_TRAILER_LEN
+)  # 1457
 RUDP_SHA256_LEN: Final = 32
 """With integrity negotiated, the FIN payload is the SHA-256 of the whole content (then the CRC)."""
