@@ -275,10 +275,11 @@ class _Checker:
     """Mirrors what the engine may do and raises :class:`InvariantViolation` when it does not.
 
     The checker keeps its own account from the events (it never trusts the
-    engine's private counters).  Duplicate ACKs: after a go-back, each chunk
-    of the old flight above the base (less the duplicates already seen at
-    this base) may still echo one duplicate, and a loss probe's copy of the
-    base one more; those echoes are not counted.  The third *counted*
+    engine's private counters).  Duplicate ACKs: for one SRTT after a
+    go-back (the RTO before any RTT sample), and then for each chunk of the
+    old flight above the base (less the duplicates already seen at this base)
+    and each loss probe's copy of the base, duplicates echo what was sent
+    before and are not counted.  The third *counted*
     duplicate, and only it, triggers exactly one go-back.  Limited transmit
     (RFC 3042) lets each of the first two counted duplicates send one new
     chunk beyond the window, never more than two.
@@ -300,6 +301,8 @@ class _Checker:
         self.dups_at_base = 0  # every duplicate since the base last moved
         self.old_flight = 0  # duplicates still expected as echoes of a resent flight
         self.quiet_until = 0.0  # duplicates before this time echo the flight before a go-back
+        self.current_rto = scenario.initial_rto
+        self.srtt: float | None = None
         self.probes = 0
         self.lt_sent = 0  # chunks sent beyond the window since the base last moved
         self.lt_outstanding: list[int] = []  # those chunks, until acknowledged
@@ -359,7 +362,7 @@ class _Checker:
                 # Our own account of which duplicates count (see _Checker's docstring);
                 # the engine's ``counted`` flag, where it exists, must agree with it.
                 self.dups_at_base += 1
-                if ev.time < self.quiet_until:  # within the go-back's quiet period: an echo
+                if ev.time < self.quiet_until:  # within one SRTT of a go-back: an echo
                     counted = False
                 elif self.old_flight > 0:
                     self.old_flight -= 1
@@ -411,9 +414,16 @@ class _Checker:
                 )
             self.halved_for_loss = False
             self.go_backs += 1
-            # Chunks of the old flight above the base may each still echo one duplicate.
+            # For one SRTT (the RTO before any sample) duplicates echo the old flight,
+            # and each of its chunks above the base may still echo one after that.
+            quiet = self.srtt if self.srtt is not None else self.current_rto
+            engine_quiet = getattr(ev, "quiet", quiet)
+            if abs(engine_quiet - quiet) > 1e-9:
+                self.fail(
+                    "go-back quiet period", f"quiet {engine_quiet} s, SRTT/RTO says {quiet} s"
+                )
+            self.quiet_until = ev.time + quiet
             self.old_flight = max(0, ev.from_seq - ev.to_seq - self.dups_at_base)
-            self.quiet_until = ev.time + getattr(ev, "quiet", 0.0)
             self.dups_at_base = 0
             self.dup = 0
             self.lt_sent = 0
@@ -438,6 +448,8 @@ class _Checker:
             self.timeout_this_step = True
         elif isinstance(ev, RtoChanged):
             self._rto_in_bounds(ev.rto, "RTO")
+            self.current_rto = ev.rto
+            self.srtt = ev.srtt
             if self.pending_backoff is not None:
                 fired, _ = self.pending_backoff
                 expected = min(self.max_rto, fired * 2)
