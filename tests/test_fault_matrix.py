@@ -264,3 +264,19 @@ def test_acceptance_2mb_through_heavy_chaos(origin: Origin, stack: Any) -> None:
     assert data == origin.files["2m.bin"]
     for key in ("up.loss", "down.loss", "down.duplicate", "down.reorder", "down.corrupt"):
         assert proxy.stats[key] > 0, key
+
+
+def test_acceptance_with_default_timers(origin: Origin) -> None:
+    """The same acceptance with the shipped defaults on both ends (RTO floor 200 ms, 8 timeouts)."""
+    heavy = Impairment(loss=0.3, duplicate=0.02, reorder=0.02, corrupt=0.01)
+    server = app_rudp.RudpAppServer(RudpSettings(host="127.0.0.1", port=0), origin.policy)
+    server.start()
+    proxy = ChaosProxy(("127.0.0.1", 0), server.address, heavy, heavy, seed=19)
+    proxy.start()
+    try:
+        data = rudp_client.fetch_rudp(proxy.address, origin.url("2m.bin"))
+    finally:
+        proxy.stop()
+        server.stop()
+    assert data == origin.files["2m.bin"]
+    assert proxy.stats["down.corrupt"] > 0 and proxy.stats["down.loss"] > 0
