@@ -186,8 +186,9 @@ def _print_summary(console: Any, seed: int, summary: Any) -> None:
 
 
 def _print_violation(console: Any, v: dict[str, Any]) -> None:
+    where = "a chosen setting" if v["scenario"] is None else f"scenario {v['scenario']}"
     console.print(
-        f"[bold red]VIOLATION[/] seed {v['seed']} scenario {v['scenario']} at {v['time']:.6f} s: "
+        f"[bold red]VIOLATION[/] seed {v['seed']} {where} at {v['time']:.6f} s: "
         f"{v['invariant']}: {v['detail']}\n  setting: {v['setting']}\n  replay:  {v['replay']}"
     )
 
