@@ -43,7 +43,7 @@ class VerifyOptions:
     min_rto: float = 0.2
     events_path: str | None = None
     keep_series: bool = True
-    jobs: int | None = None  # processes; None: two for big captures on a multi-core machine
+    jobs: int | None = None  # processes; None: two for big captures with 4+ cores
 
 
 @dataclass(slots=True)

@@ -47,7 +47,7 @@ def analyze_capture(
     fail their checks on their own.
 
     With ``options.jobs`` > 1 (by default for big files on a machine with
-    several cores), each process streams the whole file but follows only
+    four cores or more), each process streams the whole file but follows only
     the RUDP sessions whose client port falls to it; the facts are the same
     as with one process, only sooner.
     """
@@ -66,7 +66,9 @@ def _jobs(path: str | os.PathLike[str], options: VerifyOptions) -> int:
             big = os.path.getsize(path) >= PARALLEL_MIN_BYTES
         except OSError:
             big = False
-        jobs = min(2, os.cpu_count() or 1) if big else 1
+        # Two processes pay off only with cores to spare: each streams the
+        # whole file, so on a busy two-core machine they just compete.
+        jobs = 2 if big and (os.cpu_count() or 1) >= 4 else 1
     if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
         return 1  # the workers inherit the trackers' code by forking
     return max(1, jobs)

@@ -5,7 +5,8 @@ many interleaved RUDP transfers with loss, plus unrelated noise and some
 DHCP/DNS, is written to a temporary directory.  Then, in the same run:
 
 * ``stacklab verify -q FILE`` (the whole analysis: sessions, checks, output;
-  captures of 32 MB or more are shared between two processes);
+  on four cores or more, captures of 32 MB or more are shared between two
+  processes, see ``--jobs``);
 * ``tshark -r FILE -X lua_script:stacklab.lua -Y slrudp -T fields -e ...``
   extracting the RUDP fields the checks need (frame number, time, addresses,
   ports, seq, ack, flag, length, payload).

@@ -70,7 +70,7 @@ _STATUS_STYLE: Final = {"fail": "bold red", "pass": "green", "skip": "dim"}
     "--jobs",
     type=click.IntRange(1, 64),
     default=None,
-    help="Processes sharing the RUDP sessions (default: 2 for captures of 32 MB or more).",
+    help="Processes sharing the RUDP sessions (default: 2 for captures of 32 MB or more on 4+ cores).",
 )
 @click.option(
     "--engine",
