@@ -72,9 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"RUDP chunk size of the transfers (the original's; stacklab's own is {STACKLAB_DEFAULT_CHUNK}).",
     )
     parser.add_argument("--markdown", action="store_true", help="Print the table as Markdown.")
+    parser.add_argument("--jobs", type=int, help="Passed to stacklab verify --jobs.")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     stacklab = [sys.executable, "-m", "stacklab", "-q", "verify"]
+    if args.jobs is not None:
+        stacklab += ["--jobs", str(args.jobs)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="stacklab-bench-") as tmp:
         lua = write_dissector(Ports(), tmp)
