@@ -122,6 +122,7 @@ class RudpSession:
         "_hash",
         "_hash_next",
         "_held",
+        "_last_ack_frame",
         "_last_advance",
         "_last_dupack",
         "_last_sent",
@@ -190,6 +191,7 @@ class RudpSession:
         self.series: list[tuple[float, int]] = []
         self._last_sent = 0
         self._last_advance = 0.0
+        self._last_ack_frame = 0  # frame of the ACK that covered everything sent
         self._last_dupack = -1.0
         self._pruned = 0
         self._advances: deque[tuple[int, int, bool]] = deque(
@@ -261,7 +263,7 @@ class RudpSession:
         highest = self.highest_ack
         if ack > highest:
             f = self.f
-            if f.fin_seq is not None and ack == f.fin_seq:
+            if self.fin_seen and ack == f.fin_seq:
                 if not f.fin_acked:
                     f.fin_acked = True
                     f.frames["fin_ack"] = number
@@ -295,12 +297,16 @@ class RudpSession:
             # Keep acknowledged chunks for a while: a go-back that raced an ACK
             # on the wire resends them, and its timing is judged from them.
             hi = ack - 2 * self.max_window
-            if hi > self._pruned:
-                for chunk in range(self._pruned + 1, hi + 1):
-                    pending.pop(chunk, None)
+            pruned = self._pruned
+            if hi > pruned:
+                if hi == pruned + 1:
+                    pending.pop(hi, None)
+                else:
+                    for chunk in range(pruned + 1, hi + 1):
+                        pending.pop(chunk, None)
                 self._pruned = hi
             if ack == self.highest_sent:
-                f.frames["last_ack"] = number
+                self._last_ack_frame = number
         elif ack == highest and self.highest_sent > highest:
             self.dupacks += 1
             self._dup_before = self._last_dupack
@@ -654,6 +660,8 @@ class RudpSession:
         f.max_window = self.model_max
         f.window_limit = self.max_window
         f.max_ack_delay = _r(f.max_ack_delay)
+        if self._last_ack_frame:
+            f.frames["last_ack"] = self._last_ack_frame
         last_chunk = f.fin_seq - 1 if f.fin_seq is not None else self.highest_sent
         f.all_acked = (
             f.fin_seq is not None
