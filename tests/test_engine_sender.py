@@ -33,10 +33,16 @@ def make(
     max_timeouts: int = 8,
     integrity: bool = False,
     tail: int = 0,
+    duplicate_base: bool = False,
 ) -> GbnSender:
     content = bytes(range(256)) * 4
     content = content[: chunks * CHUNK - tail]
-    options = TransferOptions(chunk_size=CHUNK, max_window=max_window, integrity=integrity)
+    options = TransferOptions(
+        chunk_size=CHUNK,
+        max_window=max_window,
+        integrity=integrity,
+        duplicate_base_on_timeout=duplicate_base,
+    )
     return GbnSender(
         content,
         options,
@@ -91,8 +97,15 @@ def test_slow_growth_one_per_advancing_ack_with_rtt_samples() -> None:
     assert [e.seq for e in events(s, RttSample)] == [1, 2, 4, 6, 10]
 
 
-def test_timeout_backs_off_halves_and_goes_back_to_base() -> None:
-    s = make(max_window=8)
+@pytest.mark.parametrize(
+    ("duplicate_base", "resent"),
+    [(False, [7, 8]), (True, [7, 7, 8])],
+    ids=["legacy", "negotiated"],
+)
+def test_timeout_backs_off_halves_and_goes_back_to_base(
+    duplicate_base: bool, resent: list[int]
+) -> None:
+    s = make(max_window=8, duplicate_base=duplicate_base)
     s.datagrams_to_send(0.0)
     for t, ack in ((0.1, 1), (0.2, 3), (0.3, 6)):
         s.on_ack(ack, t)
@@ -117,9 +130,11 @@ def test_timeout_backs_off_halves_and_goes_back_to_base() -> None:
         "timeout",
     )
     assert go_back.quiet == s.estimator.srtt
-    # the base goes out twice after a timeout, then the rest of the halved window
-    assert seqs(s.datagrams_to_send(timer)) == [7, 7, 8]
-    assert s.retransmissions == 3
+    # the base (twice after a timeout in a negotiated session only), then the
+    # rest of the halved window
+    assert seqs(s.datagrams_to_send(timer)) == resent
+    assert s.retransmissions == len(resent)
+    assert s.in_flight == s.window == 2
 
 
 def test_karn_no_sample_from_resent_chunk_but_backoff_undone_by_new_ack() -> None:
@@ -127,7 +142,7 @@ def test_karn_no_sample_from_resent_chunk_but_backoff_undone_by_new_ack() -> Non
     s.datagrams_to_send(0.0)
     s.handle_timer(1.0)
     assert s.rto == 2.0 and s.get_timer() == 3.0
-    assert seqs(s.datagrams_to_send(1.0)) == [1, 1]
+    assert seqs(s.datagrams_to_send(1.0)) == [1]  # once: a legacy session does not double it
     s.on_ack(1, 1.05)  # ambiguous: answer to the first or the second copy?
     assert events(s, RttSample) == []
     assert s.estimator.srtt is None
@@ -237,7 +252,7 @@ def test_fin_after_last_ack_then_done() -> None:
     assert fin == RUDP_HEADER.pack(4, 0, b"F", 0)
     assert not s.done
     s.handle_timer(s.get_timer() or 0.0)  # a lost FIN is resent like data
-    assert s.datagrams_to_send(10.0) == [fin, fin]
+    assert s.datagrams_to_send(10.0) == [fin]
     s.on_ack(4, 10.1)
     assert s.done and s.get_timer() is None
     assert s.datagrams_to_send(10.2) == []
@@ -291,7 +306,7 @@ def test_invariants_under_any_event_sequence(steps: list[tuple[str, int]]) -> No
         assert 1 <= s.window <= 6
         assert s.first_seq <= s.base <= s.fin_seq + 1
         assert s.base <= s.next_seq <= s.fin_seq + 1
-        assert s.next_seq - s.base <= max(s.window, 6)
+        assert s.in_flight == s.next_seq - s.base <= s.window  # never beyond the window
         assert 0.2 <= s.rto <= 10.0
         assert s.consecutive_timeouts <= 5
         if s.failed or s.done:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +22,7 @@ from stacklab.transport.events import (
 )
 from stacklab.transport.integrity import add_trailer
 from stacklab.transport.options import (
+    NEGOTIATED_BASE,
     ORIGINAL,
     STACKLAB_DEFAULT,
     OptionLimits,
@@ -133,7 +135,9 @@ def test_options_are_clamped_and_answered_in_the_syn_ack() -> None:
     (syn_ack,) = s.datagrams_to_send(0.0)
     seq, ack, flag, _length = RUDP_HEADER.unpack_from(syn_ack)
     assert (seq, ack, flag) == (0, 101, b"A")
-    assert decode_options(syn_ack[11:-4]) == TransferOptions(1000, 32, True, 4)
+    assert decode_options(syn_ack[11:-4]) == TransferOptions(1000, 32, True, 4, True)
+    # a negotiated session doubles the base after a timeout; a legacy one never does
+    assert s.options.duplicate_base_on_timeout and not ORIGINAL.duplicate_base_on_timeout
     assert syn_ack == add_trailer(syn_ack[:-4])
 
 
@@ -159,7 +163,11 @@ def test_bad_option_bodies_are_refused(body: bytes) -> None:
 
 def test_options_round_trip_and_ignore_unknown_keys() -> None:
     assert decode_options(encode_options(STACKLAB_DEFAULT)) == STACKLAB_DEFAULT
-    assert decode_options(b'{"v": 9, "future": [1]}') == ORIGINAL
+    # missing keys take the original values, but a decoded offer is a negotiated session
+    assert decode_options(b'{"v": 9, "future": [1]}') == NEGOTIATED_BASE
+    assert replace(ORIGINAL, duplicate_base_on_timeout=True) == NEGOTIATED_BASE
+    # the sender policy is never on the wire: both encode the same
+    assert encode_options(NEGOTIATED_BASE) == encode_options(ORIGINAL)
 
 
 # -- client ------------------------------------------------------------------------

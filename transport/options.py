@@ -43,12 +43,20 @@ class TransferOptions:
     SHA-256 to the FIN; ``ack_every`` lets the receiver acknowledge up to that
     many in-order chunks with one cumulative ACK (it still ACKs at the end of
     every batch it is handed, so a lone chunk is never left unacknowledged).
+
+    ``duplicate_base_on_timeout`` is the sender's own policy, never on the
+    wire: after a timeout the base chunk goes out twice, so that on a very
+    lossy path one round of the give-up count is less likely to be lost
+    entirely.  The original sender sends it once, and an original client must
+    see exactly the original behaviour, so it is off unless the session was
+    negotiated (:func:`decode_options` and :data:`STACKLAB_DEFAULT` turn it on).
     """
 
     chunk_size: int = ORIGINAL_CHUNK_SIZE
     max_window: int = ORIGINAL_MAX_WINDOW
     integrity: bool = False
     ack_every: int = 1
+    duplicate_base_on_timeout: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_size <= MAX_CHUNK_FOR_ORIGINAL_CLIENT:
@@ -74,12 +82,25 @@ MAX_WINDOW_LIMIT = 4096
 MAX_ACK_EVERY = 64
 
 ORIGINAL = TransferOptions(
-    chunk_size=ORIGINAL_CHUNK_SIZE, max_window=ORIGINAL_MAX_WINDOW, integrity=False, ack_every=1
+    chunk_size=ORIGINAL_CHUNK_SIZE,
+    max_window=ORIGINAL_MAX_WINDOW,
+    integrity=False,
+    ack_every=1,
+    duplicate_base_on_timeout=False,
 )
-"""What an original peer does: 500-byte chunks, window 5, no trailer, one ACK per chunk."""
+"""What an original peer does: 500-byte chunks, window 5, no trailer, one ACK per chunk,
+each resend sent once."""
+
+NEGOTIATED_BASE = replace(ORIGINAL, duplicate_base_on_timeout=True)
+"""What a negotiated session starts from: the original values for every key the offer omits,
+with stacklab's own sender policies."""
 
 STACKLAB_DEFAULT = TransferOptions(
-    chunk_size=STACKLAB_DEFAULT_CHUNK, max_window=256, integrity=True, ack_every=16
+    chunk_size=STACKLAB_DEFAULT_CHUNK,
+    max_window=256,
+    integrity=True,
+    ack_every=16,
+    duplicate_base_on_timeout=True,
 )
 """What stacklab's client asks for unless told otherwise."""
 
@@ -112,6 +133,9 @@ def encode_options(options: TransferOptions) -> bytes:
 def decode_options(body: bytes) -> TransferOptions:
     """Parse a JSON options body; unknown keys are ignored, missing keys take ORIGINAL's values.
 
+    The result describes a negotiated session, so its sender policies are
+    stacklab's (:data:`NEGOTIATED_BASE`), whatever the values on the wire.
+
     Raises :class:`OptionsError` for anything that is not a JSON object with
     sane values, so callers can drop the datagram and count it.
     """
@@ -135,4 +159,4 @@ def decode_options(body: bytes) -> TransferOptions:
         if type(value) is not kind:
             raise OptionsError(f"option {key!r} must be {kind.__name__}, not {value!r}")
         values[attr] = value
-    return replace(ORIGINAL, **values)  # type: ignore[arg-type]
+    return replace(NEGOTIATED_BASE, **values)  # type: ignore[arg-type]

@@ -16,22 +16,25 @@ Go-Back-N on the wire:
   feeds a retransmission storm); three more then mean the resent flight lost its
   first chunk too, and the sender goes back again without waiting for a
   timeout (AIMD does not halve twice for it: no new data was acknowledged);
-  after a timeout the base chunk goes out twice: the give-up bound counts
+* in negotiated sessions only (``TransferOptions.duplicate_base_on_timeout``),
+  the base chunk goes out twice after a timeout: the give-up bound counts
   rounds, and at 30 % loss each way one copy and its ACK both survive only
-  half the time, so a lossy but live path would otherwise be abandoned;
+  half the time, so a lossy but live path would otherwise be abandoned.  A
+  legacy session (an original client, :data:`~stacklab.transport.options.ORIGINAL`)
+  resends it once, as the original does;
 * probe timeouts: when the RTO is held up by its floor (200 ms, far above a
   LAN round trip), a window silent for SRTT + 4 RTTVAR goes back like a fast
   retransmit, without backoff (see :meth:`GbnSender._probe`);
-* the first two duplicates each let one new chunk out beyond the window
-  (limited transmit, RFC 3042), so that even a window of 2 can produce the
-  three duplicates a fast retransmit needs;
 * ``max_timeouts`` consecutive timeouts without progress end the transfer with
   a :class:`~stacklab.transport.events.GaveUp` event instead of retransmitting
   forever.
 
 Sequence numbers: chunks are ``first_seq .. last_seq``, the FIN is
 ``last_seq + 1`` and is sent only once every chunk is acknowledged; its ACK
-ends the transfer.  Nothing here touches a socket or a clock: ``now`` is
+ends the transfer.  Chunks in flight never exceed the window: a window too
+small to yield three duplicate ACKs recovers by the loss probe or the RTO
+instead (new chunks beyond the window, RFC 3042's limited transmit, would
+break the original's "at most 5 in flight").  Nothing here touches a socket or a clock: ``now`` is
 always given by the caller.
 """
 
@@ -111,9 +114,8 @@ class GbnSender:
         self._dup_acks = 0  # duplicates counted towards the next fast retransmit
         self._dups_at_base = 0  # every duplicate seen since the base last moved
         self._old_flight = 0  # duplicates still expected from chunks sent before the go-back
-        self._extra = 0  # limited transmit: new chunks allowed beyond the window
         self._quiet_until = 0.0  # duplicates before this time echo an earlier flight
-        self._double_base = False  # after a timeout the base goes out twice
+        self._double_base = False  # the next resend of the base goes out twice (negotiated only)
         self._probe_at: float | None = None
         self._probes = 0  # loss probes since the base last moved
         self._fin_payload = content_digest(content) if self._integrity else b""
@@ -128,15 +130,9 @@ class GbnSender:
     def in_flight(self) -> int:
         """Chunks sent (or resent) since the last go-back and not yet acknowledged.
 
-        At most ``window + limited_transmit``: limited transmit lets up to two
-        chunks beyond the window out while duplicate ACKs arrive.
+        Never more than ``window``: nothing ever leaves beyond it.
         """
         return self.next_seq - self.base
-
-    @property
-    def limited_transmit(self) -> int:
-        """Chunks currently allowed beyond the window by duplicate ACKs (0, 1 or 2)."""
-        return self._extra
 
     @property
     def rto(self) -> float:
@@ -199,7 +195,7 @@ class GbnSender:
         if self.done or self.failed is not None:
             return []
         out: list[bytes] = []
-        limit = min(self.base + self._cc.window + self._extra, self.fin_seq)
+        limit = min(self.base + self._cc.window, self.fin_seq)
         if self.base == self.fin_seq:
             limit = self.fin_seq + 1  # everything acknowledged: the FIN may go
         seq = self.next_seq
@@ -282,8 +278,6 @@ class GbnSender:
         self._cc.on_acked(newly, now)
         if self._cc.window != old:
             self.events.append(WindowChanged(now, old, self._cc.window, "ack"))
-        # Limited-transmit chunks still in flight keep their allowance; no new one.
-        self._extra = max(0, min(self._extra, self.next_seq - self.base - self._cc.window))
         # RFC 6298 5.2/5.3: stop the timer when nothing is outstanding, else restart it.
         if self.base > self.max_sent:
             self._disarm()
@@ -309,10 +303,6 @@ class GbnSender:
         if self.trace:
             self.events.append(AckReceived(now, ack, True, True))
         self._dup_acks += 1
-        if self._dup_acks < DUP_ACK_THRESHOLD:
-            # Limited transmit (RFC 3042): each of the first two duplicates lets one
-            # new chunk out, so that a small window still yields three duplicates.
-            self._extra = min(DUP_ACK_THRESHOLD - 1, self._extra + 1)
         if self._dup_acks == DUP_ACK_THRESHOLD:
             self.events.append(FastRetransmit(now, self.base, self._dup_acks))
             self._go_back(now, "dupack")
@@ -335,7 +325,6 @@ class GbnSender:
         self.next_seq = self.base
         self._timed_seq = None  # Karn: nothing resent is ever timed
         self._dup_acks = 0
-        self._extra = 0
 
     def handle_timer(self, now: float) -> None:
         """Run whichever timer is due: a loss probe, or the retransmission timeout."""
@@ -383,7 +372,7 @@ class GbnSender:
         self._rto.backoff()
         self.events.append(RtoChanged(now, self._rto.rto, self._rto.srtt, self._rto.rttvar))
         self._go_back(now, "timeout")
-        self._double_base = True
+        self._double_base = self.options.duplicate_base_on_timeout
         self._probes = 0
         self._arm(now)
 
