@@ -409,3 +409,44 @@ def test_old_flight_echoes_after_a_probe_do_not_count_towards_fast_retransmit() 
     for i in range(3):
         s.on_ack(base - 1, later + 0.01 + 0.001 * i)
     assert len(events(s, FastRetransmit)) == 1
+
+
+def test_a_window_of_two_sends_nothing_on_duplicates_and_recovers_by_the_probe() -> None:
+    """Two chunks in flight can yield at most two duplicates: no fast retransmit and no
+    chunk beyond the window; the loss probe (well before the RTO) goes back instead."""
+    s = make(chunks=40, max_window=2)
+    s.datagrams_to_send(0.0)
+    now = 0.0
+    for _ in range(6):  # steady 100 ms round trips: window 2, a settled estimate
+        now += 0.1
+        s.on_ack(s.next_seq - 1, now)
+        s.datagrams_to_send(now)
+    assert (s.window, s.in_flight) == (2, 2)
+    base = s.base
+    est = s.estimator
+    assert est.srtt is not None and est.rttvar is not None
+    probe_at = now + est.srtt + max(4 * est.rttvar, est.granularity)
+    assert s.probe_timer == pytest.approx(probe_at)
+    assert s.rto_timer == pytest.approx(now + s.rto) and probe_at < now + s.rto
+    # the base is lost; the next chunk answers ack = base - 1, and the network duplicates it
+    s.on_ack(base - 1, now + 0.1)
+    assert s.datagrams_to_send(now + 0.1) == []
+    s.on_ack(base - 1, now + 0.11)
+    assert s.datagrams_to_send(now + 0.11) == []
+    assert s.in_flight == 2 and s.next_seq == base + 2
+    assert events(s, FastRetransmit) == [] and events(s, GoBack) == []
+    s.handle_timer(probe_at - 0.001)  # not due yet
+    assert events(s, LossProbe) == []
+    rto_before = s.rto
+    s.handle_timer(probe_at)
+    assert events(s, LossProbe) == [LossProbe(probe_at, base, 1)]
+    assert events(s, GoBack)[-1].reason == "probe"
+    # halved (new data was acknowledged since the last loss): only the base goes again,
+    # without backoff and without counting towards giving up
+    assert s.window == 1
+    assert seqs(s.datagrams_to_send(probe_at)) == [base]
+    assert s.in_flight == 1
+    assert events(s, Timeout) == [] and s.consecutive_timeouts == 0 and s.rto == rto_before
+    s.on_ack(base, probe_at + 0.1)  # the resent base gets through: the transfer moves on
+    assert s.base == base + 1 and s.window == 2
+    assert seqs(s.datagrams_to_send(probe_at + 0.1)) == [base + 1, base + 2]
