@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
+from functools import partial
 
 import pytest
 from click.testing import CliRunner
 
 from stacklab.cli import cli
 from stacklab.services.impairment import Blackhole, Impairment
-from stacklab.transport import aimd, receiver, rto, sender
-from stacklab.transport.options import TransferOptions
+from stacklab.transport import aimd, receiver, rto, sender, simulate
+from stacklab.transport.options import ORIGINAL, TransferOptions
+from stacklab.transport.server import ServerSession
 from stacklab.transport.simulate import (
     Outcome,
     Scenario,
@@ -195,6 +198,37 @@ def test_catches_fast_retransmit_on_the_wrong_duplicate(monkeypatch: pytest.Monk
     assert violation_of(outcome) == "fast retransmit on the third duplicate ACK only"
 
 
+def test_catches_a_chunk_beyond_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One chunk more than the window allows (what limited transmit did) is a violation."""
+    original = sender.GbnSender.datagrams_to_send
+
+    def one_more(self: sender.GbnSender, now: float) -> list[bytes]:
+        cc = self._cc
+        assert isinstance(cc, aimd.AimdController)
+        cc._window += 1  # the window the sender reports (and the checker tracks) stays put
+        try:
+            return original(self, now)
+        finally:
+            cc._window -= 1
+
+    monkeypatch.setattr(sender.GbnSender, "datagrams_to_send", one_more)
+    outcome = run_scenario(scenario(100_000, options=None))
+    assert violation_of(outcome) == "in flight <= window"
+
+
+def test_catches_a_legacy_session_that_doubles_the_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An original client served with the negotiated sessions' doubled base is caught."""
+    doubling = replace(ORIGINAL, duplicate_base_on_timeout=True)
+    monkeypatch.setattr(
+        simulate, "ServerSession", partial(ServerSession, original_options=doubling)
+    )
+    outcome = run_scenario(scenario(100_000, options=None, up=OUTAGE, down=OUTAGE))
+    assert violation_of(outcome) == "a legacy session sends each resend once"
+    # ... and the same outage with the real legacy options is clean
+    monkeypatch.undo()
+    assert_clean(run_scenario(scenario(100_000, options=None, up=OUTAGE, down=OUTAGE)))
+
+
 def test_catches_a_stuck_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sender.GbnSender, "handle_timer", lambda self, now: None)
     outcome = run_scenario(scenario(100_000, up=LOSSY, down=LOSSY))
@@ -316,8 +350,11 @@ def test_acks_never_go_backwards_after_the_fin() -> None:
 # Each names the seed and scenario the random search found; the engine must pass them.
 
 
-def test_replay_limited_transmit_stays_within_two_chunks() -> None:
-    """Seed 1, scenario 61: window 1, three chunks (9, 10, 11) beyond it at once."""
+def test_replay_window_of_one_keeps_one_chunk_in_flight() -> None:
+    """Seed 1, scenario 61: window 1, where limited transmit once sent chunks 9, 10, 11 at once.
+
+    Nothing leaves beyond the window any more; the checker holds in flight <= window.
+    """
     outcome = run_scenario(draw_scenario(1, 61))
     assert_clean(outcome)
 

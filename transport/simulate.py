@@ -17,8 +17,7 @@ The invariants (each violation names the seed and scenario that replay it):
   clean give-up (a ``GaveUp`` event, a ``failed`` reason);
 * the client's ACK numbers never go backwards nor beyond what the server has
   sent; the sender's base never goes backwards;
-* in flight <= window (+ limited transmit) <= negotiated maximum, window >= 1;
-  the window grows by
+* in flight <= window <= negotiated maximum, window >= 1; the window grows by
   one per advancing ACK and halves (floor 1) at most once per loss event (a
   timeout always is one; a fast retransmit only after new data was ACKed);
 * the RTO stays within ``[min_rto, max_rto]`` and doubles (capped) on each
@@ -27,8 +26,9 @@ The invariants (each violation names the seed and scenario that replay it):
   measures exactly from its transmission;
 * the third duplicate ACK — and only it — triggers one go-back; duplicates
   that merely echo chunks sent before the last go-back (or a loss probe) do
-  not count, and up to two chunks may leave beyond the window on the first
-  two counted duplicates (limited transmit, RFC 3042);
+  not count;
+* a legacy session (an original client) never sends the same datagram twice
+  in a row: only negotiated sessions double the base after a timeout;
 * a blackhole shorter than the give-up limit ends in a complete transfer; a
   longer one in a clean error, within bounded virtual time;
 * with integrity negotiated, a corrupted datagram never reaches the
@@ -84,8 +84,6 @@ costs a few backed-off RTOs (seed 1, scenario 5037 legitimately takes 464 s
 for 51 chunks); exceeding it means the engine stopped making progress."""
 SHORT_HOLE_MAX: Final = 3.0
 LONG_HOLE_MIN: Final = 70.0
-LIMITED_TRANSMIT: Final = 2
-"""RFC 3042: at most this many new chunks beyond the window, one per counted duplicate ACK."""
 _ACK: Final = Flag.ACK.value
 _EPS: Final = 1e-9
 
@@ -280,9 +278,8 @@ class _Checker:
     old flight above the base (less the duplicates already seen at this base)
     and each loss probe's copy of the base, duplicates echo what was sent
     before and are not counted.  The third *counted*
-    duplicate, and only it, triggers exactly one go-back.  Limited transmit
-    (RFC 3042) lets each of the first two counted duplicates send one new
-    chunk beyond the window, never more than two.
+    duplicate, and only it, triggers exactly one go-back.  No chunk ever
+    leaves beyond the window.
     """
 
     def __init__(self, scenario: Scenario, content: bytes) -> None:
@@ -291,6 +288,7 @@ class _Checker:
         self.view = memoryview(content)
         self.min_rto = scenario.min_rto
         self.max_rto = scenario.max_rto
+        self.legacy = scenario.options is None  # an original client: exactly the original sender
         # server / sender side
         self.sent_count: dict[int, int] = {}
         self.first_sent: dict[int, float] = {}
@@ -304,8 +302,6 @@ class _Checker:
         self.current_rto = scenario.initial_rto
         self.srtt: float | None = None
         self.probes = 0
-        self.lt_sent = 0  # chunks sent beyond the window since the base last moved
-        self.lt_outstanding: list[int] = []  # those chunks, until acknowledged
         self.last_goback_to: int | None = None
         self.expect_fast_retransmit = False
         self.advanced_since_loss = True
@@ -351,7 +347,11 @@ class _Checker:
                 else:
                     self.retransmissions += 1
                 if seq >= self.base + self.window and ev.flag == "D":
-                    self._beyond_window(seq)
+                    self.fail(
+                        "in flight <= window",
+                        f"chunk {seq} sent beyond the window "
+                        f"(base {self.base}, window {self.window})",
+                    )
                 self.sent_count[seq] = count + 1
         elif isinstance(ev, AckReceived):
             if ev.duplicate:
@@ -389,7 +389,6 @@ class _Checker:
                 self.dup = 0
                 self.dups_at_base = 0
                 self.old_flight = 0
-                self.lt_sent = 0
                 self.consecutive = 0
                 self.advanced_since_loss = True
         elif isinstance(ev, WindowChanged):
@@ -426,8 +425,6 @@ class _Checker:
             self.old_flight = max(0, ev.from_seq - ev.to_seq - self.dups_at_base)
             self.dups_at_base = 0
             self.dup = 0
-            self.lt_sent = 0
-            self.lt_outstanding = []
             self.last_goback_to = ev.to_seq
             self.advanced_since_loss = False
         elif ev.name == "recovery:loss_probe":
@@ -470,17 +467,6 @@ class _Checker:
                 if not should:
                     self.fail("give-up limit", "the sender gave up before max_timeouts")
                 self.pending_backoff = None
-
-    def _beyond_window(self, seq: int) -> None:
-        """A chunk left beyond the window: only limited transmit may do that."""
-        if self.lt_sent >= min(LIMITED_TRANSMIT, self.dup):
-            self.fail(
-                "in flight <= window",
-                f"chunk {seq} sent beyond the window (base {self.base}, window {self.window}) "
-                f"after {self.dup} counted duplicate ACKs and {self.lt_sent} limited transmits",
-            )
-        self.lt_sent += 1
-        self.lt_outstanding = [s for s in self.lt_outstanding if s >= self.base] + [seq]
 
     def _window_changed(self, ev: WindowChanged) -> None:
         if ev.old != self.window:
@@ -593,23 +579,8 @@ class _Checker:
                 self.fail("window", f"sender window {window}, events imply {self.window}")
             if not 1 <= window <= self.max_window:
                 self.fail("1 <= window <= maximum", f"window {window}, maximum {self.max_window}")
-            # Limited transmit (RFC 3042): chunks sent beyond the window on a
-            # counted duplicate may stay in flight until acknowledged; at most two.
-            edge = self.base + window
-            allowance = sum(1 for seq in self.lt_outstanding if seq >= edge)
-            if allowance > LIMITED_TRANSMIT:
-                beyond = [seq for seq in self.lt_outstanding if seq >= edge]
-                self.fail(
-                    "limited transmit",
-                    f"{allowance} chunks beyond the window in flight (chunks {beyond}, "
-                    f"base {self.base}, window {window}); RFC 3042 allows two",
-                )
-            if sender.in_flight > window + allowance:
-                self.fail(
-                    "in flight <= window",
-                    f"{sender.in_flight} in flight, window {window}"
-                    + (f" + {allowance} by limited transmit" if allowance else ""),
-                )
+            if sender.in_flight > window:
+                self.fail("in flight <= window", f"{sender.in_flight} in flight, window {window}")
             if not sender.failed and not sender.done:
                 self._rto_in_bounds(sender.rto, "sender RTO")
         receiver = client.receiver
@@ -674,7 +645,8 @@ def run_scenario(scenario: Scenario, *, keep_trace: bool = False) -> Outcome:
     )
     chunks = -(-scenario.size // chunk)
     max_steps = min(MAX_STEPS, 20_000 + STEPS_PER_CHUNK * chunks)
-    # Both directions together: a window of data (plus limited transmit), an ACK
+    # Both directions together: a window of data (and a little slack: a FIN, the
+    # base sent twice after a timeout in a negotiated session), an ACK
     # for each, every one possibly duplicated, and stragglers held back by
     # reordering or a queue.  Far beyond that, the engine is feeding a storm.
     window = (scenario.options or TransferOptions()).max_window
@@ -777,7 +749,14 @@ def _drain(
     for data in client.datagrams_to_send(now):
         check.client_datagram(data, server)
         send(C2S, data, now)
+    previous = b""
     for data in server.datagrams_to_send(now):
+        if check.legacy and data == previous:
+            check.fail(
+                "a legacy session sends each resend once",
+                f"the same {len(data)}-byte datagram twice in a row at {now:.3f} s",
+            )
+        previous = data
         send(S2C, data, now)
     _server_events(check, server, now)
     ev = client.next_event()
