@@ -180,10 +180,9 @@ def test_custom_ports(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_small_file_is_fast_and_imports_nothing_heavy() -> None:
+def test_small_file_imports_nothing_heavy() -> None:
     code = (
-        "import sys, time\n"
-        "t = time.perf_counter()\n"
+        "import sys\n"
         "from stacklab.cli import main\n"
         "try:\n"
         f"    main(['-q', 'verify', {str(seed_capture('part4_rudp_loss_flow'))!r}])\n"
@@ -191,9 +190,8 @@ def test_small_file_is_fast_and_imports_nothing_heavy() -> None:
         "    assert e.code == 0, e.code\n"
         "heavy = [m for m in ('scapy', 'matplotlib', 'pyshark', 'numpy') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
-        "print(time.perf_counter() - t)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    # Speed itself is measured by bench/verify_bench.py, not asserted here: what keeps a
+    # small verify fast is importing nothing heavy, and that is what this test checks.
     assert done.returncode == 0, done.stderr
-    # well under a second on an idle machine; the bound leaves room for a loaded CI runner
-    assert float(done.stdout.strip().splitlines()[-1]) < 2.0
