@@ -226,6 +226,7 @@ class CaptureScan:
                 net, l2, min_len = None, 0, 1 << 62
                 tail_a = tail_b = -1
             big = max(min_len + 11, 65)  # frames of 64 bytes or less may carry link padding
+            ip_udp = l2 + 20  # link and IPv4 headers: the UDP length is incl - ip_udp
             number = 0
             buf = read(_READ_SIZE)
             real = len(buf)
@@ -264,14 +265,16 @@ class CaptureScan:
                 pos = end
                 if incl >= min_len:
                     fields = net(buf, start)  # type: ignore[misc]
-                    tail, verihl, frag, proto, sport, dport, _ulen, seq, ack, flag, rlen = fields
+                    tail, verihl, frag, proto, sport, dport, ulen, seq, ack, flag, rlen = fields
                     if verihl == 0x45 and (tail == tail_a or tail == tail_b) and not frag & 0x3FFF:  # noqa: PLR1714, SIM109
                         if proto == 17:
                             if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
                                 if parts > 1 and (sport if dport == hot else dport) % parts != part:
                                     continue
                                 ip = start + l2
-                                if incl >= big:  # past link padding, whole RUDP header
+                                # Past any link padding, or exactly the UDP length (no
+                                # padding): the whole RUDP header is there.
+                                if incl >= big or (ulen == incl - ip_udp and ulen >= 19):
                                     hot_fields(
                                         number,
                                         (sec * per_sec + frac) / per_sec,
@@ -325,6 +328,7 @@ class CaptureScan:
             tail_a: int | bytes = -1
             tail_b: int | bytes = -1
             big = 1 << 62
+            ip_udp = 1 << 62
             buf = read(_READ_SIZE)
             real = len(buf)
             eof = real < _READ_SIZE
@@ -387,6 +391,7 @@ class CaptureScan:
                                 net, l2, min_len = layout.net, layout.l2, layout.min_len
                                 tail_a, tail_b = layout.tail_a, layout.tail_b
                                 big = max(min_len + 11, 65)
+                                ip_udp = l2 + 20
                     elif btype == 3 and interfaces:  # simple packet
                         number += 1
                         orig = struct.unpack_from(endian + "I", buf, pos + 8)[0]
@@ -406,14 +411,16 @@ class CaptureScan:
                 lt, tick = interfaces[if_id]
                 if not if_id and incl >= min_len:
                     fields = net(buf, start)  # type: ignore[misc]
-                    tail, verihl, frag, proto, sport, dport, _ulen, seq, ack, flag, rlen = fields
+                    tail, verihl, frag, proto, sport, dport, ulen, seq, ack, flag, rlen = fields
                     if verihl == 0x45 and (tail == tail_a or tail == tail_b) and not frag & 0x3FFF:  # noqa: PLR1714, SIM109
                         if proto == 17:
                             if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
                                 if parts > 1 and (sport if dport == hot else dport) % parts != part:
                                     continue
                                 ip = start + l2
-                                if incl >= big:  # past link padding, whole RUDP header
+                                # Past any link padding, or exactly the UDP length (no
+                                # padding): the whole RUDP header is there.
+                                if incl >= big or (ulen == incl - ip_udp and ulen >= 19):
                                     hot_fields(
                                         number,
                                         ((ts_hi << 32) | ts_lo) / tick,
