@@ -498,12 +498,14 @@ class RudpSession:
                 entry[1] = time
         else:
             self.highest_sent = chunk
-            self.bytes += len(payload)
+            size = len(payload)
+            self.bytes += size
             sha = self._hash
             if sha is not None:
                 if chunk == self._hash_next:
-                    sha.buffer += payload  # StreamHash.update, inlined: the hot path
-                    if len(sha.buffer) >= HASH_BLOCK:
+                    sha.parts.append(payload)  # StreamHash.update, inlined: the hot path
+                    sha.size += size
+                    if sha.size >= HASH_BLOCK:
                         sha.flush()
                     self._hash_next = chunk + 1
                 else:
