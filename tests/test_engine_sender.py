@@ -15,6 +15,7 @@ from stacklab.transport.events import (
     GaveUp,
     GoBack,
     LossProbe,
+    PacketSent,
     RttSample,
     Timeout,
     WindowChanged,
@@ -132,9 +133,14 @@ def test_timeout_backs_off_halves_and_goes_back_to_base(
     assert go_back.quiet == s.estimator.srtt
     # the base (twice after a timeout in a negotiated session only), then the
     # rest of the halved window
-    assert seqs(s.datagrams_to_send(timer)) == resent
+    sent_before = len(events(s, PacketSent))
+    out = s.datagrams_to_send(timer)
+    assert seqs(out) == resent
     assert s.retransmissions == len(resent)
     assert s.in_flight == s.window == 2
+    # one PacketSent per datagram on the wire, the doubled base's copy included
+    logged = events(s, PacketSent)[sent_before:]
+    assert [(e.seq, e.retransmission) for e in logged] == [(seq, True) for seq in resent]
 
 
 def test_karn_no_sample_from_resent_chunk_but_backoff_undone_by_new_ack() -> None:

@@ -204,10 +204,12 @@ class GbnSender:
         while seq < limit:
             datagram = self._build(seq)
             out.append(datagram)
+            copies = 1
             if self._double_base and seq == self.base:
                 self._double_base = False
                 out.append(datagram)
                 self.retransmissions += 1
+                copies = 2
             retransmission = seq <= self.max_sent
             if retransmission:
                 self.retransmissions += 1
@@ -218,15 +220,13 @@ class GbnSender:
                     self._timed_at = now
             cc_sent(seq, now)
             if trace:
-                self.events.append(
-                    PacketSent(
-                        now,
-                        seq,
-                        "F" if seq == self.fin_seq else "D",
-                        len(datagram) - RUDP_HEADER.size,
-                        retransmission,
-                    )
-                )
+                # Every datagram on the wire gets its event, the doubled base's copy
+                # included: the log is the ground truth a capture is checked against.
+                flag = "F" if seq == self.fin_seq else "D"
+                length = len(datagram) - RUDP_HEADER.size
+                self.events.append(PacketSent(now, seq, flag, length, retransmission))
+                if copies == 2:
+                    self.events.append(PacketSent(now, seq, flag, length, True))
             seq += 1
         self.next_seq = seq
         if out and self._timer is None:
