@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,17 @@ def any_seed(request: pytest.FixtureRequest) -> Path:
 
 
 requires_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait until ``condition()`` holds, re-checking every few milliseconds.
+
+    Tests wait on state (a counter reached, a session freed), never for a fixed
+    time; ``timeout`` only bounds a wait that would otherwise hang.
+    """
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        pause.wait(0.002)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import random
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -37,6 +36,8 @@ from stacklab.transport.options import (
 )
 from stacklab.transport.server import ServerSession, ServerState
 from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER, pack_rudp
+
+from conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -238,15 +239,6 @@ def server() -> Iterator[RudpAppServer]:
     srv.start()
     yield srv
     srv.stop()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition until it holds (a helper that waits for a condition, not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 def drain(sock: socket.socket) -> list[bytes]:

@@ -6,7 +6,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +19,9 @@ from stacklab.services.base import BindError
 from stacklab.services.chaos import ChaosProxy
 from stacklab.services.impairment import Blackhole, Impairment
 
+from conftest import wait_for
+
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition until it holds (fail after ``timeout``): waits for state, not for time."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
 
 
 class EchoServer:

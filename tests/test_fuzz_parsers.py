@@ -14,7 +14,6 @@ import os
 import random
 import socket
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from stacklab.transport.options import ORIGINAL, OptionLimits
 from stacklab.transport.server import ServerSession
 from stacklab.wire import RUDP_HEADER, RudpDecodeError, pack_rudp, rudp_length_ok, unpack_rudp
 
-from conftest import SEED_NAMES, seed_capture
+from conftest import SEED_NAMES, seed_capture, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -147,9 +146,7 @@ def test_the_rudp_server_loop_survives_garbage_and_allocates_no_session() -> Non
             for flag in (b"S", b"D", b"A", b"F"):  # well-formed but for no session
                 junk.sendto(pack_rudp(1, 0, flag, length=3) + b"abcdef", server.address)
                 sent += 1
-        deadline = time.monotonic() + 10
-        while sum(server.stats.values()) < sent and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: sum(server.stats.values()) >= sent, what="every junk datagram counted")
         assert not server.sessions
         assert server.stats["errors"] == 0 and server.stats["sessions"] == 0
     finally:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from stacklab.services.app_rudp import RudpAppServer
 from stacklab.services.client import fetch_tcp
 from stacklab.services.rudp_client import fetch_rudp
 from stacklab.services.stack import Stack
+
+from conftest import wait_for
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
@@ -75,15 +76,6 @@ def stack(www: Path, files: dict[str, bytes]) -> Iterator[Stack]:
     )
     with Stack(config) as running:
         yield running
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition until it holds (a helper that waits for a condition, not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_fifty_rudp_and_fifty_tcp_clients_at_once(stack: Stack, files: dict[str, bytes]) -> None:

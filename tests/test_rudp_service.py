@@ -12,7 +12,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,8 @@ from stacklab.services.impairment import Impairment
 from stacklab.services.rudp_client import RudpTransferError, fetch_rudp
 from stacklab.transport.options import ORIGINAL, STACKLAB_DEFAULT
 from stacklab.wire import ERROR_UNKNOWN_COMMAND, RUDP_HEADER, fetch_error_text, pack_rudp
+
+from conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,15 +44,6 @@ def fake_fetch(url: str, policy: FetchPolicy) -> bytes:
     if url in FILES:
         return FILES[url]
     raise FetchError("HTTP Error 404: File not found")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition until it holds (a helper that waits for a condition, not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def start_server(**settings: object) -> RudpAppServer:
