@@ -217,7 +217,7 @@ class CaptureScan:
             hot = self.hot
             parts, part = self.parts, self.part
             udp_watch, tcp_watch = self.udp_ports, self.tcp_ports
-            head = struct.Struct(endian + "IIII").unpack_from
+            head = struct.Struct(endian + "III4x").unpack_from  # orig_len: unused
             layout = _layout(linktype)
             if layout is not None:
                 net, l2, min_len = layout.net, layout.l2, layout.min_len
@@ -250,7 +250,7 @@ class CaptureScan:
                         buf += bytes(_PAD)
                     limit = real - 15 if eof else real - _PAD
                     continue
-                sec, frac, incl, _orig = head(buf, pos)
+                sec, frac, incl = head(buf, pos)
                 start = pos + 16
                 end = start + incl
                 if end > real:
@@ -268,8 +268,9 @@ class CaptureScan:
                     tail, verihl, frag, proto, sport, dport, ulen, seq, ack, flag, rlen = fields
                     if verihl == 0x45 and (tail == tail_a or tail == tail_b) and not frag & 0x3FFF:  # noqa: PLR1714, SIM109
                         if proto == 17:
-                            if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
-                                if parts > 1 and (sport if dport == hot else dport) % parts != part:
+                            to_port = dport == hot
+                            if to_port or sport == hot:
+                                if parts > 1 and (sport if to_port else dport) % parts != part:
                                     continue
                                 ip = start + l2
                                 # Past any link padding, or exactly the UDP length (no
@@ -279,7 +280,7 @@ class CaptureScan:
                                         number,
                                         (sec * per_sec + frac) / per_sec,
                                         buf[ip + 12 : ip + 24],
-                                        dport == hot,
+                                        to_port,
                                         seq,
                                         ack,
                                         flag,
@@ -414,8 +415,9 @@ class CaptureScan:
                     tail, verihl, frag, proto, sport, dport, ulen, seq, ack, flag, rlen = fields
                     if verihl == 0x45 and (tail == tail_a or tail == tail_b) and not frag & 0x3FFF:  # noqa: PLR1714, SIM109
                         if proto == 17:
-                            if dport == hot or sport == hot:  # noqa: PLR1714 - no tuple per packet
-                                if parts > 1 and (sport if dport == hot else dport) % parts != part:
+                            to_port = dport == hot
+                            if to_port or sport == hot:
+                                if parts > 1 and (sport if to_port else dport) % parts != part:
                                     continue
                                 ip = start + l2
                                 # Past any link padding, or exactly the UDP length (no
@@ -425,7 +427,7 @@ class CaptureScan:
                                         number,
                                         ((ts_hi << 32) | ts_lo) / tick,
                                         buf[ip + 12 : ip + 24],
-                                        dport == hot,
+                                        to_port,
                                         seq,
                                         ack,
                                         flag,
