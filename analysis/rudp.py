@@ -34,9 +34,10 @@ cannot tell what the sender knew, and strict where it can:
   (whether the sender halved depends on ACKs reordering may hide);
 * recognised sender refinements that stay Go-Back-N on the wire: loss probes
   (the base alone, resent sooner than any timeout, after which the sender
-  carries on), the base sent twice at a go-back, and limited transmit
-  (RFC 3042: up to two new chunks beyond the window on duplicate ACKs).
-  A lone resend *after a timeout* is a selective repeat and fails.
+  carries on) and the base sent twice at a go-back.  No chunk may go beyond
+  base + window - 1, not even on duplicate ACKs (RFC 3042's limited transmit
+  is not Go-Back-N as this stack defines it).  A lone resend *after a
+  timeout* is a selective repeat and fails.
 
 Memory per session is bounded: the payloads of recent chunks (to compare
 retransmissions) are dropped as the base advances, the content is hashed in
@@ -118,7 +119,6 @@ class RudpSession:
         "_credit",
         "_credit_ack",
         "_credit_grew",
-        "_dup_before",
         "_hash",
         "_hash_next",
         "_held",
@@ -200,7 +200,6 @@ class RudpSession:
         self._credit: list[tuple[int, bool]] = []  # ACKs set aside at a go-back: (ack, window grew)
         self._credit_ack = 0
         self._credit_grew = 0
-        self._dup_before = -1.0  # time of the duplicate ACK before the last one
         self._pending: dict[int, list] = {}  # chunk -> [payload, last transmission time]
         self._hash: StreamHash | None = (hasher or BackgroundHasher()).stream()
         self._hash_next = 1
@@ -309,7 +308,6 @@ class RudpSession:
                 self._last_ack_frame = number
         elif ack == highest and self.highest_sent > highest:
             self.dupacks += 1
-            self._dup_before = self._last_dupack
             self.f.duplicate_acks += 1
             self._last_dupack = time
         elif self.f.fin_seq is not None and ack == self.f.fin_seq and not self.f.fin_acked:
@@ -468,15 +466,7 @@ class RudpSession:
         # Window bounds: the Go-Back-N limit first, then the AIMD window.
         model_flight = chunk - acked
         if model_flight > window + self._credit_grew:
-            # Limited transmit (RFC 3042): each of the first two duplicate ACKs
-            # at a base may let one new chunk out beyond the window.
-            # (Counted over the last min_rto, not since the base moved: an
-            # ACK captured before those DATA may not have reached the sender.)
-            extra = (time - self._last_dupack < self.min_rto) + (
-                time - self._dup_before < self.min_rto
-            )
-            if model_flight > window + self._credit_grew + extra:
-                self._over_window(number, chunk, model_flight, acked, extra)
+            self._over_window(number, chunk, model_flight, acked)
         flight = chunk - self.acked_seen  # the fact: against the highest ACK in the capture
         if flight > self.max_flight:  # noqa: PLR1730 - hot path, no call
             self.max_flight = flight
@@ -527,8 +517,8 @@ class RudpSession:
         if "command_ack" not in self.f.frames:
             self.find("rudp.handshake", number, "DATA before the command was acknowledged")
 
-    def _over_window(self, number: int, chunk: int, flight: int, acked: int, extra: int) -> None:
-        if flight > self.max_window + extra:
+    def _over_window(self, number: int, chunk: int, flight: int, acked: int) -> None:
+        if flight > self.max_window:
             self.find(
                 "rudp.gbn",
                 number,
