@@ -20,7 +20,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,fuzz]'
 	touch $(STAMP)
 
 setup: $(STAMP) tshark
@@ -48,7 +48,9 @@ captures: setup
 	$(BIN)/stacklab capture all --netns -o captures/
 
 bench: setup
-	$(BIN)/python bench/run_all.py
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/stacklab bench
+	$(BIN)/python bench/verify_bench.py --sizes 250000,500000,1000000 --markdown
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis
