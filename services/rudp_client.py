@@ -146,7 +146,6 @@ def _run(
     view = memoryview(buf)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
-    inject = drop > 0 or delay is not None
     reported = -1
     try:
         session.start(time.monotonic())
@@ -160,24 +159,7 @@ def _run(
             if not sel.select(timeout):
                 session.handle_timer(time.monotonic())
                 continue
-            for _ in range(BATCH):
-                try:
-                    n, ancdata, _, _ = sock.recvmsg_into([buf], GRO_CMSG_SPACE, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except ConnectionRefusedError:
-                    raise ClientError(f"no RUDP app server at {where} (port unreachable)") from None
-                except OSError as exc:
-                    raise ClientError(f"RUDP receive from {where} failed: {exc}") from None
-                segment = (gro_segment_size(ancdata) if ancdata else None) or n
-                for offset in range(0, n, segment):
-                    datagram = view[offset : min(n, offset + segment)]
-                    if inject and len(datagram) >= 11 and datagram[8:9] == _DATA:
-                        if rng.random() < drop:
-                            continue  # as the original: present on the wire, never ACKed
-                        if delay is not None:
-                            time.sleep(rng.uniform(*delay))
-                    session.receive_datagram(datagram, time.monotonic())
+            _drain(sock, session, buf, view, rng, drop, delay, log_file, where)
             session.handle_timer(time.monotonic())
             if progress is not None and session.receiver is not None:
                 got = session.receiver.delivered_bytes
@@ -187,6 +169,54 @@ def _run(
         _flush(sock, session, time.monotonic(), log_file, where)
     finally:
         sel.close()
+
+
+def _drain(
+    sock: socket.socket,
+    session: ClientSession,
+    buf: bytearray,
+    view: memoryview,
+    rng: random.Random,
+    drop: float,
+    delay: tuple[float, float] | None,
+    log_file: EventLog | None,
+    where: str,
+) -> None:
+    """Read up to ``BATCH`` receives without blocking; ACK each completed group at once.
+
+    An ACK sent as soon as its group is complete (rather than after the
+    whole batch) lets the sender refill its window while the rest of the
+    batch is still being processed here.
+    """
+    inject = drop > 0 or delay is not None
+    recv = sock.recvmsg_into
+    receive = session.receive_datagram
+    monotonic = time.monotonic
+    bufs = [buf]
+    for _ in range(BATCH):
+        try:
+            n, ancdata, _, _ = recv(bufs, GRO_CMSG_SPACE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ConnectionRefusedError:
+            raise ClientError(f"no RUDP app server at {where} (port unreachable)") from None
+        except OSError as exc:
+            raise ClientError(f"RUDP receive from {where} failed: {exc}") from None
+        segment = (gro_segment_size(ancdata) if ancdata else None) or n
+        if segment >= n and not inject:
+            receive(view[:n], monotonic())
+        else:
+            for offset in range(0, n, segment):
+                datagram = view[offset : min(n, offset + segment)]
+                if inject and len(datagram) >= 11 and datagram[8:9] == _DATA:
+                    if rng.random() < drop:
+                        continue  # as the original: present on the wire, never ACKed
+                    if delay is not None:
+                        time.sleep(rng.uniform(*delay))
+                receive(datagram, monotonic())
+        receiver = session.receiver
+        if receiver is not None and receiver.acks_ready:
+            _flush(sock, session, monotonic(), log_file, where)
 
 
 def _flush(

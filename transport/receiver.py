@@ -58,6 +58,16 @@ class GbnReceiver:
         return bytes(self._buffer)
 
     @property
+    def acks_ready(self) -> bool:
+        """True when a completed group (or a duplicate) waits to be acknowledged.
+
+        The socket loop checks this after every datagram so an ACK leaves as
+        soon as its group is complete, instead of after a whole receive batch:
+        the sender's window then keeps moving while the batch is processed.
+        """
+        return bool(self._acks)
+
+    @property
     def complete(self) -> bool:
         return self.fin_seq is not None
 
