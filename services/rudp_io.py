@@ -96,9 +96,7 @@ class DatagramSender:
         """Send all; return how many went out (BlockingIOError counts as a loss, not an error)."""
         sent = 0
         if not self.gso or len(datagrams) < 2:
-            for datagram in datagrams:
-                sent += self._one(datagram, addr)
-            return sent
+            return self._each(datagrams, addr)
         i, n = 0, len(datagrams)
         while i < n:
             size = len(datagrams[i])
@@ -111,6 +109,27 @@ class DatagramSender:
             else:
                 sent += self._batch(datagrams[i:j], size, addr)
             i = j
+        return sent
+
+    def _each(self, datagrams: list[bytes], addr: tuple[str, int] | None) -> int:
+        """One ``sendto`` each, with the bound method looked up once (the bulk path)."""
+        sent = 0
+        if addr is None:
+            send = self.sock.send
+            for datagram in datagrams:
+                try:
+                    send(datagram)
+                except BlockingIOError:
+                    continue
+                sent += 1
+            return sent
+        sendto = self.sock.sendto
+        for datagram in datagrams:
+            try:
+                sendto(datagram, addr)
+            except BlockingIOError:
+                continue
+            sent += 1
         return sent
 
     def _one(self, datagram: bytes, addr: tuple[str, int] | None) -> int:

@@ -66,6 +66,7 @@ from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER, Flag
 DUP_ACK_THRESHOLD = 3
 _DATA = Flag.DATA.value
 _FIN = Flag.FIN.value
+_pack = RUDP_HEADER.pack
 
 
 class GbnSender:
@@ -185,10 +186,12 @@ class GbnSender:
             payload = self._content[offset : offset + self._chunk]
             flag = _DATA
         if self._integrity:
-            length = len(payload) + RUDP_CRC_TRAILER_LEN
-            datagram = RUDP_HEADER.pack(seq, 0, flag, length) + payload
-            return datagram + crc32c(datagram).to_bytes(RUDP_CRC_TRAILER_LEN, "big")
-        return RUDP_HEADER.pack(seq, 0, flag, len(payload)) + payload
+            # The CRC runs on over header then payload (crc32c chains), and one
+            # join builds the datagram: the payload is copied once, not twice.
+            header = _pack(seq, 0, flag, len(payload) + RUDP_CRC_TRAILER_LEN)
+            crc = crc32c(payload, crc32c(header)).to_bytes(RUDP_CRC_TRAILER_LEN, "big")
+            return b"".join((header, payload, crc))
+        return _pack(seq, 0, flag, len(payload)) + payload
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Every chunk the window allows now (new ones, or resends after a go-back)."""
