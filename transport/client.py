@@ -182,7 +182,7 @@ class ClientSession(SessionBase):
         seq, _, flag, length = _UNPACK(data, 0)
         if flag != DATA or length != size - RUDP_HEADER_LEN:
             return False
-        view = memoryview(data)
+        view = data if type(data) is memoryview else memoryview(data)
         if integrity:
             end = size - RUDP_CRC_TRAILER_LEN
             if crc32c(view[:end]) != int.from_bytes(view[end:], "big"):

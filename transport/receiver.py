@@ -74,16 +74,19 @@ class GbnReceiver:
     def on_data(self, seq: int, payload: bytes | memoryview, now: float) -> None:
         """One DATA chunk (payload without any integrity trailer)."""
         if seq == self.expected and self.fin_seq is None:
-            if self.max_bytes is not None and len(self._buffer) + len(payload) > self.max_bytes:
-                raise ReceiverOverflow(f"content exceeds the limit of {self.max_bytes} bytes")
+            buffer = self._buffer  # called once per chunk: locals, not attribute lookups
+            max_bytes = self.max_bytes
+            if max_bytes is not None and len(buffer) + len(payload) > max_bytes:
+                raise ReceiverOverflow(f"content exceeds the limit of {max_bytes} bytes")
             if self.trace:
-                self.events.append(DataDelivered(now, len(self._buffer), len(payload)))
-            self._buffer += payload
+                self.events.append(DataDelivered(now, len(buffer), len(payload)))
+            buffer += payload
             self.expected = seq + 1
-            self._unacked += 1
-            if self._unacked >= self.options.ack_every:
+            unacked = self._unacked + 1
+            if unacked >= self.options.ack_every:
                 self._acks.append(seq)
-                self._unacked = 0
+                unacked = 0
+            self._unacked = unacked
         else:
             self.discarded += 1
             self._acks.append(self.expected - 1)
