@@ -254,12 +254,14 @@ class RudpAppServer(Service):
             if answer is None:
                 self.count("bad_syn")
                 return None
-            self.count("syn_answered")
             try:
                 sock.sendto(answer, addr)
             except OSError as exc:
                 self.count("send_errors")
                 log.debug("app-rudp: sendto %s:%d: %s", addr[0], addr[1], exc)
+            # Counted once the answer is on its way: whoever watches the counter
+            # may then expect the SYN-ACK to be readable.
+            self.count("syn_answered")
             return None
         if flag != _DATA:
             self.count("no_session")  # a stray packet or a session we already freed
