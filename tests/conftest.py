@@ -5,10 +5,12 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from fragile_servers import FragileAppServer, FragileRudpServer
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_DIR = REPO.parent / "shared" / "captures" / "seed"
@@ -49,3 +51,17 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout} s")
         pause.wait(0.002)
+
+
+@pytest.fixture
+def fragile_app() -> Iterator[FragileAppServer]:
+    server = FragileAppServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fragile_rudp() -> Iterator[FragileRudpServer]:
+    server = FragileRudpServer()
+    yield server
+    server.close()

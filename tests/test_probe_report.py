@@ -7,12 +7,10 @@ import shlex
 import socket
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_probe_controls import FragileAppServer, FragileRudpServer
 
 from stacklab import wire
 from stacklab.analysis.pcapio import read_packets
@@ -33,22 +31,9 @@ from stacklab.services.probe_runner import (
 )
 
 from conftest import requires_tshark
+from fragile_servers import FragileAppServer, FragileRudpServer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def fragile_app() -> Iterator[FragileAppServer]:
-    server = FragileAppServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def fragile_rudp() -> Iterator[FragileRudpServer]:
-    server = FragileRudpServer()
-    yield server
-    server.close()
 
 
 def _fail_run(port: int, protocol: str, tmp_path: Path, *extra: str) -> tuple[int, str]:
