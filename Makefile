@@ -6,9 +6,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The modules setup.py compiles with mypyc; rebuilt in place when they change,
+# so the tests never run a stale compiled copy.
+NATIVE_SRC   := analysis/scan.py analysis/rudp.py
+NATIVE_STAMP := $(VENV)/.native
 PYTEST_ARGS ?=
 
-.PHONY: all demo test lint typecheck unit captures bench clean setup tshark help
+.PHONY: all demo test lint typecheck unit captures bench clean setup tshark native help
 
 help:
 	@echo "make demo      run the stacklab demo (sets everything up first)"
@@ -17,13 +21,19 @@ help:
 	@echo "make bench     run the benchmarks and print their tables"
 	@echo "make clean     remove the virtual environment and caches"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,fuzz]'
-	touch $(STAMP)
+	touch $(STAMP) $(NATIVE_STAMP)
 
-setup: $(STAMP) tshark
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SRC)
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	touch $(NATIVE_STAMP)
+
+native: $(NATIVE_STAMP)
+
+setup: $(STAMP) $(NATIVE_STAMP) tshark
 
 tshark:
 	@bash scripts/ensure-tools.sh
@@ -54,3 +64,4 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -f analysis/*.so

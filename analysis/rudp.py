@@ -52,11 +52,11 @@ import hashlib
 import json
 import logging
 from collections import deque
-from collections.abc import Callable
+from typing import Final
 
 from stacklab.analysis.hashing import BLOCK as HASH_BLOCK
 from stacklab.analysis.hashing import BackgroundHasher, StreamHash
-from stacklab.analysis.scan import flow_endpoints
+from stacklab.analysis.scan import FlowKey, HotSink, flow_endpoints
 from stacklab.analysis.sessions import Finding, RudpSessionFacts
 from stacklab.wire import ORIGINAL_MAX_WINDOW, RUDP_CRC_TRAILER_LEN, RUDP_HEADER, RUDP_HEADER_LEN
 
@@ -73,7 +73,11 @@ _RECENT_CLOSED = 4096
 _TRAILER = RUDP_CRC_TRAILER_LEN
 _MASK = 0xFFFFFFFF  # sequence numbers are 32-bit and wrap
 _unpack = RUDP_HEADER.unpack_from
-_SYN, _ACK, _DATA, _FIN = b"S", b"A", b"D", b"F"
+# Flag letters as byte values: the scan hands the hot path the flag as an int.
+_SYN: Final = 0x53  # "S"
+_ACK: Final = 0x41  # "A"
+_DATA: Final = 0x44  # "D"
+_FIN: Final = 0x46  # "F"
 
 
 def _r(t: float) -> float:
@@ -105,6 +109,16 @@ def set_digest(pending: PendingDigest) -> None:
         )
 
 
+class _Sent:
+    """A chunk recently sent: its payload (to compare resends) and last transmission time."""
+
+    __slots__ = ("payload", "time")
+
+    def __init__(self, payload: bytes, time: float) -> None:
+        self.payload = payload
+        self.time = time
+
+
 class RudpSession:
     """The live state of one exchange; :meth:`finish` turns it into facts.
 
@@ -126,6 +140,7 @@ class RudpSession:
         "_last_advance",
         "_last_dupack",
         "_last_sent",
+        "_max_ack_delay",
         "_pending",
         "_pruned",
         "_synack",
@@ -200,7 +215,8 @@ class RudpSession:
         self._credit: list[tuple[int, bool]] = []  # ACKs set aside at a go-back: (ack, window grew)
         self._credit_ack = 0
         self._credit_grew = 0
-        self._pending: dict[int, list] = {}  # chunk -> [payload, last transmission time]
+        self._pending: dict[int, _Sent] = {}  # chunks recently sent
+        self._max_ack_delay = 0.0
         self._hash: StreamHash | None = (hasher or BackgroundHasher()).stream()
         self._hash_next = 1
         self._held: tuple[int, float, int, int, float, bool, int, int, int] | None = None
@@ -217,7 +233,7 @@ class RudpSession:
 
     # -- client -> server ---------------------------------------------------
 
-    def client_other(self, number: int, seq: int, flag: bytes, payload: bytes) -> None:
+    def client_other(self, number: int, seq: int, flag: int, payload: bytes) -> None:
         """A client datagram that is not an ACK: the SYN or the command."""
         f = self.f
         if flag == _SYN:
@@ -288,11 +304,11 @@ class RudpSession:
                 self._credit = [c for c in self._credit if c[0] > ack]
                 self._recount_credit()
             pending = self._pending
-            entry = pending.get(ack)
-            if entry is not None:
-                delay = time - entry[1]
-                if delay > f.max_ack_delay:  # noqa: PLR1730 - hot path, no call
-                    f.max_ack_delay = delay
+            sent = pending.get(ack)
+            if sent is not None:
+                delay = time - sent.time
+                if delay > self._max_ack_delay:  # noqa: PLR1730 - hot path, no call
+                    self._max_ack_delay = delay
             # Keep acknowledged chunks for a while: a go-back that raced an ACK
             # on the wire resends them, and its timing is judged from them.
             hi = ack - 2 * self.max_window
@@ -316,7 +332,7 @@ class RudpSession:
 
     # -- server -> client ---------------------------------------------------
 
-    def server_other(self, number: int, seq: int, ack: int, flag: bytes, payload: bytes) -> None:
+    def server_other(self, number: int, seq: int, ack: int, flag: int, payload: bytes) -> None:
         """A server datagram that is not DATA: a handshake ACK or the FIN."""
         if flag == _ACK:
             self._handshake_ack(number, ack)
@@ -407,8 +423,8 @@ class RudpSession:
         held = self._held
         probing = False
         if held is not None:
-            entry = self._pending.get(chunk)
-            since_tx = time - entry[1] if entry is not None else self.min_rto
+            sent = self._pending.get(chunk)
+            since_tx = time - sent.time if sent is not None else self.min_rto
             if chunk == held[6] + 1 and held[1] - held[4] < self.min_rto * 0.95:
                 # Loss probes: the base alone, resent sooner than any timeout
                 # (maybe several times, maybe a new base after an ACK), and
@@ -430,8 +446,8 @@ class RudpSession:
                     acked = self._credit_ack
         if chunk != last + 1 and not probing:
             if chunk <= last:
-                entry = self._pending.get(chunk)
-                previous = entry[1] if entry is not None else self._last_advance
+                sent = self._pending.get(chunk)
+                previous = sent.time if sent is not None else self._last_advance
                 # Judged at the next DATA: a lone resend of the base after
                 # which the sender carries on is a loss probe, not a go-back.
                 self._held = (
@@ -481,11 +497,11 @@ class RudpSession:
         pending = self._pending
         if chunk <= highest_sent:
             self.retransmissions += 1
-            entry = pending.get(chunk)
-            if entry is not None:
-                if entry[0] != payload:
+            sent = pending.get(chunk)
+            if sent is not None:
+                if sent.payload != payload:
                     self.find("rudp.delivery", number, f"chunk {chunk} resent with different bytes")
-                entry[1] = time
+                sent.time = time
         else:
             self.highest_sent = chunk
             size = len(payload)
@@ -501,7 +517,7 @@ class RudpSession:
                 else:
                     self._hash = None
             if len(pending) < _MAX_PENDING:
-                pending[chunk] = [payload, time]
+                pending[chunk] = _Sent(payload, time)
         self._last_sent = chunk
         if self.fin_seen and chunk >= self.f.fin_seq:  # type: ignore[operator]
             self.find(
@@ -651,7 +667,7 @@ class RudpSession:
         f.max_flight = self.max_flight
         f.max_window = self.model_max
         f.window_limit = self.max_window
-        f.max_ack_delay = _r(f.max_ack_delay)
+        f.max_ack_delay = _r(max(f.max_ack_delay, self._max_ack_delay))
         if self._last_ack_frame:
             f.frames["last_ack"] = self._last_ack_frame
         last_chunk = f.fin_seq - 1 if f.fin_seq is not None else self.highest_sent
@@ -687,10 +703,6 @@ class RudpSession:
         f.end = _r(self.end)
 
 
-FlowKey = bytes | tuple[str, int, str, int]
-HotFeed = Callable[[int, float, FlowKey, bool, int, int, bytes, int, bytes, int, int], None]
-
-
 def reverse_key(key: FlowKey) -> FlowKey:
     """The flow key of the other direction."""
     if isinstance(key, tuple):
@@ -698,7 +710,7 @@ def reverse_key(key: FlowKey) -> FlowKey:
     return key[4:8] + key[0:4] + key[10:12] + key[8:10]
 
 
-class RudpTracker:
+class RudpTracker(HotSink):
     """Route RUDP datagrams to their session; hand out finished sessions.
 
     A datagram to ``port`` comes from a client, one from ``port`` from the
@@ -727,7 +739,6 @@ class RudpTracker:
         self.digests: list[PendingDigest] = []
         self.stray = 0
         self.hasher = BackgroundHasher()
-        self.feed_fields: HotFeed = self._hot_feed()
 
     def _new(
         self, key: FlowKey, from_client: bool, number: int, time: float
@@ -759,68 +770,63 @@ class RudpTracker:
                 self.stray += 1
             return
         seq, ack, flag, length = _unpack(datagram)
-        self.feed_fields(
-            number, time, key, to_port, seq, ack, flag, length, datagram, 0, len(datagram)
+        self.fields(
+            number, time, key, to_port, seq, ack, flag[0], length, datagram, 0, len(datagram)
         )
 
-    def _hot_feed(self) -> HotFeed:
-        """Build :meth:`feed_fields`: a closure, so the hot path reads locals, not attributes.
+    def raw(self, number: int, time: float, key: FlowKey, to_port: bool, datagram: bytes) -> None:
+        """The scan's name for :meth:`feed`."""
+        self.feed(number, time, key, to_port, datagram)
 
-        This is the hot path of ``stacklab verify``: the capture scan reads
+    def fields(
+        self,
+        number: int,
+        time: float,
+        key: FlowKey,
+        to_port: bool,
+        seq: int,
+        ack: int,
+        flag: int,
+        length: int,
+        buf: bytes,
+        start: int,
+        stop: int,
+    ) -> None:
+        """One RUDP datagram, header decoded; the datagram is ``buf[start:stop]``.
+
+        This is the hot path of ``stacklab verify``: the capture scan decodes
         the RUDP header together with the IP and UDP fields, so an ACK costs
         no slicing at all.
         """
-        flows_get = self.flows.get
-        new = self._new
-        finish = self._finish
-        header = RUDP_HEADER_LEN
-        syn, ack_flag, data_flag = _SYN, _ACK, _DATA
-
-        def feed_fields(
-            number: int,
-            time: float,
-            key: FlowKey,
-            to_port: bool,
-            seq: int,
-            ack: int,
-            flag: bytes,
-            length: int,
-            buf: bytes,
-            start: int,
-            stop: int,
-        ) -> None:
-            """One RUDP datagram, header decoded; the datagram is ``buf[start:stop]``."""
-            entry = flows_get(key)
-            if entry is None:
-                entry = new(key, to_port, number, time)
-            elif flag == syn and entry[1] and ("command" in entry[0].f.frames or entry[0].finished):
-                finish(entry[0])
-                entry = new(key, True, number, time)
-            session, from_client = entry
-            session.packets += 1
-            session.last_frame = number
-            session.end = time
-            if stop - start - header != length:
-                session.f.malformed += 1
-                length = min(length, stop - start - header)  # never read past the datagram
-            if from_client:
-                if flag == ack_flag:
-                    session.chunk_ack(number, time, ack)
-                    if session.fin_seen and session.f.fin_acked and not session.finished:
-                        finish(session, key)
-                else:
-                    begin = start + header
-                    session.client_other(number, seq, flag, buf[begin : begin + length])
-            elif flag == data_flag:
-                begin = start + header
-                session.data(number, time, seq, buf[begin : begin + length])
+        entry = self.flows.get(key)
+        if entry is None:
+            entry = self._new(key, to_port, number, time)
+        elif flag == _SYN and entry[1] and ("command" in entry[0].f.frames or entry[0].finished):
+            self._finish(entry[0])
+            entry = self._new(key, True, number, time)
+        session, from_client = entry
+        session.packets += 1
+        session.last_frame = number
+        session.end = time
+        if stop - start - RUDP_HEADER_LEN != length:
+            session.f.malformed += 1
+            length = min(length, stop - start - RUDP_HEADER_LEN)  # never read past the datagram
+        if from_client:
+            if flag == _ACK:
+                session.chunk_ack(number, time, ack)
+                if session.fin_seen and session.f.fin_acked and not session.finished:
+                    self._finish(session, key)
             else:
-                begin = start + header
-                session.server_other(number, seq, ack, flag, buf[begin : begin + length])
-            if session.finished:
-                session.sync()
-
-        return feed_fields
+                begin = start + RUDP_HEADER_LEN
+                session.client_other(number, seq, flag, buf[begin : begin + length])
+        elif flag == _DATA:
+            begin = start + RUDP_HEADER_LEN
+            session.data(number, time, seq, buf[begin : begin + length])
+        else:
+            begin = start + RUDP_HEADER_LEN
+            session.server_other(number, seq, ack, flag, buf[begin : begin + length])
+        if session.finished:
+            session.sync()
 
     def _finish(self, session: RudpSession, key: FlowKey | None = None) -> None:
         if session.finished:

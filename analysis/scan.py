@@ -1,22 +1,23 @@
 """The verifier's hot path: walk a capture and pick out the packets that matter.
 
-A million-packet capture must verify in a couple of seconds, so the common
-case costs two ``struct.unpack_from`` calls per frame: one for the record
-header (in the file's byte order) and one, in network order, that reads the
-link header's type field, the IPv4 fields, the UDP ports and, for the RUDP
-port, the 11-byte RUDP header, all in one go.  Frames whose ports are not
-watched are skipped before any object is built.  Everything unusual (VLAN
-tags, IPv6, IP options, fragments, other link types, TCP) goes through the
-general decoder :func:`stacklab.analysis.pcapio.parse_packet`, so
-correctness never depends on the shortcut.
+A million-packet capture must verify in about a second, so the common case
+reads every field it needs (record header, link type, IPv4 and UDP fields,
+the 11-byte RUDP header) by indexing the read buffer: no tuple, no slice and
+no object per frame until a datagram of the hot port is handed over.  The
+module is written for mypyc, which compiles that indexing to plain C (see
+``setup.py``); run as Python it gives the same results, more slowly.  Frames
+whose ports are not watched are skipped before any object is built.
+Everything unusual (VLAN tags, IPv6, IP options, fragments, other link
+types, TCP) goes through the general decoder
+:func:`stacklab.analysis.pcapio.parse_packet`, so correctness never depends
+on the shortcut.
 
-The *hot port* (RUDP) is handed straight to callbacks, with no tuple and no
-generator step per packet: ``hot_fields(number, time, key, to_port, seq,
-ack, flag, length, buf, start, stop)`` when the whole RUDP header is there
-(the datagram is ``buf[start:stop]``), else ``hot_raw(number, time, key,
-to_port, datagram)``.  ``key`` identifies the flow and its direction: the 12
-raw bytes of IPv4 source, destination and ports, or a ``(src, sport, dst,
-dport)`` tuple from the general path; :func:`flow_endpoints` decodes either.
+The *hot port* (RUDP) is handed straight to a :class:`HotSink`:
+:meth:`HotSink.fields` when the whole RUDP header is there (the datagram is
+``buf[start:stop]``), else :meth:`HotSink.raw`.  ``key`` identifies the flow
+and its direction: the 12 raw bytes of IPv4 source, destination and ports,
+or a ``(src, sport, dst, dport)`` tuple from the general path;
+:func:`flow_endpoints` decodes either.
 
 Iterating a :class:`CaptureScan` yields the other watched packets in frame
 order: UDP as ``(number, time, key, sport, dport, payload)``, TCP as
@@ -28,8 +29,11 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterator
-from typing import BinaryIO, Final
+from collections.abc import Iterator
+from operator import truediv as _exact_div
+from typing import BinaryIO, Final, Union
+
+from mypy_extensions import mypyc_attr
 
 from stacklab.analysis.pcapio import (
     LINKTYPE_ETHERNET,
@@ -46,12 +50,17 @@ from stacklab.analysis.pcapio import (
 )
 
 _READ_SIZE: Final = 1 << 22
-_PAD: Final = 128  # zero bytes after the last read: the fast structs never read past the buffer
+_PAD: Final = 128  # zero bytes after the last read: the fast path never reads past the buffer
 _PCAPNG_SHB: Final = 0x0A0D0D0A
+_MAX_RECORD: Final = 0x4000000
+_EXACT: Final = 1 << 53  # integers below this are exact as floats
 
-FlowKey = bytes | tuple[str, int, str, int]
-HotFields = Callable[[int, float, FlowKey, bool, int, int, bytes, int, bytes, int, int], None]
-HotRaw = Callable[[int, float, FlowKey, bool, bytes], None]
+# How the link header says "IPv4" (checked before the IPv4 fields are read).
+_LINK_NONE: Final = 0  # raw IP: nothing to check
+_LINK_ETHERTYPE: Final = 1  # Ethernet: type 0x0800 at offset 12
+_LINK_AF_INET: Final = 2  # BSD loopback: AF_INET (2) as 4 bytes in either byte order
+
+FlowKey = Union[bytes, tuple[str, int, str, int]]  # noqa: UP007 - a runtime alias for mypyc
 UdpItem = tuple[int, float, FlowKey, int, int, bytes]
 
 _V4: dict[bytes, str] = {}
@@ -78,43 +87,64 @@ def flow_endpoints(key: FlowKey) -> tuple[str, int, str, int]:
     )
 
 
-class _Layout:
-    """The network-order struct for one link type, and how to read its result."""
-
-    __slots__ = ("l2", "min_len", "net", "tail_a", "tail_b")
-
-    def __init__(self, linktype: int) -> None:
-        # tail_a / tail_b: the accepted values of the link header's last field
-        self.tail_a: int | bytes
-        self.tail_b: int | bytes
-        if linktype == LINKTYPE_ETHERNET:
-            self.l2, link, self.tail_a, self.tail_b = 14, "12xH", 0x0800, 0x0800
-        elif linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
-            # AF_INET in host order, written by either kind of host
-            self.l2, link, self.tail_a, self.tail_b = 4, "I", 2, 0x02000000
-        elif linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
-            self.l2, link, self.tail_a, self.tail_b = 0, "0s", b"", b""
-        else:
-            raise ValueError(linktype)
-        # link tail; IPv4 ver/ihl, (tos, total, id), flags+frag, (ttl), proto,
-        # (checksum, addresses); UDP ports, length, (checksum); RUDP seq, ack, flag, length.
-        self.net = struct.Struct("!" + link + "Bx4xHxB2x8xHHH2x" + "IIcH").unpack_from
-        self.min_len = self.l2 + 28
+def _be32(buf: bytes, pos: int) -> int:
+    return (buf[pos] << 24) | (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
 
 
-def _layout(linktype: int) -> _Layout | None:
-    try:
-        return _Layout(linktype)
-    except ValueError:
-        return None
+def _le32(buf: bytes, pos: int) -> int:
+    return buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)
 
 
-def _ignore_fields(*args: object) -> None:
-    """The hot handler when there is none (never called: no port matches -1)."""
+def _port_map(ports: frozenset[int]) -> bytes:
+    """65,536 bytes, 1 at each port of ``ports``."""
+    table = bytearray(1 << 16)
+    for port in ports:
+        if 0 <= port < 1 << 16:
+            table[port] = 1
+    return bytes(table)
+
+
+def _link(linktype: int) -> tuple[int, int] | None:
+    """(link header length, how it says IPv4) for the link types of the fast path."""
+    if linktype == LINKTYPE_ETHERNET:
+        return 14, _LINK_ETHERTYPE
+    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
+        return 4, _LINK_AF_INET
+    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
+        return 0, _LINK_NONE
+    return None
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class HotSink:
+    """Receives the hot port's datagrams; subclass it (compiled, the calls are direct)."""
+
+    def fields(
+        self,
+        number: int,
+        time: float,
+        key: FlowKey,
+        to_port: bool,
+        seq: int,
+        ack: int,
+        flag: int,
+        length: int,
+        buf: bytes,
+        start: int,
+        stop: int,
+    ) -> None:
+        """A datagram ``buf[start:stop]`` whose RUDP header is all there, already decoded.
+
+        ``flag`` is the flag letter's byte value, ``to_port``: sent to the hot
+        port (by a client).
+        """
+
+    def raw(self, number: int, time: float, key: FlowKey, to_port: bool, datagram: bytes) -> None:
+        """A datagram from the general path, or one too short for the RUDP header."""
 
 
 class CaptureScan:
-    """Walk one capture file: hot-port datagrams to callbacks, other watched packets yielded."""
+    """Walk one capture file: hot-port datagrams to a sink, other watched packets yielded."""
 
     def __init__(
         self,
@@ -122,8 +152,7 @@ class CaptureScan:
         udp_ports: frozenset[int],
         tcp_ports: frozenset[int],
         hot_port: int | None = None,
-        hot_fields: HotFields | None = None,
-        hot_raw: HotRaw | None = None,
+        hot_sink: HotSink | None = None,
         hot_share: tuple[int, int] = (1, 0),
     ) -> None:
         self.path = os.fspath(path)
@@ -134,13 +163,25 @@ class CaptureScan:
             self.format = probe.format
         self.udp_ports = udp_ports
         self.tcp_ports = tcp_ports
-        active = hot_port is not None and hot_fields is not None and hot_raw is not None
-        self.hot = hot_port if active and hot_port is not None else -1
-        self.hot_fields: HotFields = hot_fields if active and hot_fields else _ignore_fields
-        self.hot_raw: HotRaw = hot_raw if active and hot_raw else _ignore_fields
+        # One byte per port: a lookup by index costs no int object when compiled.
+        self._udp_watch = _port_map(udp_ports)
+        self._tcp_watch = _port_map(tcp_ports)
+        self.hot = hot_port if hot_port is not None and hot_sink is not None else -1
+        self.sink: HotSink = hot_sink if hot_sink is not None else HotSink()
         self.frames = 0
         self.truncated = False
         self.linktypes: list[int] = []
+        self._found: list[UdpItem | Packet] = []
+        # The fast path's view of the (first) interface.
+        self._fast = False
+        self._linktype = -1
+        self._l2 = 0
+        self._link_kind = _LINK_NONE
+        self._per_sec = 10**6
+        self._little = True
+        # pcapng: (link type, ticks per second) of each interface of the section
+        self._interfaces: list[tuple[int, int]] = []
+        self._seen_block = False
 
     @property
     def linktype_name(self) -> str:
@@ -150,317 +191,300 @@ class CaptureScan:
 
     def __iter__(self) -> Iterator[UdpItem | Packet]:
         try:
-            f: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by the walkers
+            # Unbuffered: every read is one big system call into a fresh block.
+            f: BinaryIO = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed by _walk
         except OSError as exc:
             raise CaptureError(f"{self.path}: cannot read: {exc.strerror}") from None
-        if self.format == "pcap":
-            return self._pcap(f)
-        return self._pcapng(f)
+        return self._walk(f)
+
+    def _use_link(self, linktype: int) -> None:
+        link = _link(linktype)
+        self._linktype = linktype
+        self._fast = link is not None
+        if link is not None:
+            self._l2, self._link_kind = link
+
+    # -- the read loop ------------------------------------------------------------------
+
+    def _walk(self, f: BinaryIO) -> Iterator[UdpItem | Packet]:
+        """Read the file in big blocks; the record walkers stop where a block runs out.
+
+        A block that ends inside a record is not joined to the next read (a
+        copy of megabytes): the next read starts at that record instead.
+        """
+        pcap = self.format == "pcap"
+        with f:
+            if pcap:
+                self._pcap_header(f.read(24))
+            header = 16 if pcap else 12  # bytes a record needs before its length is known
+            offset = f.tell()  # of buf[0] in the file
+            size = _READ_SIZE
+            while True:
+                buf = f.read(size)
+                real = len(buf)
+                eof = real < size
+                if eof:
+                    buf += bytes(_PAD)
+                limit = real - header + 1 if eof else real - _PAD
+                if pcap:
+                    pos = self._pcap_records(buf, 0, limit, real)
+                else:
+                    pos = self._pcapng_blocks(buf, 0, limit, real)
+                if self._found:
+                    found, self._found = self._found, []
+                    yield from found
+                if eof:
+                    if pos < real:
+                        if not pcap and not self._seen_block:
+                            raise CaptureError(f"{self.path}: truncated pcapng section header")
+                        self.truncated = True
+                    return
+                # A record bigger than a whole block: read more at once.
+                size = size * 2 if pos == 0 else _READ_SIZE
+                offset += pos
+                f.seek(offset)
 
     # -- the slow, general path --------------------------------------------------
 
-    def _general(
-        self, number: int, time: float, linktype: int, data: bytes
-    ) -> UdpItem | Packet | None:
+    def _general(self, number: int, time: float, linktype: int, data: bytes) -> None:
         packet = parse_packet(Frame(number, time, linktype, data))
         if packet is None:
-            return None
+            return
         if packet.proto == "udp":
             key = (packet.src, packet.sport, packet.dst, packet.dport)
             if self.hot in (packet.dport, packet.sport):
                 to_port = packet.dport == self.hot
                 client_port = packet.sport if to_port else packet.dport
                 if client_port % self.parts == self.part:
-                    self.hot_raw(number, time, key, to_port, packet.payload)
-                return None
+                    self.sink.raw(number, time, key, to_port, packet.payload)
+                return
             if packet.sport in self.udp_ports or packet.dport in self.udp_ports:
-                return (number, time, key, packet.sport, packet.dport, packet.payload)
-            return None
+                self._found.append((number, time, key, packet.sport, packet.dport, packet.payload))
+            return
         if packet.proto == "tcp" and (
             packet.sport in self.tcp_ports or packet.dport in self.tcp_ports
         ):
-            return packet
-        return None
+            self._found.append(packet)
 
-    def _hot(
-        self, number: int, time: float, buf: bytes, ip: int, end: int, incl_ok: bool, fields: tuple
-    ) -> None:
-        """A hot-port datagram whose frame is short: trust the UDP length, maybe no full header."""
-        _tail, _v, _f, _p, _sport, dport, ulen, seq, ack, flag, rlen = fields
-        stop = ip + 20 + ulen if 8 <= ulen <= end - ip - 20 else end
+    # -- the fast path -------------------------------------------------------------
+
+    def _frame(self, number: int, time: float, buf: bytes, start: int, stop: int) -> None:
+        """One frame ``buf[start:stop]`` of the fast path's link type."""
+        ip = start + self._l2
+        if stop - ip >= 28:
+            kind = self._link_kind
+            if kind == _LINK_ETHERTYPE:
+                is_ipv4 = buf[start + 12] == 8 and buf[start + 13] == 0
+            elif kind == _LINK_AF_INET:
+                b0, b3 = buf[start], buf[start + 3]
+                is_ipv4 = (
+                    buf[start + 1] == 0
+                    and buf[start + 2] == 0
+                    and ((b0 == 2 and b3 == 0) or (b0 == 0 and b3 == 2))
+                )
+            else:
+                is_ipv4 = True
+            # Plain IPv4 (no options), not a fragment.
+            if is_ipv4 and buf[ip] == 0x45 and not buf[ip + 6] & 0x3F and not buf[ip + 7]:
+                proto = buf[ip + 9]
+                sport = (buf[ip + 20] << 8) | buf[ip + 21]
+                dport = (buf[ip + 22] << 8) | buf[ip + 23]
+                if proto == 17:
+                    hot = self.hot
+                    to_port = dport == hot
+                    if to_port or sport == hot:
+                        parts = self.parts
+                        if parts > 1 and (sport if to_port else dport) % parts != self.part:
+                            return
+                        self._hot(number, time, buf, ip, stop, to_port)
+                        return
+                    watch = self._udp_watch
+                    if not watch[sport] and not watch[dport]:
+                        return
+                elif proto == 6:
+                    watch = self._tcp_watch
+                    if not watch[sport] and not watch[dport]:
+                        return
+                else:
+                    return
+        self._general(number, time, self._linktype, buf[start:stop])
+
+    def _hot(self, number: int, time: float, buf: bytes, ip: int, stop: int, to_port: bool) -> None:
+        """A hot-port datagram: decode the RUDP header when it is all there."""
+        ulen = (buf[ip + 24] << 8) | buf[ip + 25]
+        # A frame may carry link padding after the datagram: trust the UDP
+        # length when it fits in the frame.
+        if 8 <= ulen <= stop - ip - 20:
+            stop = ip + 20 + ulen
         key = buf[ip + 12 : ip + 24]
-        if stop - ip - 28 >= 11:
-            self.hot_fields(
-                number, time, key, dport == self.hot, seq, ack, flag, rlen, buf, ip + 28, stop
+        start = ip + 28
+        if stop - start >= 11:
+            self.sink.fields(
+                number,
+                time,
+                key,
+                to_port,
+                (buf[start] << 24)
+                | (buf[start + 1] << 16)
+                | (buf[start + 2] << 8)
+                | buf[start + 3],
+                (buf[start + 4] << 24)
+                | (buf[start + 5] << 16)
+                | (buf[start + 6] << 8)
+                | buf[start + 7],
+                buf[start + 8],
+                (buf[start + 9] << 8) | buf[start + 10],
+                buf,
+                start,
+                stop,
             )
         else:
-            self.hot_raw(number, time, key, dport == self.hot, buf[ip + 28 : stop])
+            self.sink.raw(number, time, key, to_port, buf[start:stop])
 
     # -- pcap ------------------------------------------------------------------------------
 
-    def _pcap(self, f: BinaryIO) -> Iterator[UdpItem | Packet]:
-        with f:
-            header = f.read(24)
-            if len(header) < 24:
-                raise CaptureError(f"{self.path}: truncated pcap header")
-            magic = header[:4]
-            endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-            # Times are exact integer ticks divided once (correctly rounded), so
-            # they equal the float of tshark's decimal timestamps bit for bit.
-            per_sec = 10**9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 10**6
-            linktype = struct.unpack(endian + "I", header[20:24])[0] & 0x0FFFFFFF
-            self.linktypes.append(linktype)
-            read = f.read
-            general = self._general
-            hot_fields = self.hot_fields
-            short_hot = self._hot
-            hot = self.hot
-            parts, part = self.parts, self.part
-            udp_watch, tcp_watch = self.udp_ports, self.tcp_ports
-            head = struct.Struct(endian + "III4x").unpack_from  # orig_len: unused
-            layout = _layout(linktype)
-            if layout is not None:
-                net, l2, min_len = layout.net, layout.l2, layout.min_len
-                tail_a, tail_b = layout.tail_a, layout.tail_b
+    def _pcap_header(self, header: bytes) -> None:
+        if len(header) < 24:
+            raise CaptureError(f"{self.path}: truncated pcap header")
+        magic = header[:4]
+        self._little = magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+        # Times are exact integer ticks divided once (correctly rounded), so
+        # they equal the float of tshark's decimal timestamps bit for bit.
+        self._per_sec = 10**9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 10**6
+        linktype = (_le32(header, 20) if self._little else _be32(header, 20)) & 0x0FFFFFFF
+        self.linktypes.append(linktype)
+        self._use_link(linktype)
+
+    def _pcap_records(self, buf: bytes, pos: int, limit: int, real: int) -> int:
+        """Walk the records that start before ``limit``; return where to go on.
+
+        Stops early at a record that does not end within ``real`` bytes.
+        """
+        number = self.frames
+        per_sec = self._per_sec
+        # Microsecond ticks fit a float exactly (below 2**53): dividing that
+        # float rounds like dividing the integer, without big-int arithmetic.
+        micro = per_sec == 10**6
+        little = self._little
+        fast = self._fast
+        while pos < limit:
+            if little:  # _le32, inlined: three calls per frame cost measurably
+                sec = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)
+                frac = (
+                    buf[pos + 4] | (buf[pos + 5] << 8) | (buf[pos + 6] << 16) | (buf[pos + 7] << 24)
+                )
+                incl = (
+                    buf[pos + 8]
+                    | (buf[pos + 9] << 8)
+                    | (buf[pos + 10] << 16)
+                    | (buf[pos + 11] << 24)
+                )
             else:
-                net, l2, min_len = None, 0, 1 << 62
-                tail_a = tail_b = -1
-            big = max(min_len + 11, 65)  # frames of 64 bytes or less may carry link padding
-            ip_udp = l2 + 20  # link and IPv4 headers: the UDP length is incl - ip_udp
-            number = 0
-            buf = read(_READ_SIZE)
-            real = len(buf)
-            eof = real < _READ_SIZE
-            if eof:
-                buf += bytes(_PAD)
-            limit = real - 15 if eof else real - _PAD
-            pos = 0
-            while True:
-                if pos >= limit:
-                    if eof:
-                        if pos < real:
-                            self.truncated = True
-                        break
-                    more = read(_READ_SIZE)
-                    buf = buf[pos:real] + more
-                    real = len(buf)
-                    pos = 0
-                    eof = len(more) < _READ_SIZE
-                    if eof:
-                        buf += bytes(_PAD)
-                    limit = real - 15 if eof else real - _PAD
-                    continue
-                sec, frac, incl = head(buf, pos)
-                start = pos + 16
-                end = start + incl
-                if end > real:
-                    if incl > 0x4000000:
-                        raise CaptureError(f"{self.path}: corrupt pcap record after frame {number}")
-                    if eof:
-                        self.truncated = True
-                        break
-                    limit = pos  # refill, keeping this record
-                    continue
-                number += 1
-                pos = end
-                if incl >= min_len:
-                    fields = net(buf, start)  # type: ignore[misc]
-                    tail, verihl, frag, proto, sport, dport, ulen, seq, ack, flag, rlen = fields
-                    if verihl == 0x45 and (tail == tail_a or tail == tail_b) and not frag & 0x3FFF:  # noqa: PLR1714, SIM109
-                        if proto == 17:
-                            to_port = dport == hot
-                            if to_port or sport == hot:
-                                if parts > 1 and (sport if to_port else dport) % parts != part:
-                                    continue
-                                ip = start + l2
-                                # Past any link padding, or exactly the UDP length (no
-                                # padding): the whole RUDP header is there.
-                                if incl >= big or (ulen == incl - ip_udp and ulen >= 19):
-                                    hot_fields(
-                                        number,
-                                        (sec * per_sec + frac) / per_sec,
-                                        buf[ip + 12 : ip + 24],
-                                        to_port,
-                                        seq,
-                                        ack,
-                                        flag,
-                                        rlen,
-                                        buf,
-                                        ip + 28,
-                                        end,
-                                    )
-                                else:  # short frames may carry link padding: trust the UDP length
-                                    short_hot(
-                                        number,
-                                        (sec * per_sec + frac) / per_sec,
-                                        buf,
-                                        ip,
-                                        end,
-                                        True,
-                                        fields,
-                                    )
-                                continue
-                            if sport not in udp_watch and dport not in udp_watch:
-                                continue
-                        elif proto != 6 or (sport not in tcp_watch and dport not in tcp_watch):
-                            continue
-                item = general(number, (sec * per_sec + frac) / per_sec, linktype, buf[start:end])
-                if item is not None:
-                    yield item
-            self.frames = number
+                sec = _be32(buf, pos)
+                frac = _be32(buf, pos + 4)
+                incl = _be32(buf, pos + 8)
+            start = pos + 16
+            end = start + incl
+            if end > real:
+                if incl > _MAX_RECORD:
+                    raise CaptureError(f"{self.path}: corrupt pcap record after frame {number}")
+                break
+            number += 1
+            pos = end
+            if micro:
+                time = (float(sec) * 1e6 + float(frac)) / 1e6
+            else:
+                time = _exact_div(sec * per_sec + frac, per_sec)
+            if fast:
+                self._frame(number, time, buf, start, end)
+            else:
+                self._general(number, time, self._linktype, buf[start:end])
+        self.frames = number
+        return pos
 
     # -- pcapng ------------------------------------------------------------------------------
 
-    def _pcapng(self, f: BinaryIO) -> Iterator[UdpItem | Packet]:
-        with f:
-            read = f.read
-            general = self._general
-            hot_fields = self.hot_fields
-            short_hot = self._hot
-            hot = self.hot
-            parts, part = self.parts, self.part
-            udp_watch, tcp_watch = self.udp_ports, self.tcp_ports
-            number = 0
-            endian = "<"
-            head = struct.Struct("<IIIIII").unpack_from
-            interfaces: list[tuple[int, int]] = []
-            net = None
-            l2, min_len = 0, 1 << 62
-            tail_a: int | bytes = -1
-            tail_b: int | bytes = -1
-            big = 1 << 62
-            ip_udp = 1 << 62
-            buf = read(_READ_SIZE)
-            real = len(buf)
-            eof = real < _READ_SIZE
-            if eof:
-                buf += bytes(_PAD)
-            limit = real - 11 if eof else real - _PAD
-            pos = 0
-            seen_header = False
-            while True:
-                if pos >= limit:
-                    if eof:
-                        if pos < real:
-                            if not seen_header:
-                                raise CaptureError(f"{self.path}: truncated pcapng section header")
-                            self.truncated = True
-                        break
-                    more = read(_READ_SIZE)
-                    buf = buf[pos:real] + more
-                    real = len(buf)
-                    pos = 0
-                    eof = len(more) < _READ_SIZE
-                    if eof:
-                        buf += bytes(_PAD)
-                    limit = real - 11 if eof else real - _PAD
-                    continue
-                btype, blen, if_id, ts_hi, ts_lo, incl = head(buf, pos)
-                if btype == _PCAPNG_SHB:
-                    bom = buf[pos + 8 : pos + 12]
-                    if bom == b"\x4d\x3c\x2b\x1a":
-                        endian = "<"
-                    elif bom == b"\x1a\x2b\x3c\x4d":
-                        endian = ">"
-                    else:
-                        raise CaptureError(f"{self.path}: corrupt pcapng section header")
-                    head = struct.Struct(endian + "IIIIII").unpack_from
-                    btype, blen, if_id, ts_hi, ts_lo, incl = head(buf, pos)
-                    interfaces = []
-                    net = None
-                if blen < 12 or blen % 4 or blen > 0x4000000:
-                    raise CaptureError(f"{self.path}: corrupt pcapng block after frame {number}")
-                end = pos + blen
-                if end > real:
-                    if eof:
-                        if not seen_header:
-                            raise CaptureError(f"{self.path}: truncated pcapng section header")
-                        self.truncated = True
-                        break
-                    limit = pos
-                    continue
-                seen_header = True
-                if btype != 6:
-                    if btype == 1:  # interface description
-                        lt = struct.unpack_from(endian + "H", buf, pos + 8)[0]
-                        interfaces.append((lt, _tsresol(buf, pos + 16, end - 4, endian)))
-                        if lt not in self.linktypes:
-                            self.linktypes.append(lt)
-                        if len(interfaces) == 1:
-                            layout = _layout(lt)
-                            if layout is not None:
-                                net, l2, min_len = layout.net, layout.l2, layout.min_len
-                                tail_a, tail_b = layout.tail_a, layout.tail_b
-                                big = max(min_len + 11, 65)
-                                ip_udp = l2 + 20
-                    elif btype == 3 and interfaces:  # simple packet
-                        number += 1
-                        orig = struct.unpack_from(endian + "I", buf, pos + 8)[0]
-                        data = buf[pos + 12 : pos + 12 + min(orig, blen - 16)]
-                        item = general(number, 0.0, interfaces[0][0], data)
-                        if item is not None:
-                            yield item
-                    pos = end
-                    continue
-                if if_id >= len(interfaces) or 28 + incl > blen:
-                    raise CaptureError(
-                        f"{self.path}: corrupt enhanced packet block at frame {number + 1}"
-                    )
-                number += 1
+    def _pcapng_blocks(self, buf: bytes, pos: int, limit: int, real: int) -> int:
+        """Walk the blocks that start before ``limit``; return where to go on.
+
+        Stops early at a block that does not end within ``real`` bytes.
+        """
+        number = self.frames
+        interfaces = self._interfaces
+        while pos < limit:
+            btype = _le32(buf, pos)  # the section header's type reads the same both ways
+            if btype == _PCAPNG_SHB:
+                bom = buf[pos + 8 : pos + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    self._little = True
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    self._little = False
+                else:
+                    raise CaptureError(f"{self.path}: corrupt pcapng section header")
+                interfaces = self._interfaces = []
+                self._fast = False
+            little = self._little
+            if not little:
+                btype = _be32(buf, pos)
+            blen = _le32(buf, pos + 4) if little else _be32(buf, pos + 4)
+            if blen < 12 or blen % 4 or blen > _MAX_RECORD:
+                raise CaptureError(f"{self.path}: corrupt pcapng block after frame {number}")
+            end = pos + blen
+            if end > real:
+                break
+            self._seen_block = True
+            if btype != 6:
+                if btype == 1:  # interface description
+                    self._interface(buf, pos, end)
+                elif btype == 3 and interfaces:  # simple packet
+                    number += 1
+                    orig = _le32(buf, pos + 8) if little else _be32(buf, pos + 8)
+                    data = buf[pos + 12 : pos + 12 + min(orig, blen - 16)]
+                    self._general(number, 0.0, interfaces[0][0], data)
                 pos = end
-                start = end - blen + 28
-                lt, tick = interfaces[if_id]
-                if not if_id and incl >= min_len:
-                    fields = net(buf, start)  # type: ignore[misc]
-                    tail, verihl, frag, proto, sport, dport, ulen, seq, ack, flag, rlen = fields
-                    if verihl == 0x45 and (tail == tail_a or tail == tail_b) and not frag & 0x3FFF:  # noqa: PLR1714, SIM109
-                        if proto == 17:
-                            to_port = dport == hot
-                            if to_port or sport == hot:
-                                if parts > 1 and (sport if to_port else dport) % parts != part:
-                                    continue
-                                ip = start + l2
-                                # Past any link padding, or exactly the UDP length (no
-                                # padding): the whole RUDP header is there.
-                                if incl >= big or (ulen == incl - ip_udp and ulen >= 19):
-                                    hot_fields(
-                                        number,
-                                        ((ts_hi << 32) | ts_lo) / tick,
-                                        buf[ip + 12 : ip + 24],
-                                        to_port,
-                                        seq,
-                                        ack,
-                                        flag,
-                                        rlen,
-                                        buf,
-                                        ip + 28,
-                                        start + incl,
-                                    )
-                                else:
-                                    short_hot(
-                                        number,
-                                        ((ts_hi << 32) | ts_lo) / tick,
-                                        buf,
-                                        ip,
-                                        start + incl,
-                                        True,
-                                        fields,
-                                    )
-                                continue
-                            if sport not in udp_watch and dport not in udp_watch:
-                                continue
-                        elif proto != 6 or (sport not in tcp_watch and dport not in tcp_watch):
-                            continue
-                item = general(
-                    number, ((ts_hi << 32) | ts_lo) / tick, lt, buf[start : start + incl]
+                continue
+            if little:
+                if_id = _le32(buf, pos + 8)
+                ts = (_le32(buf, pos + 12) << 32) | _le32(buf, pos + 16)
+                incl = _le32(buf, pos + 20)
+            else:
+                if_id = _be32(buf, pos + 8)
+                ts = (_be32(buf, pos + 12) << 32) | _be32(buf, pos + 16)
+                incl = _be32(buf, pos + 20)
+            if if_id >= len(interfaces) or 28 + incl > blen:
+                raise CaptureError(
+                    f"{self.path}: corrupt enhanced packet block at frame {number + 1}"
                 )
-                if item is not None:
-                    yield item
-            self.frames = number
+            number += 1
+            start = pos + 28
+            pos = end
+            linktype, tick = interfaces[if_id]
+            # Compiled, int / int converts both to floats first: exact only
+            # below 2**53 (nanosecond ticks are not).  CPython's division of
+            # the ints is correctly rounded, like tshark's decimal times.
+            time = ts / tick if ts < _EXACT else _exact_div(ts, tick)
+            if if_id == 0 and self._fast:
+                self._frame(number, time, buf, start, start + incl)
+            else:
+                self._general(number, time, linktype, buf[start : start + incl])
+        self.frames = number
+        return pos
+
+    def _interface(self, buf: bytes, pos: int, end: int) -> None:
+        """An interface description block: its link type and time resolution."""
+        little = self._little
+        raw = buf[pos + 8 : pos + 10]
+        linktype = raw[0] | (raw[1] << 8) if little else (raw[0] << 8) | raw[1]
+        self._interfaces.append((linktype, _tsresol(buf, pos + 16, end - 4, little)))
+        if linktype not in self.linktypes:
+            self.linktypes.append(linktype)
+        if len(self._interfaces) == 1:
+            self._use_link(linktype)
 
 
-def _tsresol(buf: bytes, start: int, stop: int, endian: str) -> int:
+def _tsresol(buf: bytes, start: int, stop: int, little: bool) -> int:
     """Ticks per second of an interface (if_tsresol: 10**n or 2**n; default 10**6)."""
+    endian = "<" if little else ">"
     pos = start
     while pos + 4 <= stop:
         code, length = struct.unpack_from(endian + "HH", buf, pos)

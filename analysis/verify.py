@@ -117,8 +117,7 @@ def _scan_inner(
         frozenset({ports.dns, ports.dhcp}),
         frozenset({ports.app}),
         hot_port=ports.rudp,
-        hot_fields=rudp.feed_fields,
-        hot_raw=rudp.feed,
+        hot_sink=rudp,
         hot_share=share,
     )
     dhcp = JsonServiceTracker("dhcp", ports.dhcp)

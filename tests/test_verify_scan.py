@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stacklab.analysis.pcapio import read_packets
-from stacklab.analysis.scan import CaptureScan, FlowKey, flow_endpoints
+from stacklab.analysis.scan import CaptureScan, FlowKey, HotSink, flow_endpoints
 from stacklab.analysis.synth import (
     LINK_ETHERNET,
     LINK_NULL,
@@ -50,30 +50,38 @@ tcp_packets = st.builds(
 )
 
 
-def _scan(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
-    hot: list[tuple[object, ...]] = []
+class _Recorder(HotSink):
+    """Records what the scan hands over, checking the decoded header against the bytes."""
 
-    def raw(number: int, time: float, key: FlowKey, to_port: bool, payload: bytes) -> None:
-        hot.append((number, round(time, 6), flow_endpoints(key), to_port, payload))
+    def __init__(self) -> None:
+        self.hot: list[tuple[object, ...]] = []
+
+    def raw(self, number: int, time: float, key: FlowKey, to_port: bool, datagram: bytes) -> None:
+        self.hot.append((number, round(time, 6), flow_endpoints(key), to_port, datagram))
 
     def fields(
+        self,
         number: int,
         time: float,
         key: FlowKey,
         to_port: bool,
         seq: int,
         ack: int,
-        flag: bytes,
+        flag: int,
         length: int,
         buf: bytes,
         start: int,
         stop: int,
     ) -> None:
         datagram = buf[start:stop]
-        assert RUDP_HEADER.unpack_from(datagram) == (seq, ack, flag, length)
-        raw(number, time, key, to_port, datagram)
+        assert RUDP_HEADER.unpack_from(datagram) == (seq, ack, bytes([flag]), length)
+        self.raw(number, time, key, to_port, datagram)
 
-    scan = CaptureScan(path, WATCHED, TCP_WATCHED, hot_port=HOT, hot_fields=fields, hot_raw=raw)
+
+def _scan(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    recorder = _Recorder()
+    hot = recorder.hot
+    scan = CaptureScan(path, WATCHED, TCP_WATCHED, hot_port=HOT, hot_sink=recorder)
     other: list[tuple[object, ...]] = []
     for item in scan:
         if isinstance(item, tuple):
