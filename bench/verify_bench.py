@@ -11,6 +11,9 @@ DHCP/DNS, is written to a temporary directory.  Then, in the same run:
   extracting the RUDP fields the checks need (frame number, time, addresses,
   ports, seq, ack, flag, length, payload).
 
+It says first whether stacklab's hot path runs compiled (the normal install)
+or as Python source (no C compiler, or ``STACKLAB_PURE=1``).
+
 Each is run ``--repeat`` times; the table shows the median wall time, the
 speed-up and the peak resident memory of each child process
 (``wait4``'s ``ru_maxrss``: the largest process, helpers included) and the
@@ -54,6 +57,14 @@ def run_child(cmd: list[str]) -> Run:
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode)
 
 
+def hot_path_build() -> str:
+    """Whether the capture scan and tracker run compiled (see setup.py) or as Python."""
+    from stacklab.analysis import rudp, scan
+
+    files = (str(scan.__file__), str(rudp.__file__))
+    return "Python source" if any(f.endswith(".py") for f in files) else "compiled with mypyc"
+
+
 def generate(path: str, size: int, seed: int, chunk: int) -> int:
     with CaptureWriter(path, fmt="pcap") as writer:
         writer.write_all(benchmark_stream(size, seed=seed, chunk_size=chunk))
@@ -75,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, help="Passed to stacklab verify --jobs.")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"stacklab's hot path: {hot_path_build()}", file=sys.stderr)
     stacklab = [sys.executable, "-m", "stacklab", "-q", "verify"]
     if args.jobs is not None:
         stacklab += ["--jobs", str(args.jobs)]

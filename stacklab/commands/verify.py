@@ -144,12 +144,11 @@ def verify(
             write_junit(analyses, junit_path)
         except OSError as exc:
             raise UserError(f"cannot write {junit_path}: {exc.strerror}") from None
-    document = report_json(analyses)
     if as_json:
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(json.dumps(report_json(analyses), indent=2) + "\n")
     else:
         _print_human(analyses)
-    sys.exit(0 if document["passed"] else 1)
+    sys.exit(0 if all(analysis.passed for analysis in analyses) else 1)
 
 
 def _frames(frames: list[int]) -> str:
