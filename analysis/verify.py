@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import multiprocessing
 import os
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from stacklab.analysis import checks as chk
-from stacklab.analysis.eventlog import cross_check
 from stacklab.analysis.pcapio import CaptureError, Packet
 from stacklab.analysis.rudp import RudpTracker
 from stacklab.analysis.scan import CaptureScan, flow_endpoints
@@ -31,6 +30,9 @@ from stacklab.analysis.sessions import (
     TcpSessionFacts,
     VerifyOptions,
 )
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def _jobs(path: str | os.PathLike[str], options: VerifyOptions) -> int:
         # Two processes pay off only with cores to spare: each streams the
         # whole file, so on a busy two-core machine they just compete.
         jobs = 2 if big and (os.cpu_count() or 1) >= 4 else 1
-    if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
+    if jobs > 1 and "fork" not in _multiprocessing().get_all_start_methods():
         return 1  # the workers inherit the trackers' code by forking
     return max(1, jobs)
 
@@ -155,6 +157,13 @@ def _analyze(path: str | os.PathLike[str], options: VerifyOptions) -> CaptureAna
     return finish_analysis(result, options, rudp, dhcp, dns, app)
 
 
+def _multiprocessing() -> ModuleType:
+    """The multiprocessing package, imported only for a shared analysis (it costs ~10 ms)."""
+    import multiprocessing
+
+    return multiprocessing
+
+
 def _worker(path: str, options: VerifyOptions, share: tuple[int, int], conn: Connection) -> None:
     """A forked helper: follow one share of the RUDP sessions, send their facts back."""
     try:
@@ -173,7 +182,7 @@ def _worker(path: str, options: VerifyOptions, share: tuple[int, int], conn: Con
 def _analyze_shared(
     path: str | os.PathLike[str], options: VerifyOptions, jobs: int
 ) -> CaptureAnalysis:
-    ctx = multiprocessing.get_context("fork")
+    ctx = _multiprocessing().get_context("fork")
     helpers = []
     for part in range(1, jobs):
         receiver, sender = ctx.Pipe(duplex=False)
@@ -243,6 +252,8 @@ def judge(
         )
     )
     if options.events_path is not None:
+        from stacklab.analysis.eventlog import cross_check
+
         checks.extend(cross_check(options.events_path, result.rudp_sessions, options))
     result.checks = chk.order_failures_first(checks)
     return result
