@@ -70,11 +70,17 @@ def fetch_rudp(
     min_rto: float = 0.2,
     max_timeouts: int = 8,
     silence_timeout: float = 30.0,
+    answer_timeout: float | None = None,
     max_bytes: int | None = 2 * 1024**3,
     linger: float = LINGER_S,
     stats: dict[str, object] | None = None,
 ) -> bytes:
-    """Send ``FETCH url`` over RUDP to ``server``; return the body or raise ClientError."""
+    """Send ``FETCH url`` over RUDP to ``server``; return the body or raise ClientError.
+
+    ``answer_timeout``, when given, is the longest wait for any answer: it
+    bounds the handshake (which otherwise ends after ``max_timeouts`` backed-off
+    resends, about a minute) and replaces ``silence_timeout``.
+    """
     options = (
         None
         if legacy
@@ -89,7 +95,8 @@ def fetch_rudp(
         initial_rto=initial_rto,
         min_rto=min_rto,
         max_timeouts=max_timeouts,
-        silence_timeout=silence_timeout,
+        silence_timeout=silence_timeout if answer_timeout is None else answer_timeout,
+        handshake_timeout=answer_timeout,
         max_bytes=max_bytes,
         trace=events is not None,
     )

@@ -232,6 +232,30 @@ def test_client_retransmits_its_syn_with_backoff_then_gives_up() -> None:
     assert "no answer to the SYN" in c.failed
 
 
+def test_client_handshake_timeout_bounds_the_wait_for_each_answer() -> None:
+    c = ClientSession("FETCH x", None, handshake_timeout=2.5)
+    c.start(0.0)
+    assert c.datagrams_to_send(0.0) == [pack_rudp(100, 0, b"S")]
+    assert c.get_timer() == 1.0
+    c.handle_timer(1.0)
+    assert c.datagrams_to_send(1.0) == [pack_rudp(100, 0, b"S")]  # resent after one RTO
+    assert c.get_timer() == 2.5  # the next RTO (3.0) would pass the deadline
+    c.handle_timer(2.4)  # early wake-up: nothing happens
+    assert c.failed is None and c.datagrams_to_send(2.4) == []
+    c.receive_datagram(pack_rudp(0, 101, b"A"), 2.4)  # the answer restarts the wait
+    assert c.datagrams_to_send(2.4) == [pack_rudp(101, 0, b"D", b"FETCH x")]
+    times = []
+    while c.failed is None:
+        t = c.get_timer()
+        assert t is not None
+        times.append(t)
+        c.handle_timer(t)
+        c.datagrams_to_send(t)
+    assert times[-1] == pytest.approx(2.4 + 2.5)
+    assert all(t < 4.9 for t in times[:-1])
+    assert c.failed == "no answer to the command within 2.5 s"
+
+
 def test_client_gives_up_after_silence() -> None:
     c = ClientSession("FETCH x", None, silence_timeout=2.0)
     c.start(0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +123,32 @@ def test_rudp_options_with_tcp_are_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["fetch", "--drop", "0.1", "--server", "127.0.0.1:9"])
     assert result.exit_code == 2
     assert "--drop: only with --transport rudp" in result.stderr
+
+
+def test_timeout_bounds_the_wait_for_a_silent_rudp_server(tmp_path: Path) -> None:
+    """A bound socket that never answers: without --timeout the SYN is resent for about a minute."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        host, port = silent.getsockname()
+        result = CliRunner().invoke(
+            cli,
+            [
+                "fetch",
+                "--transport",
+                "rudp",
+                "--server",
+                f"{host}:{port}",
+                "--timeout",
+                "0.4",
+                "-o",
+                str(tmp_path / "out.bin"),
+            ],
+        )
+        silent.setblocking(False)
+        syn = silent.recv(2048)  # the client did knock
+        with pytest.raises(BlockingIOError):
+            silent.recv(2048)  # once: it gave up before its first resend (RTO 1 s)
+    assert result.exit_code == 1
+    assert "no answer to the SYN within 0.4 s" in result.stderr
+    assert syn[8:9] == b"S"
+    assert not (tmp_path / "out.bin").exists()

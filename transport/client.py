@@ -6,7 +6,8 @@ States: ``IDLE -> SYN_SENT -> CMD_SENT -> RECEIVING -> DONE`` (or ``FAILED``).
 trailer.  An empty SYN-ACK means an original server: the client falls back
 to :data:`~stacklab.transport.options.ORIGINAL`.  The SYN and the command are
 retransmitted on an RFC 6298 timer until answered, at most ``max_timeouts``
-times; once data flows, ``silence_timeout`` seconds without a valid datagram
+times, and for at most ``handshake_timeout`` seconds without an answer when
+given; once data flows, ``silence_timeout`` seconds without a valid datagram
 end the transfer with :class:`~stacklab.transport.events.GaveUp`.
 
 The command echoes the SYN-ACK's ``seq`` in its ``ack`` field: a stacklab
@@ -84,6 +85,7 @@ class ClientSession(SessionBase):
         max_rto: float = 10.0,
         max_timeouts: int = 8,
         silence_timeout: float = 30.0,
+        handshake_timeout: float | None = None,
         max_bytes: int | None = None,
         trace: bool = True,
     ) -> None:
@@ -95,6 +97,7 @@ class ClientSession(SessionBase):
         self.rtt = RttEstimator(initial_rto, min_rto, max_rto)
         self.max_timeouts = max_timeouts
         self.silence_timeout = silence_timeout
+        self.handshake_timeout = handshake_timeout
         self.max_bytes = max_bytes
         self.state = ClientState.IDLE
         self.options: TransferOptions = ORIGINAL
@@ -106,6 +109,7 @@ class ClientSession(SessionBase):
         self._command_datagram = b""
         self._probe: float | None = None  # command re-send while no data has come yet
         self._pending_sent_at = 0.0
+        self._answer_deadline: float | None = None  # handshake: give up at this time
 
     # -- public API ------------------------------------------------------------
 
@@ -230,8 +234,12 @@ class ClientSession(SessionBase):
         if self._timer is None or now < self._timer:
             return
         if self.state in (ClientState.SYN_SENT, ClientState.CMD_SENT):
-            self._retries += 1
             what = "SYN" if self.state is ClientState.SYN_SENT else "command"
+            deadline = self._answer_deadline
+            if deadline is not None and now >= deadline:
+                self._fail(now, f"no answer to the {what} within {self.handshake_timeout:g} s")
+                return
+            self._retries += 1
             self._events.append(Timeout(now, self.isn, self.rtt.rto, self._retries))
             if self._retries >= self.max_timeouts:
                 self._fail(now, f"no answer to the {what} after {self._retries} attempts")
@@ -240,7 +248,7 @@ class ClientSession(SessionBase):
             self._events.append(RtoChanged(now, self.rtt.rto, self.rtt.srtt, self.rtt.rttvar))
             assert self._pending is not None
             self._out.append(self._pending)
-            self._timer = now + self.rtt.rto
+            self._timer = self._retransmit_time(now)
         elif self.state is ClientState.RECEIVING:
             self._fail(now, f"the server was silent for {self.silence_timeout:g} s")
         else:
@@ -252,7 +260,15 @@ class ClientSession(SessionBase):
         self._pending = datagram
         self._pending_sent_at = now
         self._retries = 0
-        self._timer = now + self.rtt.rto
+        timeout = self.handshake_timeout
+        self._answer_deadline = now + timeout if timeout is not None else None
+        self._timer = self._retransmit_time(now)
+
+    def _retransmit_time(self, now: float) -> float:
+        """When to resend the SYN or command: one RTO on, or the answer deadline if sooner."""
+        due = now + self.rtt.rto
+        deadline = self._answer_deadline
+        return due if deadline is None or due < deadline else deadline
 
     def _sample(self, now: float) -> None:
         if self._retries == 0:  # Karn: an answer to a resent packet is no sample

@@ -172,7 +172,8 @@ def _load_rudp() -> Callable[..., bytes]:
     type=float,
     default=5.0,
     show_default=True,
-    help="Seconds to wait for each answer (DHCP/DNS attempt, connect, each read).",
+    help="Seconds to wait for each answer (DHCP/DNS attempt, connect, each read; over RUDP "
+    "the handshake and any silence, 30 s of silence unless given).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a sentence.")
 @click.option(
@@ -246,6 +247,10 @@ def fetch(
     if transport != "rudp" and rudp_options:
         names = ", ".join("--" + k.replace("_", "-") for k in sorted(rudp_options))
         raise UserError(f"{names}: only with --transport rudp")
+    if transport == "rudp" and _explicit({"timeout": timeout}):
+        # RUDP keeps its longer default: a sender backing off under heavy loss
+        # may be silent for 10 s and more, well past the 5 s of --timeout.
+        rudp_options["answer_timeout"] = timeout
     fetch_rudp = _load_rudp() if transport == "rudp" else None
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"url": url, "transport": transport}
