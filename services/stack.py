@@ -33,11 +33,6 @@ TRANSPORTS = {
 }
 
 
-def rudp_available() -> bool:
-    """True once the RUDP app server module exists."""
-    return importlib.util.find_spec("stacklab.services.app_rudp") is not None
-
-
 def dns_records(config: StackConfig) -> dict[str, str]:
     """Zone file records, then inline records (which win), or the default record."""
     records: dict[str, str] = {}
@@ -58,8 +53,7 @@ def build_service(name: str, config: StackConfig) -> Service:
     if name == "app-tcp":
         return TcpAppServer(config.app_tcp, config.fetch_policy())
     if name == "app-rudp":
-        if not rudp_available():
-            raise LookupError("the RUDP app server is not available in this installation")
+        # Imported here: the other services run without loading the RUDP engine.
         module = importlib.import_module("stacklab.services.app_rudp")
         service: Service = module.RudpAppServer(config.app_rudp, config.fetch_policy())
         return service
@@ -71,7 +65,7 @@ class Stack:
 
     def __init__(self, config: StackConfig, names: tuple[str, ...] | None = None) -> None:
         if names is None:
-            names = tuple(n for n in SERVICE_NAMES if n != "app-rudp" or rudp_available())
+            names = SERVICE_NAMES
         unknown = [n for n in names if n not in SERVICE_NAMES]
         if unknown:
             raise LookupError(f"unknown service {unknown[0]!r} (known: {', '.join(SERVICE_NAMES)})")

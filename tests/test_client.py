@@ -285,15 +285,6 @@ def test_rudp_transport_calls_fetch_rudp(
     assert (tmp_path / "test_file.txt").read_bytes() == b"over rudp"
 
 
-def test_rudp_transport_missing_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "stacklab.services.rudp_client", None)  # import fails
-    code, _, err = run_fetch(["--transport", "rudp", "--server", "127.0.0.1:2122"], tmp_path)
-    assert code == 2
-    assert err == "stacklab: error: RUDP transport is not available in this installation\n"
-
-
 def test_progress_bar_appears_only_for_slow_transfers(monkeypatch: pytest.MonkeyPatch) -> None:
     from stacklab.commands import fetch as fetch_command
 

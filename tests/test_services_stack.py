@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from stacklab.cli import cli
 from stacklab.config import load_config
 from stacklab.services.base import BindError
-from stacklab.services.stack import Stack, rudp_available
+from stacklab.services.stack import Stack
 
 PORT_OPTIONS = ["--dhcp-port", "0", "--dns-port", "0", "--origin-port", "0", "--app-tcp-port", "0",
                 "--app-rudp-port", "0"]  # fmt: skip
@@ -69,12 +69,6 @@ def test_bad_config_file_is_exit_2(tmp_path: Path) -> None:
     path.write_text("[dns]\nprot = 1\n")
     result = CliRunner().invoke(cli, ["serve", "dns", "--config", str(path)])
     assert result.exit_code == 2 and "unknown key dns.prot" in result.stderr
-
-
-@pytest.mark.skipif(rudp_available(), reason="the RUDP app server is installed")
-def test_serve_app_rudp_without_the_module_is_a_clear_error() -> None:
-    result = CliRunner().invoke(cli, ["serve", "app-rudp", "--app-rudp-port", "0"])
-    assert result.exit_code == 2 and "RUDP app server is not available" in result.stderr
 
 
 @pytest.mark.slow

@@ -126,12 +126,8 @@ def _explicit(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_rudp() -> Callable[..., bytes]:
-    try:
-        module = importlib.import_module("stacklab.services.rudp_client")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("stacklab.services.rudp_client"):
-            raise UserError("RUDP transport is not available in this installation") from None
-        raise
+    """The RUDP client, imported only for an RUDP fetch (it loads the whole engine)."""
+    module = importlib.import_module("stacklab.services.rudp_client")
     fetch_rudp: Callable[..., bytes] = module.fetch_rudp
     return fetch_rudp
 
