@@ -280,6 +280,10 @@ def _coerce(where: str, hint: Any, value: Any) -> Any:
     raise ConfigError(f"{where}: unsupported setting type {hint!r}")  # pragma: no cover
 
 
+_ZERO_ALLOWED = frozenset({"ttl"})
+"""Numeric settings for which 0 means something (a DNS TTL of 0: do not cache)."""
+
+
 def _validate(config: StackConfig) -> None:
     for section_name in SECTIONS:
         section = getattr(config, section_name)
@@ -294,12 +298,14 @@ def _validate(config: StackConfig) -> None:
                 ) from None
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
-            if (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and f.name != "port"
-                and value <= 0
-            ):
+            if not isinstance(value, int | float) or isinstance(value, bool) or f.name == "port":
+                continue
+            if f.name in _ZERO_ALLOWED:
+                if value < 0:
+                    raise ConfigError(
+                        f"{section_name}.{f.name} must not be negative, not {value!r}"
+                    )
+            elif value <= 0:
                 raise ConfigError(f"{section_name}.{f.name} must be positive, not {value!r}")
     for key in ("pool_start", "pool_end"):
         try:

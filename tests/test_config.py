@@ -56,6 +56,7 @@ def test_default_record_follows_the_app_server_address() -> None:
         ('[dns]\nhost = "localhost"\n', "dns.host 'localhost' is not an IP address"),
         ('[dns]\nrecords = { a = "x" }\n', "dns.records.a 'x' is not an IPv4 address"),
         ("[app_rudp]\nmax_window = 0\n", "app_rudp.max_window must be positive"),
+        ("[dns]\nttl = -1\n", "dns.ttl must not be negative"),
         ('[fetch]\nallow = ["127.1:80"]\n', "fetch.allow"),
         ("dns = 3\n", "config section [dns] must be a table"),
         ("[dns\n", "is not valid TOML"),
@@ -69,6 +70,10 @@ def test_bad_config_is_one_clear_error(tmp_path: Path, toml: str, message: str) 
         load_config(path, {})
     assert message in info.value.format_message()
     assert isinstance(info.value, UserError) and info.value.exit_code == 2
+
+
+def test_a_dns_ttl_of_zero_is_accepted() -> None:
+    assert load_config(None, {"dns.ttl": 0}).dns.ttl == 0
 
 
 def test_missing_file_and_bad_override() -> None:
