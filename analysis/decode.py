@@ -34,12 +34,14 @@ from stacklab.analysis.tcpstream import ConnKey, TcpReassembler
 from stacklab.framing import FrameDecoder, FramingError
 from stacklab.wire import (
     DHCP_DISCOVER,
+    RUDP_CRC_TRAILER_LEN,
     RUDP_HEADER,
     RUDP_HEADER_LEN,
     Ports,
     RudpHeader,
     flag_letter,
     looks_like_rudp,
+    rudp_trailer_ok,
 )
 
 log = logging.getLogger(__name__)
@@ -61,21 +63,30 @@ APP_MAX_BODY: Final = 64 * 1024 * 1024
 # ---------------------------------------------------------------------------
 
 
-def rudp_summary(header: RudpHeader, payload_len: int) -> str:
+def rudp_summary(header: RudpHeader, payload_len: int, trailer_ok: bool = False) -> str:
     """``RUDP D seq=3 ack=0 len=500``, plus a note when the length field lies.
 
     ``payload_len`` is the number of bytes that follow the header in the
     datagram, so a length field that claims more (or less) is visible.
+    ``trailer_ok`` (see :func:`stacklab.wire.rudp_trailer_ok`) adds
+    ``crc32c=ok``: the datagram belongs to a session that negotiated
+    integrity, and its last 4 bytes (counted in ``len``) are that trailer.
     """
-    return _rudp_text(flag_letter(header.flag), header.seq, header.ack, header.length, payload_len)
+    return _rudp_text(
+        flag_letter(header.flag), header.seq, header.ack, header.length, payload_len, trailer_ok
+    )
 
 
-def _rudp_text(letter: str, seq: int, ack: int, length: int, payload_len: int) -> str:
+def _rudp_text(
+    letter: str, seq: int, ack: int, length: int, payload_len: int, trailer_ok: bool = False
+) -> str:
     text = f"RUDP {letter} seq={seq} ack={ack} len={length}"
     if payload_len < length:
         text += f" (only {payload_len} bytes present)"
     elif payload_len > length:
         text += f" (+{payload_len - length} bytes padding)"
+    elif trailer_ok:
+        text += " crc32c=ok"
     return text
 
 
@@ -278,22 +289,37 @@ def rudp_info(datagram: bytes) -> dict[str, Any] | None:
     """The RUDP fields of a datagram (``--json`` form), or None when shorter than a header.
 
     The hot path of ``stacklab decode``: one ``unpack_from``, no payload copy.
+    A datagram that ends with a valid CRC32C trailer (a session that
+    negotiated integrity) gets ``"crc32c": "ok"``; no other datagram has the
+    key, since a mismatch cannot be told from content without session state.
     """
-    if len(datagram) < RUDP_HEADER_LEN:
+    size = len(datagram)
+    if size < RUDP_HEADER_LEN:
         return None
     seq, ack, flag, length = RUDP_HEADER.unpack_from(datagram, 0)
-    return {
+    info: dict[str, Any] = {
         "seq": seq,
         "ack": ack,
         "flag": _FLAG_LETTERS[flag],
         "len": length,
-        "payload_len": len(datagram) - RUDP_HEADER_LEN,
+        "payload_len": size - RUDP_HEADER_LEN,
     }
+    # Only an exact datagram can carry a trailer: skip the CRC for the rest.
+    if length == size - RUDP_HEADER_LEN >= RUDP_CRC_TRAILER_LEN and rudp_trailer_ok(datagram):
+        info["crc32c"] = "ok"
+    return info
 
 
 def rudp_info_summary(info: dict[str, Any]) -> str:
     """The summary line of :func:`rudp_info`'s fields (same text as :func:`rudp_summary`)."""
-    return _rudp_text(info["flag"], info["seq"], info["ack"], info["len"], info["payload_len"])
+    return _rudp_text(
+        info["flag"],
+        info["seq"],
+        info["ack"],
+        info["len"],
+        info["payload_len"],
+        info.get("crc32c") == "ok",
+    )
 
 
 def decode_rudp(datagram: bytes) -> tuple[dict[str, Any], str] | None:

@@ -29,6 +29,7 @@ from stacklab.wire import (
     HeaderField,
     RudpHeader,
     flag_letter,
+    rudp_trailer_ok,
     unpack_rudp,
 )
 
@@ -103,7 +104,9 @@ class RUDP(Packet):
     def mysummary(self) -> str:
         # build() includes the padding, so this counts every byte after the header.
         built = self.build()
-        return rudp_summary(unpack_rudp(built)[0], len(built) - RUDP_HEADER_LEN)
+        return rudp_summary(
+            unpack_rudp(built)[0], len(built) - RUDP_HEADER_LEN, rudp_trailer_ok(built)
+        )
 
     def hashret(self) -> bytes:
         # Request and answer must hash alike; seq/ack differ between them, so

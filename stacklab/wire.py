@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final, NamedTuple
 
+from crc32c import crc32c
+
 # ---------------------------------------------------------------------------
 # Default addresses and ports (every one is configurable at run time)
 # ---------------------------------------------------------------------------
@@ -250,9 +252,32 @@ class Ports:
 
 ETHERNET_MAX_UDP_PAYLOAD: Final = 1500 - 20 - 8  # 1472: IPv4 MTU minus IPv4 and UDP headers
 RUDP_CRC_TRAILER_LEN: Final = 4
-"""With integrity negotiated, every datagram ends with CRC32C (big endian) of all bytes before it."""
+"""With integrity negotiated, every datagram ends with CRC32C (big endian) of all bytes before it.
+
+The header's length field counts the trailer (see :func:`rudp_trailer_ok`).
+"""
 MAX_STACKLAB_CHUNK: Final = (
     ETHERNET_MAX_UDP_PAYLOAD - RUDP_HEADER_LEN - RUDP_CRC_TRAILER_LEN
 )  # 1457
 RUDP_SHA256_LEN: Final = 32
 """With integrity negotiated, the FIN payload is the SHA-256 of the whole content (then the CRC)."""
+
+
+def rudp_trailer_ok(datagram: bytes | memoryview) -> bool:
+    """True when ``datagram`` ends with a valid CRC32C trailer of a negotiated session.
+
+    The trailer is the last 4 bytes, CRC32C (Castagnoli, big endian) of every
+    byte before it, header included, and the header's length field counts it
+    (length = content + 4): a stacklab sender writes ``len(payload) + 4`` and
+    a stacklab receiver drops any datagram whose length is not exact.  So a
+    datagram carries a trailer exactly when its length is exact, at least 4
+    bytes follow the header and the CRC matches.  Without session state a
+    datagram whose last 4 bytes do not match is just a datagram without a
+    trailer (a corrupted trailer and ordinary content look alike); an original
+    datagram that matches by chance has a 1 in 2**32 probability.
+    """
+    size = len(datagram)
+    if size < RUDP_HEADER_LEN + RUDP_CRC_TRAILER_LEN or not rudp_length_ok(datagram):
+        return False
+    end = size - RUDP_CRC_TRAILER_LEN
+    return crc32c(datagram[:end]) == int.from_bytes(datagram[end:], "big")
