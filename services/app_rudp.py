@@ -35,12 +35,11 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from stacklab.config import RudpSettings
 from stacklab.services.base import Service, bind_error, family_for
-from stacklab.services.fetcher import FetchPolicy, fetch, handle_command
+from stacklab.services.fetcher import Fetcher, FetchPolicy, fetch, handle_command
 from stacklab.services.rudp_io import RECV_BUFFER, DatagramSender, EventLog, tune_socket
 from stacklab.transport.events import CommandReceived, Event
 from stacklab.transport.handshake import Handshake, SynCookies
@@ -51,7 +50,6 @@ from stacklab.wire import FETCH_COMMAND, Flag, fetch_error_text
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
-Fetcher = Callable[[str, FetchPolicy], bytes]
 BATCH = 256
 """Datagrams read per wake-up before the sessions answer (ACKs coalesce, the loop stays fair)."""
 SWEEP_INTERVAL = 1.0

@@ -20,7 +20,7 @@ import time
 from stacklab.config import AppTcpSettings
 from stacklab.framing import FrameDecoder, FramingError
 from stacklab.services.base import LoopService, bind_error, family_for
-from stacklab.services.fetcher import FetchPolicy, handle_command
+from stacklab.services.fetcher import Fetcher, FetchPolicy, fetch, handle_command
 from stacklab.wire import ERROR_PREFIX, frame_prefix
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,15 @@ class TcpAppServer(LoopService):
 
     name = "app-tcp"
 
-    def __init__(self, settings: AppTcpSettings, policy: FetchPolicy) -> None:
+    def __init__(
+        self, settings: AppTcpSettings, policy: FetchPolicy, *, fetcher: Fetcher = fetch
+    ) -> None:
         super().__init__(settings.host, settings.port)
         self.settings = settings
         self.policy = policy
+        self.fetcher = (
+            fetcher  # how a FETCH gets its bytes (tests and benchmarks answer from memory)
+        )
         self._slots = threading.BoundedSemaphore(settings.max_connections)
         self._conns: set[socket.socket] = set()
         self._workers: set[threading.Thread] = set()
@@ -105,7 +110,7 @@ class TcpAppServer(LoopService):
             if body is None:
                 return
             self.count("requests")
-            response = handle_command(body, self.policy)
+            response = handle_command(body, self.policy, self.fetcher)
             conn.settimeout(self.settings.read_timeout)  # per send: a slow reader still progresses
             self.count("replies")  # before sending: a client that got its reply sees it counted
             try:

@@ -126,9 +126,8 @@ class _Blaster:
 
 @contextlib.contextmanager
 def _servers(content: bytes, small: bytes, chunk: int) -> Iterator[dict[str, Any]]:
-    from stacklab.services import app_tcp
     from stacklab.services.app_rudp import RudpAppServer
-    from stacklab.services.fetcher import handle_command
+    from stacklab.services.app_tcp import TcpAppServer
 
     files = {URL: content, LOSS_URL: small}
 
@@ -140,16 +139,7 @@ def _servers(content: bytes, small: bytes, chunk: int) -> Iterator[dict[str, Any
     rudp_gso = RudpAppServer(
         RudpSettings(host="127.0.0.1", port=0, gso=True), policy, fetcher=fetcher
     )
-    tcp = app_tcp.TcpAppServer(AppTcpSettings(host="127.0.0.1", port=0), policy)
-    # The TCP app server has no fetcher parameter: answer from memory here too.
-    original_handle = app_tcp.handle_command
-
-    def from_memory(
-        command: bytes, policy: FetchPolicy, fetcher: Callable[[str, FetchPolicy], bytes] = fetcher
-    ) -> bytes:
-        return handle_command(command, policy, fetcher)
-
-    app_tcp.handle_command = from_memory
+    tcp = TcpAppServer(AppTcpSettings(host="127.0.0.1", port=0), policy, fetcher=fetcher)
     blaster = _Blaster(content, chunk)
     try:
         rudp.start()
@@ -162,7 +152,6 @@ def _servers(content: bytes, small: bytes, chunk: int) -> Iterator[dict[str, Any
             "udp": blaster.address,
         }
     finally:
-        app_tcp.handle_command = original_handle
         blaster.close()
         tcp.stop()
         rudp_gso.stop()

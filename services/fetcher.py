@@ -256,6 +256,10 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
 
 
+Fetcher = Callable[[str, FetchPolicy], bytes]
+"""How an app server gets the bytes of a URL: :func:`fetch`, or a stand-in in tests and benchmarks."""
+
+
 def fetch(url: str, policy: FetchPolicy, resolver: Resolver = system_resolver) -> bytes:
     """GET ``url`` under ``policy`` and return the body; FetchError on refusal or failure."""
     deadline = time.monotonic() + policy.timeout

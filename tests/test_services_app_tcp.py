@@ -240,3 +240,24 @@ def test_truncated_request_is_dropped_and_the_server_keeps_serving(
         assert recv_all(sock) == b""
     assert fetch_tcp(app.address, url_of(origin, "test_file.txt"), timeout=5) == TEST_FILE
     assert app.stats["incomplete"] == 1 and app.stats["errors"] == 0
+
+
+def test_a_fetcher_given_to_the_server_answers_its_fetches() -> None:
+    asked: list[str] = []
+
+    def from_memory(url: str, policy: FetchPolicy) -> bytes:
+        asked.append(url)
+        return b"from memory: " + url.encode()
+
+    server = TcpAppServer(
+        AppTcpSettings(host="127.0.0.3", port=0),
+        FetchPolicy(allow=("example.invalid:80",)),
+        fetcher=from_memory,
+    )
+    server.start()
+    try:
+        body = fetch_tcp(server.address, "http://example.invalid/x", timeout=5)
+    finally:
+        server.stop()
+    assert body == b"from memory: http://example.invalid/x"
+    assert asked == ["http://example.invalid/x"]
