@@ -24,7 +24,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 COMPILED = ["analysis/scan.py", "analysis/rudp.py"]
-SUBPACKAGES = ["layers", "services", "analysis", "transport"]
+SUBPACKAGES = ["layers", "services", "analysis", "transport", "tools"]
 TREE = Path("build") / "mypyc-src"
 
 

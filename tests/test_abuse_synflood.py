@@ -181,7 +181,7 @@ def _skip_reason() -> str | None:
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 def test_a_spoofed_syn_flood_leaves_memory_flat_and_clients_served() -> None:
-    from stacklab.services.netns import private_netns, run_in_netns
+    from stacklab.tools.netns import private_netns, run_in_netns
 
     with private_netns("stacklab-flood") as ns:
         subprocess.run(

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from stacklab.analysis.pcapio import CaptureReader
 from stacklab.cli import cli
-from stacklab.services.scenarios import ALL, SCENARIOS
+from stacklab.tools.scenarios import ALL, SCENARIOS
 
 from conftest import REPO
 

@@ -23,7 +23,7 @@ from stacklab.analysis.pcapio import CaptureReader, read_packets
 from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
 from stacklab.analysis.verify import analyze_capture
 from stacklab.cli import cli
-from stacklab.services.scenarios import SCENARIOS
+from stacklab.tools.scenarios import SCENARIOS
 from stacklab.wire import APP_RUDP_PORT, unpack_rudp
 
 pytestmark = [

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from stacklab.cli import cli
 from stacklab.commands.capture import output_paths
 from stacklab.errors import UserError
-from stacklab.services import capture as cap
-from stacklab.services.scenarios import (
+from stacklab.tools import capture as cap
+from stacklab.tools.scenarios import (
     ALL,
     SCENARIOS,
     ScenarioError,

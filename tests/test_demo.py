@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from stacklab.cli import cli
 from stacklab.commands import demo as demo_module
-from stacklab.services.scenarios import ALL, SCENARIOS, ScenarioResult
+from stacklab.tools.scenarios import ALL, SCENARIOS, ScenarioResult
 
 from conftest import REPO
 

@@ -14,9 +14,9 @@ import random
 
 import pytest
 
-from stacklab.services.impairment import Impairment
 from stacklab.transport.client import ClientSession
 from stacklab.transport.events import CommandReceived, Timeout
+from stacklab.transport.impairment import Impairment
 from stacklab.transport.options import ORIGINAL, OptionLimits, TransferOptions
 from stacklab.transport.server import ServerSession
 from stacklab.transport.simnet import C2S, S2C, SimNetwork

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stacklab import wire
-from stacklab.services.probe_cases import (
+from stacklab.tools.probe_cases import (
     MAX_UDP_PAYLOAD,
     PROTOCOLS,
     ProbeContext,

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from stacklab import wire
 from stacklab.cli import cli
-from stacklab.services.probe_cases import generate_case
-from stacklab.services.probe_runner import FAILURE, ProbeRunner, ProbeTarget
+from stacklab.tools.probe_cases import generate_case
+from stacklab.tools.probe_runner import FAILURE, ProbeRunner, ProbeTarget
 
 from fragile_servers import FragileAppServer, FragileRudpServer
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from stacklab import wire
 from stacklab.analysis.pcapio import read_packets
 from stacklab.cli import cli
-from stacklab.services.probe_cases import Case, ProbeContext, generate_case
-from stacklab.services.probe_report import RunInfo, decode_packet, exchanges_to_packets
-from stacklab.services.probe_runner import (
+from stacklab.tools.probe_cases import Case, ProbeContext, generate_case
+from stacklab.tools.probe_report import RunInfo, decode_packet, exchanges_to_packets
+from stacklab.tools.probe_runner import (
     ANSWERED,
     BAD_REPLY,
     ERROR_REPLY,

@@ -18,10 +18,10 @@ from click.testing import CliRunner
 
 from stacklab.cli import cli
 from stacklab.config import StackConfig
-from stacklab.services.probe_cases import ProbeContext, generate_cases, systematic_count
-from stacklab.services.probe_report import RunInfo
-from stacklab.services.probe_runner import ProbeRunner, ProbeTarget
 from stacklab.services.stack import Stack
+from stacklab.tools.probe_cases import ProbeContext, generate_cases, systematic_count
+from stacklab.tools.probe_report import RunInfo
+from stacklab.tools.probe_runner import ProbeRunner, ProbeTarget
 
 CASES = 2000
 PROTOCOL_OF = {"dhcp": "dhcp", "dns": "dns", "app-tcp": "app", "app-rudp": "rudp"}

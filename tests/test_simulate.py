@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from stacklab.cli import cli
-from stacklab.services.impairment import Blackhole, Impairment
 from stacklab.transport import aimd, receiver, rto, sender, simulate
+from stacklab.transport.impairment import Blackhole, Impairment
 from stacklab.transport.options import ORIGINAL, TransferOptions
 from stacklab.transport.server import ServerSession
 from stacklab.transport.simulate import (

@@ -45,7 +45,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from stacklab.services.impairment import Blackhole, GilbertElliott, Impairment, derive_rng
 from stacklab.transport.client import ClientSession
 from stacklab.transport.events import (
     AckReceived,
@@ -63,6 +62,7 @@ from stacklab.transport.events import (
     TransferComplete,
     WindowChanged,
 )
+from stacklab.transport.impairment import Blackhole, GilbertElliott, Impairment, derive_rng
 from stacklab.transport.options import OptionLimits, TransferOptions
 from stacklab.transport.server import ServerSession
 from stacklab.transport.simnet import C2S, S2C, SimNetwork

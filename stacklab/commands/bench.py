@@ -79,7 +79,7 @@ def bench(
     in one worker process.  Raw UDP is a plain sendto loop with no recovery:
     the ceiling of Python UDP I/O on this machine.
     """
-    from stacklab.services.bench import run_bench
+    from stacklab.tools.bench import run_bench
 
     nbytes, loss_bytes = parse_size(size), parse_size(loss_size)
     console = Console()

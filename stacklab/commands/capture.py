@@ -1,6 +1,6 @@
 """``stacklab capture SCENARIO``: record one of the original flows as a commented pcapng.
 
-The scenarios (:mod:`stacklab.services.scenarios`) are ``tcp-flow``,
+The scenarios (:mod:`stacklab.tools.scenarios`) are ``tcp-flow``,
 ``rudp-handshake``, ``rudp-clean``, ``rudp-loss`` and ``rudp-advanced``, or
 ``all``.  Each starts a private stack on the default addresses, captures on
 the loopback interface with dumpcap, runs the client and stops the capture
@@ -26,7 +26,7 @@ from rich.table import Table
 from stacklab.errors import UserError
 
 if TYPE_CHECKING:
-    from stacklab.services.scenarios import ScenarioResult
+    from stacklab.tools.scenarios import ScenarioResult
 
 SCENARIO_CHOICES = (
     "tcp-flow",
@@ -65,7 +65,7 @@ def output_paths(names: list[str], output: str | None) -> list[Path]:
 
 def netns_mode(netns: bool | None) -> bool:
     """``--netns`` (must work), ``--no-netns``, or unset (use one when possible)."""
-    from stacklab.services.netns import unavailable_reason
+    from stacklab.tools.netns import unavailable_reason
 
     reason = unavailable_reason()
     if netns is None:
@@ -85,8 +85,8 @@ def run_captures(
     interface: str | None = None,
 ) -> list[ScenarioResult]:
     """Run the scenarios; every expected failure becomes one :class:`UserError` line."""
-    from stacklab.services.capture import CaptureToolError, preflight
-    from stacklab.services.scenarios import ScenarioError, resolve_names, run_scenarios
+    from stacklab.tools.capture import CaptureToolError, preflight
+    from stacklab.tools.scenarios import ScenarioError, resolve_names, run_scenarios
 
     try:
         scenarios = resolve_names(names)
@@ -130,7 +130,7 @@ def capture(
     then_verify: bool,
 ) -> None:
     """Record SCENARIO (or all five) as pcapng, with a comment describing it."""
-    from stacklab.services.scenarios import ALL, SCENARIOS
+    from stacklab.tools.scenarios import ALL, SCENARIOS
 
     if running and netns:
         raise UserError("--running and --netns exclude each other: a namespace has no stack yet")

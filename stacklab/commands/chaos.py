@@ -22,7 +22,7 @@ import click
 
 from stacklab import wire
 from stacklab.errors import UserError
-from stacklab.services.impairment import Blackhole, GilbertElliott, Impairment
+from stacklab.transport.impairment import Blackhole, GilbertElliott, Impairment
 
 DIRECTIONS = ("up", "down")
 
@@ -265,7 +265,7 @@ def chaos(
     from rich.console import Console
 
     from stacklab.services.base import BindError
-    from stacklab.services.chaos import ChaosProxy
+    from stacklab.tools.chaos import ChaosProxy
 
     listen_addr = parse_hostport(listen, "--listen")
     upstream_addr = parse_hostport(upstream, "--upstream")

@@ -32,7 +32,7 @@ from stacklab.errors import UserError
 
 if TYPE_CHECKING:
     from stacklab.analysis.sessions import CaptureAnalysis
-    from stacklab.services.scenarios import ScenarioResult
+    from stacklab.tools.scenarios import ScenarioResult
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def demo(out_dir: str, netns: bool | None, no_extras: bool) -> None:
     from stacklab.analysis.pcapio import CaptureError
     from stacklab.analysis.sessions import VerifyOptions
     from stacklab.analysis.verify import analyze_capture
-    from stacklab.services.scenarios import ALL, SCENARIOS
+    from stacklab.tools.scenarios import ALL, SCENARIOS
 
     console = Console(highlight=False)
     out = Path(out_dir)

@@ -1,8 +1,8 @@
 """``stacklab probe``: throw numbered, reproducible malformed cases at a server.
 
-The work is in :mod:`stacklab.services.probe_cases` (what to send),
-:mod:`stacklab.services.probe_runner` (sending, liveness, classification) and
-:mod:`stacklab.services.probe_report` (JSON, JUnit, pcapng); this module only
+The work is in :mod:`stacklab.tools.probe_cases` (what to send),
+:mod:`stacklab.tools.probe_runner` (sending, liveness, classification) and
+:mod:`stacklab.tools.probe_report` (JSON, JUnit, pcapng); this module only
 parses options, shows progress and chooses the exit code: 0 without failure,
 1 with at least one, 2 on bad arguments or a target that does not answer a
 valid request before the first case (130 after Ctrl-C, once the partial
@@ -122,15 +122,15 @@ def probe(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from stacklab.services.probe_cases import ProbeContext, generate_case
-    from stacklab.services.probe_report import (
+    from stacklab.tools.probe_cases import ProbeContext, generate_case
+    from stacklab.tools.probe_report import (
         RunInfo,
         dumps,
         to_json,
         write_failure_pcaps,
         write_junit,
     )
-    from stacklab.services.probe_runner import (
+    from stacklab.tools.probe_runner import (
         CaseResult,
         ProbeRunner,
         ProbeTarget,

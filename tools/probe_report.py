@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from stacklab import wire
-from stacklab.services.probe_cases import Case, ProbeContext
-from stacklab.services.probe_runner import CLASSES, CaseResult, Exchange, ProbeSummary
+from stacklab.tools.probe_cases import Case, ProbeContext
+from stacklab.tools.probe_runner import CLASSES, CaseResult, Exchange, ProbeSummary
 
 TCP_SEGMENT = 32768
 """Payload per rebuilt TCP segment in the failure pcapng."""

@@ -193,7 +193,7 @@ def _client_task(
     if kind == "udp":
         return _receive_blast(addr, params["size"], params["chunk"])
     if kind == "aioquic":
-        from stacklab.services.bench_quic import fetch_quic
+        from stacklab.tools.bench_quic import fetch_quic
 
         return fetch_quic(addr, params["size"])
     raise ValueError(f"unknown task {kind}")
@@ -334,7 +334,7 @@ def _aioquic_status() -> str:
     except ImportError:
         return "aioquic not installed"
     try:
-        from stacklab.services import bench_quic  # noqa: F401
+        from stacklab.tools import bench_quic  # noqa: F401
     except ImportError as exc:
         return f"aioquic benchmark unavailable: {exc}"
     return ""
@@ -345,7 +345,7 @@ def _quic_server(series: Series | None, content: bytes) -> Iterator[tuple[str, i
     if series is None:
         yield None
         return
-    from stacklab.services.bench_quic import QuicBlobServer
+    from stacklab.tools.bench_quic import QuicBlobServer
 
     server = QuicBlobServer(content)
     try:

@@ -42,10 +42,10 @@ from typing import Any
 from stacklab import __version__, wire
 from stacklab.config import StackConfig, load_config
 from stacklab.services import client
-from stacklab.services.capture import DumpcapCapture, capture_filter, default_interface
 from stacklab.services.fetcher import FetchPolicy, fetch
-from stacklab.services.netns import NetnsError, private_netns, run_in_netns
 from stacklab.services.origin import sample_root
+from stacklab.tools.capture import DumpcapCapture, capture_filter, default_interface
+from stacklab.tools.netns import NetnsError, private_netns, run_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ def run_scenarios(
             run_scenario(s, path, interface=interface, running=running, url=url) for s, path in jobs
         ]
     level = logging.getLogger().getEffectiveLevel()
-    argv = [sys.executable, "-m", "stacklab.services.scenarios", "--log-level", str(level)]
+    argv = [sys.executable, "-m", "stacklab.tools.scenarios", "--log-level", str(level)]
     if url is not None:
         argv += ["--url", url]
     if interface is not None:
@@ -435,9 +435,9 @@ def run_scenarios(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The in-namespace helper: ``[options] NAME PATH [NAME PATH ...]``; a JSON report on stdout."""
-    from stacklab.services.capture import CaptureToolError
+    from stacklab.tools.capture import CaptureToolError
 
-    parser = argparse.ArgumentParser(prog="python -m stacklab.services.scenarios")
+    parser = argparse.ArgumentParser(prog="python -m stacklab.tools.scenarios")
     parser.add_argument("--log-level", type=int, default=logging.WARNING)
     parser.add_argument("--url")
     parser.add_argument("--interface")

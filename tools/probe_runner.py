@@ -31,7 +31,7 @@ from typing import Final
 
 from stacklab import wire
 from stacklab.framing import FrameDecoder, FramingError
-from stacklab.services.probe_cases import Case, ProbeContext
+from stacklab.tools.probe_cases import Case, ProbeContext
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ caller passes the time and a random number generator, so the same seed and the
 same sequence of offers always give the same decisions.
 
 This is the single source of truth for impairment in stacklab: the
-``stacklab chaos`` UDP relay (:mod:`stacklab.services.chaos`) and the
+``stacklab chaos`` UDP relay (:mod:`stacklab.tools.chaos`) and the
 deterministic simulator (:mod:`stacklab.transport.simnet`) both build on it,
 so a network setting means exactly the same thing in a simulation and on real
 sockets.
