@@ -96,7 +96,12 @@ def _native_extensions() -> list:
     # mypy finds the package (and names the modules) from the link tree.
     os.environ["MYPYPATH"] = str(tree)
     sources = [str(TREE / "stacklab" / path) for path in COMPILED]
-    return mypycify(sources, opt_level="3", group_name=GROUP)
+    try:
+        return mypycify(sources, opt_level="3", group_name=GROUP)
+    except (Exception, SystemExit) as exc:  # mypyc refused the code (a newer mypy, say)
+        _remove_inplace_builds()
+        _say(f"mypyc cannot compile the hot path ({exc}); installing it as pure Python")
+        return []
 
 
 setup(ext_modules=_native_extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -287,4 +287,16 @@ def rudp_trailer_ok(datagram: bytes | memoryview) -> bool:
         or _unpack_u16(datagram, 9)[0] != end + RUDP_CRC_TRAILER_LEN - RUDP_HEADER_LEN
     ):
         return False
+    return crc_trailer_ok(datagram)
+
+
+def crc_trailer_ok(datagram: bytes | memoryview) -> bool:
+    """True when the last four bytes are the CRC32C of the rest (and a header fits before them).
+
+    The receivers' check, for datagrams of a session known to carry trailers;
+    the length field is theirs to judge.
+    """
+    end = len(datagram) - RUDP_CRC_TRAILER_LEN
+    if end < RUDP_HEADER_LEN:
+        return False
     return crc32c(datagram[:end]) == _unpack_u32(datagram, end)[0]

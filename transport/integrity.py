@@ -15,20 +15,15 @@ import hashlib
 
 from crc32c import crc32c
 
-from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER_LEN
+from stacklab.wire import RUDP_CRC_TRAILER_LEN
+from stacklab.wire import crc_trailer_ok as check_trailer
+
+__all__ = ["add_trailer", "check_trailer", "content_digest"]
 
 
 def add_trailer(datagram: bytes) -> bytes:
     """``datagram`` followed by its CRC32C."""
     return datagram + crc32c(datagram).to_bytes(RUDP_CRC_TRAILER_LEN, "big")
-
-
-def check_trailer(datagram: bytes | memoryview) -> bool:
-    """True when the last four bytes are the CRC32C of the rest (and a header fits before them)."""
-    if len(datagram) < RUDP_HEADER_LEN + RUDP_CRC_TRAILER_LEN:
-        return False
-    body = datagram[:-RUDP_CRC_TRAILER_LEN]
-    return crc32c(body) == int.from_bytes(datagram[-RUDP_CRC_TRAILER_LEN:], "big")
 
 
 def content_digest(content: bytes | bytearray | memoryview) -> bytes:
