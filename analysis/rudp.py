@@ -256,6 +256,8 @@ class RudpSession:
         if "command" in f.frames:
             return  # a retransmitted command
         f.frames["command"] = number
+        if self.trailer:  # a negotiated session: the command ends with its CRC32C
+            payload = payload[: -self.trailer]
         f.command = payload.decode("utf-8", "replace")
         self.cmd_len = len(payload)
         if f.isn is None:

@@ -120,6 +120,7 @@ def test_stacklab_engine_captures_verify_clean(
     (s,) = analysis.rudp_sessions
     assert s.complete and s.sha256 == hashlib.sha256(content).hexdigest()
     assert s.bytes == len(content)
+    assert s.command == COMMAND  # without the CRC32C trailer of a negotiated session
     assert s.window_limit == (5 if options is None else options.max_window)
     if loss:
         assert s.retransmissions > 0
