@@ -24,7 +24,7 @@ from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
 from stacklab.analysis.verify import analyze_capture
 from stacklab.cli import cli
 from stacklab.tools.scenarios import SCENARIOS
-from stacklab.wire import APP_RUDP_PORT, unpack_rudp
+from stacklab.wire import APP_RUDP_PORT, STACKLAB_DEFAULT_CHUNK, unpack_rudp
 
 pytestmark = [
     pytest.mark.netns,
@@ -102,12 +102,23 @@ def check_advanced(a: CaptureAnalysis) -> None:
     assert 5 in flights[back:], flights  # up to the maximum, down after the loss, up again
 
 
+def check_negotiated(a: CaptureAnalysis) -> None:
+    (s,) = a.rudp_sessions
+    assert s.complete and s.bytes == 120_000
+    assert s.command == "FETCH http://127.0.0.1:8080/rudp-negotiated.txt"  # no CRC32C trailer
+    assert s.options["integrity"] is True and s.options["chunk"] == STACKLAB_DEFAULT_CHUNK
+    assert s.chunks == -(-120_000 // STACKLAB_DEFAULT_CHUNK)
+    assert s.max_window > 5  # past the original's limit: the negotiated window applies
+    assert s.sha256 is not None
+
+
 CHECKS: dict[str, Callable[[CaptureAnalysis], None]] = {
     "tcp-flow": check_tcp_flow,
     "rudp-handshake": check_handshake,
     "rudp-clean": check_clean,
     "rudp-loss": check_loss,
     "rudp-advanced": check_advanced,
+    "rudp-negotiated": check_negotiated,
 }
 
 

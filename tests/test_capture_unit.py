@@ -54,7 +54,14 @@ def test_resolve_names_all_in_order_without_duplicates() -> None:
 
 
 def test_scenarios_are_seeded_and_expect_what_they_show() -> None:
-    assert set(ALL) == {"tcp-flow", "rudp-handshake", "rudp-clean", "rudp-loss", "rudp-advanced"}
+    assert set(ALL) == {
+        "tcp-flow",
+        "rudp-handshake",
+        "rudp-clean",
+        "rudp-loss",
+        "rudp-advanced",
+        "rudp-negotiated",
+    }
     assert "app" in SCENARIOS["tcp-flow"].expect
     assert SCENARIOS["rudp-handshake"].handshake_only
     loss = SCENARIOS["rudp-loss"]

@@ -46,6 +46,7 @@ from stacklab.services.fetcher import FetchPolicy, fetch
 from stacklab.services.origin import sample_root
 from stacklab.tools.capture import DumpcapCapture, capture_filter, default_interface
 from stacklab.tools.netns import NetnsError, private_netns, run_in_netns
+from stacklab.transport.options import STACKLAB_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Scenario:
     delay: tuple[float, float] | None = None
     seed: int = 0
     server: dict[str, float] = field(default_factory=dict)  # [app_rudp] settings
+    legacy: bool = True  # RUDP: the original client's empty SYN; False: stacklab's options
 
     @property
     def file_name(self) -> str:
@@ -79,7 +81,14 @@ class Scenario:
     def client_settings(self) -> str:
         if self.transport == "tcp":
             return "framed TCP fetch"
-        parts = ["original RUDP (empty SYN, ISN 100)"]
+        if self.legacy:
+            parts = ["original RUDP (empty SYN, ISN 100)"]
+        else:
+            o = STACKLAB_DEFAULT
+            parts = [
+                f"stacklab RUDP (asks for {o.chunk_size}-byte chunks, a window of {o.max_window}, "
+                f"an ACK every {o.ack_every} chunks and integrity)"
+            ]
         if self.handshake_only:
             parts.append("stops after the command ACK")
         if self.drop:
@@ -137,6 +146,18 @@ SCENARIOS: dict[str, Scenario] = {
             delay=(0.005, 0.025),
             seed=19,
             server={"initial_rto": 0.3, "min_rto": 0.25},
+        ),
+        Scenario(
+            "rudp-negotiated",
+            "stacklab's own client: options in the SYN, bigger chunks and window, a CRC32C on "
+            "every datagram, the content's SHA-256 in the FIN; 2% loss (seeded)",
+            "rudp",
+            "dhcp,dns,rudp",
+            file_size=120_000,
+            drop=0.02,
+            seed=3,
+            server={"initial_rto": 0.3, "min_rto": 0.25},
+            legacy=False,
         ),
     )
 }
@@ -212,7 +233,9 @@ def _comment(scenario: Scenario, url: str, running: bool, bpf: str, config: Stac
         r = config.app_rudp
         server = (
             f"stacklab {__version__} on the default addresses; app-rudp chunk {r.chunk_size}, "
-            f"max window {r.max_window}, initial RTO {r.initial_rto:g} s, min RTO {r.min_rto:g} s"
+            f"max window {r.max_window} for original clients (negotiated: chunks up to "
+            f"{r.max_chunk}, window up to {r.negotiated_max_window}), "
+            f"initial RTO {r.initial_rto:g} s, min RTO {r.min_rto:g} s"
         )
     return "\n".join(
         (
@@ -320,7 +343,7 @@ def _run_client(scenario: Scenario, config: StackConfig, url: str) -> bytes:
     return fetch_rudp(
         server,
         url,
-        legacy=True,
+        legacy=scenario.legacy,
         drop=scenario.drop,
         delay=scenario.delay,
         seed=scenario.seed,

@@ -1,7 +1,8 @@
 """``stacklab capture SCENARIO``: record one of the original flows as a commented pcapng.
 
 The scenarios (:mod:`stacklab.tools.scenarios`) are ``tcp-flow``,
-``rudp-handshake``, ``rudp-clean``, ``rudp-loss`` and ``rudp-advanced``, or
+``rudp-handshake``, ``rudp-clean``, ``rudp-loss``, ``rudp-advanced`` (the
+original programs' flows) and ``rudp-negotiated`` (stacklab's own client), or
 ``all``.  Each starts a private stack on the default addresses, captures on
 the loopback interface with dumpcap, runs the client and stops the capture
 once every packet is on disk.  ``--netns`` does it all inside a private
@@ -34,6 +35,7 @@ SCENARIO_CHOICES = (
     "rudp-clean",
     "rudp-loss",
     "rudp-advanced",
+    "rudp-negotiated",
     "all",
 )
 
