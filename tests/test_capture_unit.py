@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from stacklab.cli import cli
-from stacklab.commands.capture import output_paths
+from stacklab.commands.capture import SCENARIO_CHOICES, output_paths
 from stacklab.errors import UserError
 from stacklab.tools import capture as cap
 from stacklab.tools.scenarios import (
@@ -54,14 +54,11 @@ def test_resolve_names_all_in_order_without_duplicates() -> None:
 
 
 def test_scenarios_are_seeded_and_expect_what_they_show() -> None:
-    assert set(ALL) == {
-        "tcp-flow",
-        "rudp-handshake",
-        "rudp-clean",
-        "rudp-loss",
-        "rudp-advanced",
-        "rudp-negotiated",
-    }
+    # The command lists the names itself (it imports no scenario code to parse
+    # its arguments): the two lists must stay the same.
+    assert (*ALL, "all") == SCENARIO_CHOICES
+    assert SCENARIOS["rudp-clean"].legacy and not SCENARIOS["rudp-negotiated"].legacy
+    assert "stacklab RUDP" in SCENARIOS["rudp-negotiated"].client_settings()
     assert "app" in SCENARIOS["tcp-flow"].expect
     assert SCENARIOS["rudp-handshake"].handshake_only
     loss = SCENARIOS["rudp-loss"]
