@@ -44,6 +44,11 @@ retransmissions) are dropped as the base advances, the content is hashed in
 chunk order (on a worker thread, :mod:`~stacklab.analysis.hashing`), and a
 finished session keeps only its summary.  Nothing here reads files or
 clocks: the caller feeds datagrams.
+
+Like the capture scan, this module is compiled with mypyc when stacklab is
+installed (``setup.py``): keep it fully typed, and after editing it run
+``make native`` (``tests/test_native_build.py`` checks that the compiled copy
+is current and gives the same results as this source).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ reads every field it needs (record header, link type, IPv4 and UDP fields,
 the 11-byte RUDP header) by indexing the read buffer: no tuple, no slice and
 no object per frame until a datagram of the hot port is handed over.  The
 module is written for mypyc, which compiles that indexing to plain C (see
-``setup.py``); run as Python it gives the same results, more slowly.  Frames
+``setup.py``; after editing, ``make native`` rebuilds it); run as Python it
+gives the same results, about five times more slowly.  Frames
 whose ports are not watched are skipped before any object is built.
 Everything unusual (VLAN tags, IPv6, IP options, fragments, other link
 types, TCP) goes through the general decoder
