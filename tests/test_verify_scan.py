@@ -20,6 +20,7 @@ from stacklab.analysis.synth import (
     Packet,
     TcpPacket,
     UdpPacket,
+    benchmark_stream,
     ipv4,
     udp_segment,
 )
@@ -189,3 +190,49 @@ def test_big_file_crosses_read_buffers(tmp_path: Path) -> None:
             writer.write(UdpPacket(float(i), "127.0.0.3", HOT, "127.0.0.1", 40000, payload))
     hot, _ = _scan(path)
     assert len(hot) == count and [h[0] for h in hot[-2:]] == [count - 1, count]
+
+
+def _big_endian_copy(source: Path, target: Path) -> None:
+    """The same capture as a big-endian host writes it (the writer's simple layout only)."""
+    data = source.read_bytes()
+    out = bytearray()
+    if data[:4] == b"\xd4\xc3\xb2\xa1":  # pcap
+        out += struct.pack(">IHHiIII", *struct.unpack_from("<IHHiIII", data, 0))
+        pos = 24
+        while pos < len(data):
+            sec, frac, incl, orig = struct.unpack_from("<IIII", data, pos)
+            out += struct.pack(">IIII", sec, frac, incl, orig) + data[pos + 16 : pos + 16 + incl]
+            pos += 16 + incl
+    else:  # pcapng: SHB, IDB and EPBs without options
+        pos = 0
+        while pos < len(data):
+            btype, blen = struct.unpack_from("<II", data, pos)
+            if btype == 0x0A0D0D0A:
+                body = struct.pack(">IHHq", *struct.unpack_from("<IHHq", data, pos + 8))
+            elif btype == 1:
+                body = struct.pack(">HHI", *struct.unpack_from("<HHI", data, pos + 8))
+            else:
+                assert btype == 6
+                fields = struct.unpack_from("<IIIII", data, pos + 8)
+                body = struct.pack(">IIIII", *fields) + data[pos + 28 : pos + blen - 4]
+            out += struct.pack(">II", btype, blen) + body + struct.pack(">I", blen)
+            pos += blen
+    assert len(out) == len(data)
+    target.write_bytes(bytes(out))
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+@pytest.mark.parametrize("link", [LINK_ETHERNET, LINK_NULL, LINK_RAW])
+def test_a_big_endian_capture_scans_like_its_little_endian_twin(
+    tmp_path: Path, fmt: str, link: int
+) -> None:
+    little = tmp_path / f"little.{fmt}"
+    with CaptureWriter(little, fmt=fmt, link=link) as writer:  # type: ignore[arg-type]
+        writer.write_all(benchmark_stream(3_000, seed=5, loss=0.1))
+    big = tmp_path / f"big.{fmt}"
+    _big_endian_copy(little, big)
+    assert big.read_bytes() != little.read_bytes()
+    hot, other = _scan(big)
+    assert len(hot) > 2_000 and other
+    assert (hot, other) == _scan(little)
+    assert (hot, other) == _reference(big)
