@@ -239,15 +239,27 @@ def window_figure(
         handles.append(
             Line2D([], [], color=SENDER_COLOUR, linewidth=1.4, label="sender's window (events log)")
         )
-    ax.axhline(max_window, color="black", linestyle="-.", linewidth=1.0)
-    handles.append(
-        Line2D([], [], color="black", linestyle="-.", label=f"maximum window ({max_window})")
+    # A negotiated window (256, say) far above what the session used would
+    # squash the curves to the bottom: then the ceiling is named, not drawn.
+    peak = max(
+        [1]
+        + [f for _t, f in series.flight]
+        + [w for _t, w in series.window]
+        + [w for _t, w in sender or []]
     )
+    if max_window > 2 * peak + 2:
+        top = peak * 1.25 + 1.5
+        label = f"maximum window ({max_window}, above the chart)"
+    else:
+        top = max_window + 1.5
+        ax.axhline(max_window, color="black", linestyle="-.", linewidth=1.0)
+        label = f"maximum window ({max_window})"
+    handles.append(Line2D([], [], color="black", linestyle="-.", label=label))
     handles += _gap_lines(ax, series)
     ax.set_title(title, fontsize=11, pad=12)
     ax.set_xlabel("time since the SYN (s)")
     ax.set_ylabel("chunks")
-    ax.set_ylim(0, max_window + 1.5)
+    ax.set_ylim(0, top)
     ax.set_xlim(left=0)
     ax.yaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]
     ax.grid(True, alpha=0.3)

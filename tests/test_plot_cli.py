@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from stacklab.analysis.plots import window_figure
+from stacklab.analysis.series import SessionSeries
 from stacklab.analysis.synth import simulate_transfer, write_capture
 from stacklab.cli import cli
 
@@ -105,3 +107,21 @@ def test_plot_bad_input_is_one_line(tmp_path: Path, args: list[str], message: st
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.output.startswith("stacklab: error: ") and result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize(("max_window", "drawn"), [(5, True), (256, False)])
+def test_a_far_ceiling_is_named_not_drawn(max_window: int, drawn: bool) -> None:
+    series = SessionSeries("c->s", 0.0, 1)
+    series.flight = [(0.1, 1), (0.2, 2), (0.3, 4)]
+    series.window = [(0.1, 2), (0.2, 3), (0.3, 5)]
+    fig = window_figure(series, "w", max_window)
+    (ax,) = fig.axes
+    ceilings = [line for line in ax.get_lines() if list(line.get_ydata()) == [max_window] * 2]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    if drawn:
+        assert ceilings and ax.get_ylim()[1] > max_window
+        assert f"maximum window ({max_window})" in labels
+    else:
+        # the curves keep the height of the chart: the ceiling is only named
+        assert not ceilings and ax.get_ylim()[1] < 10
+        assert f"maximum window ({max_window}, above the chart)" in labels
