@@ -173,10 +173,14 @@ class LadderBuilder:
         info = packet.info or {}
         if packet.proto == "rudp":
             flag = info.get("flag")
-            if flag == "S":
-                return f"SYN seq={info.get('seq')}", "rudp"
-            if flag == "A":
-                return f"A ack={info.get('ack')}", "rudp"
+            if flag == "S":  # a payload: a stacklab client's options
+                extra = " +options" if info.get("len") else ""
+                return f"SYN seq={info.get('seq')}{extra}", "rudp"
+            if flag == "A":  # a seq: a stacklab server's SYN cookie
+                seq = info.get("seq")
+                return (
+                    f"A seq={seq} ack={info.get('ack')}" if seq else f"A ack={info.get('ack')}"
+                ), "rudp"
             if flag == "F":
                 return f"FIN seq={info.get('seq')}", "rudp"
             if flag == "D":

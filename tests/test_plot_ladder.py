@@ -56,6 +56,19 @@ def test_part4_rows_read_like_the_flow() -> None:
     assert ladder.hosts == ["client", "DHCP server", "DNS server", "app server", "origin"]
 
 
+def test_a_negotiated_handshake_shows_its_options_and_cookie() -> None:
+    path = Path(__file__).resolve().parent.parent / "captures" / "rudp-negotiated.pcapng"
+    ladder = build_ladder(decode_capture(path))
+    rudp = [a.label for a in ladder.arrows if "app server" in (a.src, a.dst)]
+    assert rudp[0] == "SYN seq=100 +options"
+    cookie = rudp[1]
+    assert (
+        cookie.startswith("A seq=") and cookie.endswith(" ack=101") and cookie != "A seq=0 ack=101"
+    )
+    assert rudp[2] == "D seq=101 len=51"  # the command, its CRC32C counted in len
+    assert rudp[3] == "A ack=101"  # the command ACK carries no cookie
+
+
 def test_part1_app_frames_over_tcp() -> None:
     rows = _rows(seed_capture("part1_flow"))
     assert ("client", "app server", "len=41 FETCH http://127.0.0.1:8080/test_file.txt") in rows
