@@ -19,6 +19,7 @@ help:
 	@echo "make test      lint, type-check and run the whole test suite"
 	@echo "make captures  regenerate the reference captures in captures/"
 	@echo "make bench     run the benchmarks and print their tables"
+	@echo "make native    rebuild the compiled hot path (analysis/scan.py, analysis/rudp.py)"
 	@echo "make clean     remove the virtual environment and caches"
 
 $(STAMP): pyproject.toml setup.py
