@@ -14,7 +14,6 @@ import gc
 import logging
 import os
 from collections.abc import Iterator
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 from stacklab.analysis import checks as chk
@@ -74,8 +73,11 @@ def _jobs(path: str | os.PathLike[str], options: VerifyOptions) -> int:
         # Two processes pay off only with cores to spare: each streams the
         # whole file, so on a busy two-core machine they just compete.
         jobs = 2 if big and (os.cpu_count() or 1) >= 4 else 1
-    if jobs > 1 and "fork" not in _multiprocessing().get_all_start_methods():
-        return 1  # the workers inherit the trackers' code by forking
+    if jobs > 1:
+        import multiprocessing  # here: it costs 10 ms of start-up to every verify
+
+        if "fork" not in multiprocessing.get_all_start_methods():
+            return 1  # the workers inherit the trackers' code by forking
     return max(1, jobs)
 
 
@@ -157,13 +159,6 @@ def _analyze(path: str | os.PathLike[str], options: VerifyOptions) -> CaptureAna
     return finish_analysis(result, options, rudp, dhcp, dns, app)
 
 
-def _multiprocessing() -> ModuleType:
-    """The multiprocessing package, imported only for a shared analysis (it costs ~10 ms)."""
-    import multiprocessing
-
-    return multiprocessing
-
-
 def _worker(path: str, options: VerifyOptions, share: tuple[int, int], conn: Connection) -> None:
     """A forked helper: follow one share of the RUDP sessions, send their facts back."""
     try:
@@ -182,7 +177,9 @@ def _worker(path: str, options: VerifyOptions, share: tuple[int, int], conn: Con
 def _analyze_shared(
     path: str | os.PathLike[str], options: VerifyOptions, jobs: int
 ) -> CaptureAnalysis:
-    ctx = _multiprocessing().get_context("fork")
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
     helpers = []
     for part in range(1, jobs):
         receiver, sender = ctx.Pipe(duplex=False)
