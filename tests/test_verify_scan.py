@@ -236,3 +236,19 @@ def test_a_big_endian_capture_scans_like_its_little_endian_twin(
     assert len(hot) > 2_000 and other
     assert (hot, other) == _scan(little)
     assert (hot, other) == _reference(big)
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_a_record_bigger_than_a_read_block(tmp_path: Path, fmt: str) -> None:
+    rudp = b"\x00\x00\x00\x01\x00\x00\x00\x00A\x00\x00"
+    small = _eth(ipv4("127.0.0.1", "127.0.0.3", 17, udp_segment(50000, HOT, rudp)))
+    huge = _eth(b"\x00" * (9 << 20), ethertype=b"\x88\xb5")  # 9 MiB: two read blocks and more
+    path = tmp_path / f"huge.{fmt}"
+    with CaptureWriter(path, fmt=fmt) as writer:  # type: ignore[arg-type]
+        for i, frame in enumerate([small, huge, small]):
+            writer.frame(1.0 + i, frame)
+    scan = CaptureScan(path, WATCHED, TCP_WATCHED)
+    list(scan)
+    assert scan.frames == 3 and not scan.truncated
+    hot, _ = _scan(path)
+    assert [h[0] for h in hot] == [1, 3] and all(h[4] == rudp for h in hot)
