@@ -22,7 +22,8 @@ help:
 	@echo "make native    rebuild the compiled hot path (analysis/scan.py, analysis/rudp.py)"
 	@echo "make clean     remove the virtual environment and caches"
 
-$(STAMP): pyproject.toml setup.py
+# The system tools come first: the install compiles with them.
+$(STAMP): pyproject.toml setup.py | tshark
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,fuzz]'
@@ -37,7 +38,7 @@ native: $(NATIVE_STAMP)
 setup: $(STAMP) $(NATIVE_STAMP) tshark
 
 tshark:
-	@bash scripts/ensure-tools.sh
+	@PYTHON=$(PYTHON) bash scripts/ensure-tools.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the system tools stacklab relies on (tshark, dumpcap, dig, ip) when
-# they are missing. Installs with apt-get when running as root on Debian or
+# Install the system tools stacklab relies on (tshark, dumpcap, dig, ip, and a
+# C compiler with Python's headers for the compiled hot path) when they are
+# missing. Installs with apt-get when running as root on Debian or
 # Ubuntu; otherwise prints exactly what to install.
 set -euo pipefail
 
@@ -9,6 +10,13 @@ command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # headless check of the HTML report
+# mypyc compiles the verifier's hot path (setup.py); without these it stays pure Python.
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+python=${PYTHON:-python3}
+if command -v "$python" >/dev/null 2>&1 && ! "$python" -c \
+    'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    need+=(python3-dev)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
