@@ -1,6 +1,7 @@
 # stacklab: the two set-up commands are `make demo` and `make test`.
-# Each creates .venv, installs stacklab with its test extras and installs
-# tshark when it is missing (with apt-get when run as root).
+# Each installs the missing system tools (tshark, dig, a C compiler...; with
+# apt-get when run as root), creates .venv and installs stacklab with its test
+# extras, compiling the verifier's hot path with mypyc.
 
 PYTHON ?= python3
 VENV   := .venv
