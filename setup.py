@@ -19,15 +19,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 COMPILED = ["analysis/scan.py", "analysis/rudp.py"]
 SUBPACKAGES = ["layers", "services", "analysis", "transport", "tools"]
 TREE = Path("build") / "mypyc-src"
-
-
 GROUP = "stacklab.analysis._native"  # the shared library of the compiled modules
 
 
@@ -83,7 +81,7 @@ def _link_tree() -> Path:
     return tree
 
 
-def _native_extensions() -> list:
+def _native_extensions() -> list[Extension]:
     if os.environ.get("STACKLAB_PURE"):
         _remove_inplace_builds()
         return []
