@@ -12,6 +12,7 @@ import os
 import xml.etree.ElementTree as ET
 
 from stacklab.analysis.sessions import CaptureAnalysis
+from stacklab.files import write_atomically
 
 
 def junit_tree(analyses: list[CaptureAnalysis]) -> ET.ElementTree:
@@ -56,4 +57,7 @@ def junit_tree(analyses: list[CaptureAnalysis]) -> ET.ElementTree:
 
 def write_junit(analyses: list[CaptureAnalysis], path: str | os.PathLike[str]) -> None:
     """Write the JUnit XML file (raises OSError when it cannot be written)."""
-    junit_tree(analyses).write(path, encoding="utf-8", xml_declaration=True)
+    tree = junit_tree(analyses)
+    write_atomically(
+        path, lambda handle: tree.write(handle, encoding="utf-8", xml_declaration=True)
+    )

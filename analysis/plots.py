@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 from typing import TYPE_CHECKING, Any, Final
 
 import matplotlib
@@ -30,6 +29,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from stacklab.files import write_atomically
 
 if TYPE_CHECKING:
     from stacklab.analysis.series import SessionSeries
@@ -288,19 +289,10 @@ def _clip_note(ax: Axes, series: SessionSeries) -> None:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], fmt: str) -> None:
-    """Write ``fig`` to ``path`` atomically (a temporary file, then a rename)."""
-    target = os.fspath(path)
-    folder = os.path.dirname(target) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=f".{fmt}", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=fmt, dpi=110, metadata=_metadata(fmt))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``fig`` to ``path`` atomically (see :func:`stacklab.files.write_atomically`)."""
+    write_atomically(
+        path, lambda handle: fig.savefig(handle, format=fmt, dpi=110, metadata=_metadata(fmt))
+    )
 
 
 def _metadata(fmt: str) -> dict[str, str | None]:

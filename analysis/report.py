@@ -19,7 +19,6 @@ import html
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -39,6 +38,7 @@ from stacklab.analysis.series import (
 )
 from stacklab.analysis.sessions import CaptureAnalysis, Check, RudpSessionFacts, VerifyOptions
 from stacklab.analysis.verify import analyze_capture
+from stacklab.files import write_atomically
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
 
 log = logging.getLogger(__name__)
@@ -434,16 +434,5 @@ def write_report(
 ) -> Report:
     """Render the report of ``path`` and write it to ``out`` atomically."""
     report = build_report(path, options)
-    target = os.fspath(out)
-    folder = os.path.dirname(target) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(report.html.encode("utf-8"))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(out, report.html.encode("utf-8"))
     return report

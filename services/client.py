@@ -8,14 +8,10 @@ then the body into one preallocated buffer (the original client's
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import socket
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 from stacklab.wire import (
     DHCP_DISCOVER,
@@ -210,27 +206,3 @@ def fetch_tcp(
     if looks_like_server_error(body):
         raise ServerError(f"the app server answered: {body.decode('utf-8')}")
     return bytes(body)
-
-
-def save_atomically(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either complete or untouched.
-
-    The bytes go to a temporary file in the same directory, are flushed to
-    disk, and the file is renamed over ``path`` (atomic on POSIX).
-    """
-    target = Path(path)
-    directory = target.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=directory)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)  # mkstemp's 0600 would leak into the final file
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

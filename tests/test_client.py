@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from stacklab.cli import cli
 from stacklab.config import load_config
 from stacklab.services import client
-from stacklab.services.client import ClientError, ServerError, save_atomically
+from stacklab.services.client import ClientError, ServerError
 from stacklab.services.stack import Stack
 
 TEST_FILE = b"Hello! This is a test file for the Computer Networks FTP project."
@@ -140,27 +140,6 @@ def test_a_file_that_merely_starts_with_error_is_not_an_error() -> None:
     addr, thread = serve_once(str(len(body)).zfill(10).encode() + body)
     assert client.fetch_tcp(addr, "http://x/", timeout=5) == body
     thread.join(5)
-
-
-def test_save_atomically(tmp_path: Path) -> None:
-    target = tmp_path / "out.bin"
-    target.write_bytes(b"old")
-    save_atomically(target, b"new contents")
-    assert target.read_bytes() == b"new contents"
-    assert os.stat(target).st_mode & 0o777 != 0o600  # not mkstemp's private mode
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
-
-
-def test_save_atomically_leaves_nothing_on_failure(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def broken_replace(src: str, dst: str) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(client.os, "replace", broken_replace)
-    with pytest.raises(OSError):
-        save_atomically(tmp_path / "out.bin", b"data")
-    assert list(tmp_path.iterdir()) == []
 
 
 # --- the `stacklab fetch` command -------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stacklab import wire
+from stacklab.files import write_atomically
 from stacklab.tools.probe_cases import Case, ProbeContext
 from stacklab.tools.probe_runner import CLASSES, CaseResult, Exchange, ProbeSummary
 
@@ -187,9 +188,7 @@ def write_junit(path: Path, results: Sequence[CaseResult], info: RunInfo) -> Non
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomically(path, data)
 
 
 # ---------------------------------------------------------------------------

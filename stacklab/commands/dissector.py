@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import tempfile
 from typing import Final
 
 import click
 
 from stacklab.errors import UserError
+from stacklab.files import write_atomically
 from stacklab.wire import Ports
 
 _PORT = click.IntRange(0, 65535)
 DEFAULT_PORTS: Final = Ports()
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename.
-
-    Wireshark may be reading the plugin folder: it must never see half a script.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=".stacklab-", suffix=".lua.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @click.command("dissector")
@@ -69,7 +44,7 @@ def dissector(
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     try:
-        write_atomically(output, text)
+        write_atomically(output, text.encode("utf-8"))  # Wireshark may be reading the folder
     except OSError as exc:
         raise UserError(f"{output}: cannot write: {exc.strerror}") from None
     click.echo(f"wrote {output}", err=True)

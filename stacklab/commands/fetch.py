@@ -30,6 +30,7 @@ from rich.progress import (
 
 from stacklab import wire
 from stacklab.errors import UserError
+from stacklab.files import write_atomically
 
 PROGRESS_AFTER_S = 0.5
 """Show a progress bar only for transfers that last longer than this."""
@@ -274,7 +275,7 @@ def fetch(
         progress.close()
     with phase(timings, "save"):
         try:
-            client.save_atomically(out_path, data)
+            write_atomically(out_path, data)
         except OSError as exc:
             raise FetchFailed(f"cannot write {str(out_path)!r}: {exc.strerror or exc}") from None
     summary.update(
