@@ -339,15 +339,8 @@ class ChaosProxy(Service):
         # "received" is counted last so that whoever sees it also sees the rest.
         with self._stats_lock:
             stats = self.stats
-            if decision.dropped:
-                stats[f"{direction}.{decision.verdict}"] += 1
-            else:
-                if decision.corrupted:
-                    stats[f"{direction}.corrupt"] += 1
-                if decision.duplicated:
-                    stats[f"{direction}.duplicate"] += 1
-                if decision.reordered:
-                    stats[f"{direction}.reorder"] += 1
+            decision.count(stats, direction)
+            if not decision.dropped:
                 stats[f"{direction}.delivered"] += len(decision.deliveries)
             stats[f"{direction}.received"] += 1
         scheduler = self._scheduler

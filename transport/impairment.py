@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
@@ -224,6 +225,19 @@ class Decision:
             if self.reordered:
                 record["reorder"] = True
         return record
+
+    def count(self, stats: MutableMapping[str, int], direction: str) -> None:
+        """Add this decision to ``stats``: ``<direction>.<verdict>`` for a drop, else the
+        impairments that touched the datagram (``corrupt``, ``duplicate``, ``reorder``)."""
+        if self.dropped:
+            stats[f"{direction}.{self.verdict}"] += 1
+            return
+        if self.corrupted:
+            stats[f"{direction}.corrupt"] += 1
+        if self.duplicated:
+            stats[f"{direction}.duplicate"] += 1
+        if self.reordered:
+            stats[f"{direction}.reorder"] += 1
 
 
 @dataclass(slots=True)

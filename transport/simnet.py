@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
-from stacklab.transport.impairment import DELIVER, Impairment, Link, RandomSource
+from stacklab.transport.impairment import Impairment, Link, RandomSource
 
 C2S: Final = "c2s"
 """Client -> server (``up`` in ``stacklab chaos`` terms)."""
@@ -50,15 +50,9 @@ class SimNetwork:
         decision = self._links[direction].offer(data, now, self._rngs[direction])
         stats = self.stats
         stats[direction] += 1  # datagrams offered; the rest is counted only when it happens
-        if decision.verdict != DELIVER:
-            stats[f"{direction}.{decision.verdict}"] += 1
+        decision.count(stats, direction)
+        if decision.dropped:
             return
-        if decision.corrupted:
-            stats[f"{direction}.corrupt"] += 1
-        if decision.duplicated:
-            stats[f"{direction}.duplicate"] += 1
-        if decision.reordered:
-            stats[f"{direction}.reorder"] += 1
         queue = self._queue
         for at, payload in decision.deliveries:
             heapq.heappush(queue, (at, next(self._order), direction, payload))
