@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from typing import Final
 
 from stacklab.analysis.pcapio import CaptureError, CaptureReader, Packet
-from stacklab.analysis.rudp import RudpTracker
-from stacklab.analysis.services import AppTracker, JsonServiceTracker
 from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
 from stacklab.wire import Ports, pack_rudp
 
@@ -123,7 +121,7 @@ def analyze_capture(
     path: str | os.PathLike[str], options: VerifyOptions | None = None
 ) -> CaptureAnalysis:
     """The same analysis as :func:`stacklab.analysis.verify.analyze_capture`, read by tshark."""
-    from stacklab.analysis.verify import finish_analysis
+    from stacklab.analysis.verify import finish_analysis, new_trackers
 
     options = options or VerifyOptions()
     path = os.fspath(path)
@@ -134,15 +132,7 @@ def analyze_capture(
         truncated = reader.truncated
         link_type = reader.linktype_name
     ports = options.ports
-    rudp = RudpTracker(
-        ports.rudp,
-        max_window=options.max_window,
-        min_rto=options.min_rto,
-        keep_series=options.keep_series,
-    )
-    dhcp = JsonServiceTracker("dhcp", ports.dhcp)
-    dns = JsonServiceTracker("dns", ports.dns)
-    app = AppTracker(ports.app)
+    rudp, dhcp, dns, app = new_trackers(options)
     for row in _rows(path, options):
         if len(row) < len(FIELDS):
             continue

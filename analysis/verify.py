@@ -98,6 +98,22 @@ def _no_cycle_collector() -> Iterator[None]:
             gc.enable()
 
 
+def new_trackers(
+    options: VerifyOptions,
+) -> tuple[RudpTracker, JsonServiceTracker, JsonServiceTracker, AppTracker]:
+    """The RUDP, DHCP, DNS and app trackers one analysis feeds (both engines use them)."""
+    ports = options.ports
+    rudp = RudpTracker(
+        ports.rudp,
+        max_window=options.max_window,
+        min_rto=options.min_rto,
+        keep_series=options.keep_series,
+    )
+    dhcp = JsonServiceTracker("dhcp", ports.dhcp)
+    dns = JsonServiceTracker("dns", ports.dns)
+    return rudp, dhcp, dns, AppTracker(ports.app)
+
+
 def _scan(
     path: str | os.PathLike[str], options: VerifyOptions, share: tuple[int, int]
 ) -> tuple[CaptureAnalysis, RudpTracker, JsonServiceTracker, JsonServiceTracker, AppTracker]:
@@ -110,12 +126,7 @@ def _scan_inner(
     path: str | os.PathLike[str], options: VerifyOptions, share: tuple[int, int]
 ) -> tuple[CaptureAnalysis, RudpTracker, JsonServiceTracker, JsonServiceTracker, AppTracker]:
     ports = options.ports
-    rudp = RudpTracker(
-        ports.rudp,
-        max_window=options.max_window,
-        min_rto=options.min_rto,
-        keep_series=options.keep_series,
-    )
+    rudp, dhcp, dns, app = new_trackers(options)
     scan = CaptureScan(
         path,
         frozenset({ports.dns, ports.dhcp}),
@@ -124,9 +135,6 @@ def _scan_inner(
         hot_sink=rudp,
         hot_share=share,
     )
-    dhcp = JsonServiceTracker("dhcp", ports.dhcp)
-    dns = JsonServiceTracker("dns", ports.dns)
-    app = AppTracker(ports.app)
     dns_port = ports.dns
     others = share[1] == 0
     for item in scan:
