@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from stacklab.tools.netns import unavailable_reason
+
 from fragile_servers import FragileAppServer, FragileRudpServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +39,19 @@ def any_seed(request: pytest.FixtureRequest) -> Path:
 
 
 requires_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+
+
+def _netns_capture_problem() -> str | None:
+    """Why a capture in a private network namespace cannot run here, or None."""
+    problem = unavailable_reason()  # Linux, root, ip: what --netns itself needs
+    if problem is None and (shutil.which("dumpcap") is None or shutil.which("editcap") is None):
+        problem = "dumpcap and editcap are not installed"
+    return problem
+
+
+requires_netns_capture = pytest.mark.skipif(
+    _netns_capture_problem() is not None, reason=_netns_capture_problem() or ""
+)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

@@ -15,9 +15,7 @@ import argparse
 import contextlib
 import gc
 import json
-import os
 import random
-import shutil
 import socket
 import struct
 import subprocess
@@ -27,6 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from stacklab.tools.netns import unavailable_reason
 
 SERVER_IP = "10.99.0.1"
 CONTENT = random.Random(7).randbytes(100_000)
@@ -167,19 +167,9 @@ def flood_main(count: int, seed: int) -> dict[str, object]:
 # -- the test side -----------------------------------------------------------------------
 
 
-def _skip_reason() -> str | None:
-    if not sys.platform.startswith("linux"):
-        return "needs Linux"
-    if os.geteuid() != 0:
-        return "needs root for a network namespace and a raw socket"
-    if shutil.which("ip") is None:
-        return "needs the ip command"
-    return None
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+@pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 def test_a_spoofed_syn_flood_leaves_memory_flat_and_clients_served() -> None:
     from stacklab.tools.netns import private_netns, run_in_netns
 

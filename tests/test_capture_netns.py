@@ -9,9 +9,7 @@ check.  Each run uses a uniquely named namespace, so two copies of the suite
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,18 +24,13 @@ from stacklab.cli import cli
 from stacklab.tools.scenarios import SCENARIOS
 from stacklab.wire import APP_RUDP_PORT, STACKLAB_DEFAULT_CHUNK, unpack_rudp
 
+from conftest import requires_netns_capture
+
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(
-        not sys.platform.startswith("linux")
-        or os.geteuid() != 0
-        or shutil.which("ip") is None
-        or shutil.which("dumpcap") is None
-        or shutil.which("editcap") is None,
-        reason="needs Linux, root, ip, dumpcap and editcap",
-    ),
+    requires_netns_capture,
 ]
 
 

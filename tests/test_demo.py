@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,18 +14,9 @@ from stacklab.cli import cli
 from stacklab.commands import demo as demo_module
 from stacklab.tools.scenarios import ALL, SCENARIOS, ScenarioResult
 
-from conftest import REPO
+from conftest import REPO, requires_netns_capture
 
 CAPTURES = REPO / "captures"
-
-can_netns = pytest.mark.skipif(
-    not sys.platform.startswith("linux")
-    or os.geteuid() != 0
-    or shutil.which("ip") is None
-    or shutil.which("dumpcap") is None
-    or shutil.which("editcap") is None,
-    reason="needs Linux, root, ip, dumpcap and editcap",
-)
 
 
 def _committed(name: str, as_name: str | None = None) -> ScenarioResult:
@@ -111,7 +99,7 @@ def _verdict(report: Path) -> str:
 @pytest.mark.netns
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@can_netns
+@requires_netns_capture
 def test_demo_in_a_private_namespace(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path), "--netns", "--no-extras"])
     assert result.exit_code == 0, result.output
