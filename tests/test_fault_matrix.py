@@ -130,7 +130,9 @@ def intact_or_clean_error(proxy: ChaosProxy, url: str, expected: bytes, **option
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The complete lines of a live events log (the server may be writing the last one)."""
+    complete = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete if line.strip()]
 
 
 def both(imp: Impairment) -> tuple[Impairment, Impairment]:
