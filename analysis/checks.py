@@ -23,6 +23,7 @@ from stacklab.analysis.sessions import (
 EXPECT_ALIASES = {
     "handshake": "rudp.handshake",
     "delivery": "rudp.delivery",
+    "integrity": "rudp.integrity",
     "gbn": "rudp.gbn",
     "aimd": "rudp.aimd",
     "teardown": "rudp.teardown",
@@ -142,18 +143,52 @@ def rudp_checks(session: RudpSessionFacts, options: VerifyOptions) -> list[Check
             f"chunks 1..{session.chunks} acknowledged, {session.bytes} bytes, sha256 {session.sha256[:16]}...",
             [fr.get("last_ack", session.last_frame)],
         )
+    # rudp.integrity: only where CRC32C trailers were negotiated
+    detail, frames = _findings(session, "rudp.integrity")
+    if detail:
+        add("rudp.integrity", "fail", detail, frames)
+    elif not session.integrity:
+        out.append(
+            Check("rudp.integrity", key, "skip", "no CRC32C trailers negotiated in the SYN-ACK", [])
+        )
+    else:
+        add(
+            "rudp.integrity",
+            "pass",
+            f"CRC32C trailers negotiated; {session.bad_chunks} DATA with a bad trailer, "
+            "none acknowledged",
+            [fr["synack"]] if "synack" in fr else [],
+        )
     # rudp.gbn and rudp.aimd: judged on the DATA there is
-    for check_id, ok_text in (
+    kinds = session.go_back_kinds
+    go_back_frames = [frame for frame, _kind in session.go_back_frames[:20]]
+    flight_frames = [fr["max_flight"]] if "max_flight" in fr else []
+    for check_id, ok_text, ok_frames in (
         (
             "rudp.gbn",
-            f"{session.go_backs} go-back(s) ({session.go_back_kinds['timeout']} timeout, "
-            f"{session.go_back_kinds['dupack']} duplicate ACK), all from the lowest unacknowledged chunk; "
-            + (f"{session.probes} loss probe(s); " if session.probes else "")
+            f"{_count(session.go_backs, 'go-back')} ({kinds['timeout']} after a timeout, "
+            f"{kinds['dupack']} after 3 duplicate ACKs), each from the lowest unacknowledged "
+            "chunk and in order; "
+            + (
+                f"{_count(session.probes, 'loss probe')} (the base alone); "
+                if session.probes
+                else ""
+            )
             + f"max in flight {session.max_flight} <= {session.window_limit}",
+            go_back_frames or flight_frames,
         ),
         (
             "rudp.aimd",
-            f"window grew by at most 1 per advancing ACK up to {session.max_window}, halved after each loss",
+            f"up to {session.max_flight} chunks in flight (frame "
+            f"{fr.get('max_flight', '?')}), within the AIMD window (at most "
+            f"{session.max_window}, +1 per advancing ACK, halved after each loss); "
+            + (
+                f"filled the window it demonstrably had (at least {session.min_window}, "
+                f"from {_count(session.responses, 'ACK')} it acted on)"
+                if session.responses
+                else "no ACK it acted on, so no lower bound to judge"
+            ),
+            flight_frames,
         ),
     ):
         detail, frames = _findings(session, check_id)
@@ -162,7 +197,7 @@ def rudp_checks(session: RudpSessionFacts, options: VerifyOptions) -> list[Check
         elif session.data_packets == 0:
             out.append(Check(check_id, key, "skip", "no DATA from the server to judge", []))
         else:
-            add(check_id, "pass", ok_text)
+            add(check_id, "pass", ok_text, ok_frames)
     # rudp.teardown
     detail, frames = _findings(session, "rudp.teardown")
     if detail:
@@ -264,6 +299,10 @@ def presence_checks(
             )
         )
     return out
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _short(value: object, limit: int = 60) -> str:

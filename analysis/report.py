@@ -5,11 +5,12 @@ with no network: the charts are inline SVG, the CSS and the few lines of
 JavaScript (paging of the packet table) are inline, and there is no URL in
 it except inside decoded packet text, which is escaped like all text.
 
-It is put together from three streaming passes over the file, each of which
+It is put together from two streaming passes over the file, each of which
 keeps bounded memory: the verifier (:func:`~stacklab.analysis.verify.analyze_capture`)
-for the verdict and the checks, :func:`~stacklab.analysis.series.collect_series`
-for the chart points, and the decoder (:func:`~stacklab.analysis.decode.decode_capture`)
-for the ladder and the packet table.  What is drawn is capped (sessions,
+for the verdict, the checks and the chart points of the first sessions
+(:func:`~stacklab.analysis.series.capture_series`), and the decoder
+(:func:`~stacklab.analysis.decode.decode_capture`) for the ladder and the
+packet table.  What is drawn is capped (sessions,
 points, ladder rows, table rows) and the page states every cap it hits.
 """
 
@@ -33,7 +34,7 @@ from stacklab.analysis.series import (
     CaptureSeries,
     SessionSeries,
     align_sender_window,
-    collect_series,
+    capture_series,
     read_sender_window,
 )
 from stacklab.analysis.sessions import CaptureAnalysis, Check, RudpSessionFacts, VerifyOptions
@@ -390,15 +391,10 @@ def build_report(path: str | os.PathLike[str], options: ReportOptions | None = N
             min_rto=options.min_rto,
             events_path=options.events_path,
             expect=options.expect,
+            trace_sessions=options.max_sessions,
         ),
     )
-    series = collect_series(
-        source,
-        options.ports,
-        max_window=options.max_window,
-        min_rto=options.min_rto,
-        max_sessions=options.max_sessions,
-    )
+    series = capture_series(analysis, options.max_sessions)
     tap = _Tap(options.decode_limit, options.max_rows)
     ladder = build_ladder(tap(decode_capture(source, options.ports)), options.ports)
     figure = ladder_figure(ladder, f"{stem}: ladder diagram")

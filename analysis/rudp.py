@@ -1,11 +1,16 @@
 """Follow RUDP exchanges through a capture, one datagram at a time.
 
-The tracker infers what the sender (the server) must have been doing from
-what the wire shows: the base (lowest unacknowledged chunk) from the client's
-cumulative ACKs, go-backs from DATA that does not continue with the previous
-chunk + 1, and the AIMD window by replaying the rule on the observed ACKs and
-loss events: start at 1, +1 per ACK that advances the base (capped at the
-maximum window), halve (floor 1) on a timeout.
+This module routes datagrams to their session (:class:`RudpTracker`) and
+follows each session (:class:`RudpSession`): the handshake, the content, the
+teardown, and the sender's Go-Back-N and AIMD behaviour as the rulebook
+(``docs/rulebook.md``) defines them.  Two helpers hold the parts that need a
+model of what the capture cannot see:
+
+* :mod:`~stacklab.analysis.rudp_window`: the interval of windows a correct
+  sender may have had (``hi`` for the upper bound, ``lo`` for the lower);
+* :mod:`~stacklab.analysis.rudp_recovery`: round trips estimated from the
+  capture (RFC 6298, Karn's rule) and the duplicate ACKs, which tell a
+  timeout, a fast retransmit and a loss probe apart.
 
 It records facts (:class:`~stacklab.analysis.sessions.RudpSessionFacts`) and
 *findings*: observations that break a rule, tagged with the check they
@@ -13,31 +18,20 @@ belong to and the frame that shows them.  Which check owns which rule:
 
 * ``rudp.handshake``: SYN seq=x, ACK ack=x+1, command DATA seq=x+1, its ACK
   (ack = x+1, or x+1+length as in older captures), in this order;
-* ``rudp.gbn``: a go-back resends from the lowest unacknowledged chunk and
-  continues in order; it follows a timeout (the chunk went unacknowledged
-  for ``min_rto``) or duplicate ACKs; no chunk beyond base + max_window - 1;
-* ``rudp.aimd``: no DATA beyond base + (AIMD window) - 1, the window being
-  the replayed one above; what exceeds the maximum window itself is the
-  Go-Back-N bound's business, so one broken rule fails one check;
+* ``rudp.gbn``: a go-back resends from the base and continues in order; it
+  follows a timeout or the third duplicate ACK; a loss probe is the base
+  alone; no chunk beyond base + max window - 1; the receiver discards
+  out-of-order chunks (its ACK never jumps over chunks it could only have
+  kept out of order);
+* ``rudp.aimd``: no DATA beyond base + hi - 1, and no sender that keeps
+  stopping short of base + lo - 1 with data left;
 * ``rudp.delivery``: retransmissions carry the same bytes, ACKs only cover
-  chunks that were sent, the FIN's SHA-256 (stacklab extension) matches;
+  chunks that were sent, no malformed DATA acknowledged, the FIN's SHA-256
+  (stacklab extension) matches;
+* ``rudp.integrity``: with CRC32C trailers negotiated, no chunk whose every
+  copy had a wrong trailer is acknowledged;
 * ``rudp.teardown``: FIN seq = N+1 only after chunk N is acknowledged, no
   DATA after it.
-
-A capture is one vantage point, so the model is generous wherever the wire
-cannot tell what the sender knew, and strict where it can:
-
-* ACKs may still be on their way, or lost after the capture point: a go-back
-  below the captured base rewinds the model to the sender's base, and the
-  ACKs set aside count again as soon as the client repeats them;
-* a go-back triggered by duplicate ACKs does not halve the model's window
-  (whether the sender halved depends on ACKs reordering may hide);
-* recognised sender refinements that stay Go-Back-N on the wire: loss probes
-  (the base alone, resent sooner than any timeout, after which the sender
-  carries on) and the base sent twice at a go-back.  No chunk may go beyond
-  base + window - 1, not even on duplicate ACKs (RFC 3042's limited transmit
-  is not Go-Back-N as this stack defines it).  A lone resend *after a
-  timeout* is a selective repeat and fails.
 
 Memory per session is bounded: the payloads of recent chunks (to compare
 retransmissions) are dropped as the base advances, the content is hashed in
@@ -45,10 +39,11 @@ chunk order (on a worker thread, :mod:`~stacklab.analysis.hashing`), and a
 finished session keeps only its summary.  Nothing here reads files or
 clocks: the caller feeds datagrams.
 
-Like the capture scan, this module is compiled with mypyc when stacklab is
-installed (``setup.py``): keep it fully typed, and after editing it run
-``make native`` (``tests/test_native_build.py`` checks that the compiled copy
-is current and gives the same results as this source).
+Like the capture scan, this module and its two helpers are compiled with
+mypyc when stacklab is installed (``setup.py``): keep them fully typed, and
+after editing them run ``make native`` (``tests/test_native_build.py``
+checks that the compiled copy is current and gives the same results as the
+sources).
 """
 
 from __future__ import annotations
@@ -59,21 +54,34 @@ import logging
 from collections import deque
 from typing import Final
 
+from crc32c import crc32c
+
 from stacklab.analysis.hashing import BLOCK as HASH_BLOCK
 from stacklab.analysis.hashing import BackgroundHasher, StreamHash
+from stacklab.analysis.rudp_recovery import DupAcks, RttEstimate
+from stacklab.analysis.rudp_window import WindowBounds
 from stacklab.analysis.scan import FlowKey, HotSink, flow_endpoints
-from stacklab.analysis.sessions import Finding, RudpSessionFacts
+from stacklab.analysis.sessions import Finding, PacketNote, RudpSessionFacts
 from stacklab.wire import ORIGINAL_MAX_WINDOW, RUDP_CRC_TRAILER_LEN, RUDP_HEADER, RUDP_HEADER_LEN
 
 log = logging.getLogger(__name__)
 
 MAX_FINDINGS_PER_CHECK = 20
 """Findings kept per check and session (all of them are counted)."""
+MAX_TRACE = 20_000
+"""DATA and ACK points traced per session (for the charts)."""
+MAX_NOTES = 200_000
+"""Per-packet notes kept per session when notes are asked for."""
+MAX_PROBES_IN_A_ROW = 2
+"""Loss probes a sender may send without progress before its timeout takes over."""
+STRETCH = 8
+"""Advancing ACKs over which the lower-bound window must be filled at least once."""
 _MAX_PENDING = 4096
 """Unacknowledged chunks whose payload is kept for comparison."""
 _RECENT_CLOSED = 4096
-
 """Finished sessions remembered for late duplicates (FIN, its ACK)."""
+_TIMER_SLACK = 0.95
+"""Timestamps are taken at the capture, not at the sender's timer: 5 % of slack."""
 
 _TRAILER = RUDP_CRC_TRAILER_LEN
 _MASK = 0xFFFFFFFF  # sequence numbers are 32-bit and wrap
@@ -83,10 +91,18 @@ _SYN: Final = 0x53  # "S"
 _ACK: Final = 0x41  # "A"
 _DATA: Final = 0x44  # "D"
 _FIN: Final = 0x46  # "F"
+# What a copy of a chunk was like.
+_GOOD: Final = 0
+_MALFORMED: Final = 1
+_BAD_CRC: Final = 2
 
 
 def _r(t: float) -> float:
     return round(t, 6)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def record_finding(f: RudpSessionFacts, check: str, frame: int, detail: str) -> None:
@@ -115,65 +131,68 @@ def set_digest(pending: PendingDigest) -> None:
 
 
 class _Sent:
-    """A chunk recently sent: its payload (to compare resends) and last transmission time."""
+    """A chunk recently sent: its payload (to compare resends) and its copies."""
 
-    __slots__ = ("payload", "time")
+    __slots__ = ("copies", "first", "frame", "good", "kind", "payload", "time", "why")
 
-    def __init__(self, payload: bytes, time: float) -> None:
+    def __init__(self, payload: bytes, time: float, frame: int, kind: int, why: str) -> None:
         self.payload = payload
-        self.time = time
+        self.time = time  # of the latest copy
+        self.first = time
+        self.frame = frame  # of the latest copy
+        self.copies = 1
+        self.kind = kind  # of the latest copy
+        self.good = kind == _GOOD  # any copy sound
+        self.why = why  # what was wrong with a bad copy
 
 
-class RudpSession:
-    """The live state of one exchange; :meth:`finish` turns it into facts.
+class _Resend:
+    """A resend waiting for the next datagram to tell what it was.
 
-    Hot counters live in slots and are copied into the facts at the end.
+    The base resent and then base + 1 again is a go-back; the base alone
+    and then new data (or the FIN) is a loss probe, or a selective repeat
+    when a timeout had passed.
     """
 
     __slots__ = (
-        "_advanced",
-        "_advances",
-        "_burst_max",
-        "_burst_start",
-        "_credit",
-        "_credit_ack",
-        "_credit_grew",
-        "_hash",
-        "_hash_next",
-        "_held",
-        "_last_ack_frame",
-        "_last_advance",
-        "_last_dupack",
-        "_last_sent",
-        "_max_ack_delay",
-        "_pending",
-        "_pruned",
-        "_synack",
-        "acked_seen",
-        "bytes",
-        "cmd_len",
-        "data_packets",
-        "digest",
-        "dupacks",
-        "end",
-        "f",
-        "fin_digest",
-        "fin_seen",
-        "finished",
-        "highest_ack",
-        "highest_sent",
-        "keep_series",
-        "last_frame",
-        "max_flight",
-        "max_window",
-        "min_rto",
-        "model_max",
-        "packets",
-        "retransmissions",
-        "series",
-        "trailer",
-        "window",
+        "acked",
+        "chunk",
+        "copy_time",
+        "dups",
+        "frame",
+        "highest",
+        "last",
+        "silence",
+        "time",
+        "waited",
     )
+
+    def __init__(
+        self,
+        frame: int,
+        time: float,
+        chunk: int,
+        last: int,
+        highest: int,
+        acked: int,
+        waited: float,
+        silence: float,
+        dups: int,
+    ) -> None:
+        self.frame = frame
+        self.time = time
+        self.copy_time = time  # of the latest copy of this resend
+        self.chunk = chunk
+        self.last = last  # the chunk sent just before the resend
+        self.highest = highest
+        self.acked = acked  # highest ACK in the capture at the resend
+        self.waited = waited  # since the chunk's previous copy
+        self.silence = silence  # since the sender's previous DATA
+        self.dups = dups  # duplicate ACKs of chunk - 1 since its previous copy
+
+
+class RudpSession:
+    """The live state of one exchange; :meth:`finish` turns it into facts."""
 
     def __init__(
         self,
@@ -183,24 +202,32 @@ class RudpSession:
         max_window: int = ORIGINAL_MAX_WINDOW,
         min_rto: float = 0.2,
         keep_series: bool = True,
+        keep_notes: bool = False,
+        keep_trace: bool = False,
+        trace_limit: int = MAX_TRACE,
         hasher: BackgroundHasher | None = None,
     ) -> None:
         self.f = RudpSessionFacts(client, server)
+        self.keep_trace = keep_trace
+        self.trace_limit = trace_limit
         self.max_window = max_window
         self.min_rto = min_rto
         self.keep_series = keep_series
-        self.window = 1
-        self.model_max = 0
-        self.highest_ack = 0  # the sender's view: the base is highest_ack + 1
+        self.keep_notes = keep_notes
+        self.bounds = WindowBounds(max_window)
+        self.rtt = RttEstimate(min_rto)
+        self.dups = DupAcks()
         self.acked_seen = 0  # the highest cumulative ACK in the capture
         self.highest_sent = 0
-        self.dupacks = 0
+        self.last_sent = 0
+        self.last_data_time = -1.0
         self.cmd_len = 0
         self.packets = 0
         self.last_frame = 0
         self.end = 0.0
         self.data_packets = 0
         self.retransmissions = 0
+        self.network_duplicates = 0
         self.bytes = 0
         self.max_flight = 0
         self.finished = False
@@ -209,32 +236,45 @@ class RudpSession:
         self.digest: hashlib._Hash | None = None
         self.fin_digest: bytes | None = None
         self.series: list[tuple[float, int]] = []
-        self._last_sent = 0
-        self._last_advance = 0.0
+        self.notes: list[PacketNote] = []
+        self.trace: list[tuple[int, float, int, int, int, int]] = []
+        self.trace_points = 0
         self._last_ack_frame = 0  # frame of the ACK that covered everything sent
-        self._last_dupack = -1.0
         self._pruned = 0
-        self._advances: deque[tuple[int, int, bool]] = deque(
-            maxlen=256
-        )  # (ack before, after, grew)
-        self._credit: list[tuple[int, bool]] = []  # ACKs set aside at a go-back: (ack, window grew)
-        self._credit_ack = 0
-        self._credit_grew = 0
         self._pending: dict[int, _Sent] = {}  # chunks recently sent
         self._max_ack_delay = 0.0
         self._hash: StreamHash | None = (hasher or BackgroundHasher()).stream()
         self._hash_next = 1
-        self._held: tuple[int, float, int, int, float, bool, int, int, int] | None = None
-        self._advanced = 0  # ACKs that advanced the base, ever
+        self._held: _Resend | None = None
         self._burst_start = -1.0
         self._burst_max = 0
         self._synack: int | None = None
+        self._probes_in_row = 0
+        # The lower bound: the advancing ACK not acted on yet, the most chunks
+        # in flight since the last advancing ACK, the stretch of ACKs judged,
+        # and the stretches that fell short (confirmed at the end).
+        self._ack_wait = 0
+        self._peak = 0
+        self._stretch: list[tuple[int, int, int, int]] = []  # (peak, lo, ack, frame)
+        self._short: list[tuple[int, int, int, int, int]] = []
 
     # -- bookkeeping --------------------------------------------------------
 
     def find(self, check: str, frame: int, detail: str) -> None:
         """Record a rule break (the first few are kept with their frames)."""
         record_finding(self.f, check, frame, detail)
+        if self.keep_notes:
+            self.note(frame, "failed", f"{check}: {detail}")
+
+    def note(self, frame: int, kind: str, text: str) -> None:
+        """A per-packet observation (kept only when notes are asked for)."""
+        if self.keep_notes and len(self.notes) < MAX_NOTES:
+            self.notes.append(PacketNote(frame, kind, text))
+
+    def _trace(self, number: int, time: float, kind: int, value: int) -> None:
+        self.trace_points += 1
+        if len(self.trace) < self.trace_limit:
+            self.trace.append((number, time, kind, value, self.bounds.hi, self.bounds.lo))
 
     # -- client -> server ---------------------------------------------------
 
@@ -278,13 +318,9 @@ class RudpSession:
 
     def chunk_ack(self, number: int, time: float, ack: int) -> None:
         """A client ACK: cumulative for chunks, or the ACK of the FIN."""
-        if self._burst_start >= 0.0:
-            if self.keep_series:
-                self.series.append((self._burst_start, self._burst_max))
-            self._burst_start = -1.0
-        highest = self.highest_ack
-        if ack > highest:
-            f = self.f
+        acked = self.acked_seen
+        f = self.f
+        if ack > acked:
             if self.fin_seen and ack == f.fin_seq:
                 if not f.fin_acked:
                     f.fin_acked = True
@@ -297,49 +333,95 @@ class RudpSession:
                     f"ACK {ack} acknowledges a chunk never sent (highest {self.highest_sent})",
                 )
                 return
-            self.highest_ack = ack
-            if ack > self.acked_seen:  # noqa: PLR1730 - hot path, no call
-                self.acked_seen = ack
-            self._last_advance = time
-            self.dupacks = 0
-            self._advanced += 1
-            grew = self.window < self.max_window
-            if grew:
-                self.window += 1
-            self._advances.append((highest, ack, grew))
-            if self._credit:
-                self._credit = [c for c in self._credit if c[0] > ack]
-                self._recount_credit()
-            pending = self._pending
-            sent = pending.get(ack)
-            if sent is not None:
-                delay = time - sent.time
-                if delay > self._max_ack_delay:  # noqa: PLR1730 - hot path, no call
-                    self._max_ack_delay = delay
-            # Keep acknowledged chunks for a while: a go-back that raced an ACK
-            # on the wire resends them, and its timing is judged from them.
-            hi = ack - 2 * self.max_window
-            pruned = self._pruned
-            if hi > pruned:
-                if hi == pruned + 1:
-                    pending.pop(hi, None)
-                else:
-                    for chunk in range(pruned + 1, hi + 1):
-                        pending.pop(chunk, None)
-                self._pruned = hi
-            if ack == self.highest_sent:
-                self._last_ack_frame = number
-        elif ack == highest and self.highest_sent > highest:
-            self.dupacks += 1
-            self.f.duplicate_acks += 1
-            self._last_dupack = time
-        elif self.f.fin_seq is not None and ack == self.f.fin_seq and not self.f.fin_acked:
-            self.f.fin_acked = True
-            self.f.frames["fin_ack"] = number
+            self._advance(number, time, acked, ack)
+        elif ack == acked and self.highest_sent > acked:
+            self.dups.add(ack, time, number)
+            f.duplicate_acks += 1
+            if self.keep_notes:
+                self.note(number, "duplicate_ack", f"duplicate ACK {ack} (chunk {ack + 1} missing)")
+        elif f.fin_seq is not None and ack == f.fin_seq and not f.fin_acked:
+            f.fin_acked = True
+            f.frames["fin_ack"] = number
+        if self.keep_trace:
+            self._trace(number, time, 1, ack)
+
+    def _advance(self, number: int, time: float, acked: int, ack: int) -> None:
+        """An ACK that raises the highest acknowledged chunk from ``acked`` to ``ack``."""
+        pending = self._pending
+        sent = pending.get(ack)
+        if sent is not None:
+            delay = time - sent.time
+            if delay > self._max_ack_delay:  # noqa: PLR1730 - hot path, no call
+                self._max_ack_delay = delay
+            # Karn's rule: time only chunks sent once, and only an ACK that
+            # covers no resent chunk (one that waited for a resend is no round trip).
+            if sent.copies == 1 and all(
+                c not in pending or pending[c].copies == 1 for c in range(acked + 1, ack)
+            ):
+                self.rtt.sample(time - sent.first)
+        if ack > acked + 1:
+            self._receiver_jump(number, acked, ack)
+        for chunk in range(acked + 1, ack + 1) if ack - acked <= 64 else ():
+            copy = pending.get(chunk)
+            if copy is not None and not copy.good:
+                check = "rudp.integrity" if copy.kind == _BAD_CRC else "rudp.delivery"
+                self.find(check, number, f"{copy.why}, and the client acknowledged it (ACK {ack})")
+        self.acked_seen = ack
+        self.bounds.advanced(ack)
+        self._judge_lower_bound(number, acked)
+        self._ack_wait = ack
+        self._probes_in_row = 0
+        # Keep acknowledged chunks for a while: a go-back that raced an ACK
+        # on the wire resends them, and its timing is judged from them.
+        hi = ack - 2 * self.max_window
+        pruned = self._pruned
+        if hi > pruned:
+            if hi == pruned + 1:
+                pending.pop(hi, None)
+            else:
+                for chunk in range(pruned + 1, hi + 1):
+                    pending.pop(chunk, None)
+            self._pruned = hi
+        if ack == self.highest_sent:
+            self._last_ack_frame = number
+
+    def _receiver_jump(self, number: int, acked: int, ack: int) -> None:
+        """A Go-Back-N receiver keeps chunks only in order (rule R1).
+
+        The ACK moved from ``acked`` to ``ack``: the receiver had every chunk
+        in between, in order.  A duplicate ACK of ``acked`` says that when
+        the receiver sent it, chunk ``acked + 1`` was still missing, so every
+        later chunk that had reached it by then was thrown away.  A chunk
+        whose last copy went out more than a retransmission timeout's worth
+        of round trip (SRTT + 4 RTTVAR, from the capture) before such a
+        duplicate had surely arrived by then: acknowledging it now means the
+        receiver kept it out of order.  The margin covers copies delayed or
+        reordered by the network, so that none is ever taken for one kept.
+        """
+        dup_time, dup_frame = self.dups.last(acked)
+        rtt = self.rtt
+        if dup_frame == 0 or rtt.samples == 0:
+            return
+        margin = rtt.srtt + 4 * rtt.rttvar
+        pending = self._pending
+        for chunk in range(acked + 2, min(ack, acked + 64) + 1):
+            sent = pending.get(chunk)
+            if sent is not None and sent.time + margin < dup_time:
+                self.find(
+                    "rudp.gbn",
+                    number,
+                    f"selective repeat at the receiver: ACK {ack} covers chunk {chunk}, whose "
+                    f"last copy (frame {sent.frame}) had arrived before the receiver reported "
+                    f"chunk {acked + 1} missing (duplicate ACK, frame {dup_frame}); a Go-Back-N "
+                    "receiver discards out-of-order chunks",
+                )
+                return
 
     # -- server -> client ---------------------------------------------------
 
-    def server_other(self, number: int, seq: int, ack: int, flag: int, payload: bytes) -> None:
+    def server_other(
+        self, number: int, time: float, seq: int, ack: int, flag: int, payload: bytes
+    ) -> None:
         """A server datagram that is not DATA: a handshake ACK or the FIN."""
         if flag == _ACK:
             self._handshake_ack(number, ack)
@@ -347,6 +429,8 @@ class RudpSession:
                 self._options(payload)
         elif flag == _FIN:
             self._fin(number, seq)
+            if self.keep_trace:
+                self._trace(number, time, 2, seq)
             if payload and self.f.frames.get("fin") == number:
                 self.fin_digest = payload[:-_TRAILER] if self.trailer else payload
         else:
@@ -392,10 +476,10 @@ class RudpSession:
     def _options(self, payload: bytes) -> None:
         """The stacklab extension: options accepted by the server in the SYN-ACK payload.
 
-        A JSON object followed by a CRC32C trailer (WIRE.md, extensions).  The
-        negotiated window replaces the default bound; with integrity, DATA
-        payloads end with a 4-byte trailer that is not content, and the FIN
-        carries the content's SHA-256.
+        A JSON object followed by a CRC32C trailer (README, wire extensions).
+        The negotiated window replaces the default bound; with integrity,
+        DATA payloads end with a 4-byte trailer that is not content, and the
+        FIN carries the content's SHA-256.
         """
         for body in (payload[:-_TRAILER], payload):
             try:
@@ -410,137 +494,79 @@ class RudpSession:
         window = obj.get("window")
         if type(window) is int and window >= 1:
             self.max_window = window
+            self.bounds.set_limit(window)
         self.trailer = _TRAILER if obj.get("integrity") is True else 0
+        self.f.integrity = self.trailer > 0
 
-    def data(self, number: int, time: float, chunk: int, payload: bytes) -> None:
-        """A DATA chunk from the server: the heart of the Go-Back-N and AIMD checks."""
+    def data(
+        self,
+        number: int,
+        time: float,
+        chunk: int,
+        payload: bytes,
+        length: int = -1,
+        present: int = 0,
+        crc_ok: bool = True,
+    ) -> None:
+        """A DATA chunk from the server: the heart of the Go-Back-N and AIMD checks.
+
+        ``length`` is the header's length field when it differs from the
+        ``present`` bytes (a malformed datagram), ``crc_ok`` whether a
+        negotiated CRC32C trailer matched.
+        """
         self.data_packets += 1
-        window = self.window
-        if window > self.model_max:  # noqa: PLR1730 - hot path, no call
-            self.model_max = window
-        if self.data_packets == 1:
-            self._first_data(number)
-        last = self._last_sent
-        highest_sent = self.highest_sent
-        # The sender's base as the model sees it, raised by ACKs set aside at
-        # a go-back (they may have reached the sender since): generous.
-        acked = self.highest_ack
-        if self._credit_ack > acked:  # noqa: PLR1730 - hot path, no call
-            acked = self._credit_ack
-        held = self._held
-        probing = False
-        if held is not None:
-            sent = self._pending.get(chunk)
-            since_tx = time - sent.time if sent is not None else self.min_rto
-            if chunk == held[6] + 1 and held[1] - held[4] < self.min_rto * 0.95:
-                # Loss probes: the base alone, resent sooner than any timeout
-                # (maybe several times, maybe a new base after an ACK), and
-                # the sender carries on where it was.  Not a go-back.
-                self._held = None
-                self.f.probes += 1
-                last = held[6]
-            elif (
-                chunk <= held[6]
-                and held[2] <= chunk <= acked + 1
-                and since_tx < self.min_rto * 0.95
-            ):
-                probing = True  # another probe, or the base sent twice at a go-back
-            else:
-                self._settle()
-                window = self.window
-                acked = self.highest_ack
-                if self._credit_ack > acked:  # noqa: PLR1730
-                    acked = self._credit_ack
-        if chunk != last + 1 and not probing:
-            if chunk <= last:
-                sent = self._pending.get(chunk)
-                previous = sent.time if sent is not None else self._last_advance
-                # Judged at the next DATA: a lone resend of the base after
-                # which the sender carries on is a loss probe, not a go-back.
-                self._held = (
-                    number,
-                    time,
-                    chunk,
-                    acked + 1,
-                    previous,
-                    time - self._last_dupack < self.min_rto,
-                    last,
-                    self.window,
-                    self._advanced,
-                )
-                if self._burst_start >= 0.0:  # a resend starts a new burst
-                    if self.keep_series:
-                        self.series.append((self._burst_start, self._burst_max))
-                    self._burst_start = -1.0
-            elif chunk - 1 > acked:
-                if chunk - 1 <= highest_sent:
-                    self.find(
-                        "rudp.gbn",
-                        number,
-                        f"jumped from {last} to {chunk}: {last + 1}..{chunk - 1} neither "
-                        "acknowledged nor resent (not a go-back)",
-                    )
-                else:
-                    self.find(
-                        "rudp.gbn",
-                        number,
-                        f"chunk {chunk} skips {highest_sent + 1}..{chunk - 1}, never sent",
-                    )
-        # Window bounds: the Go-Back-N limit first, then the AIMD window.
-        model_flight = chunk - acked
-        if model_flight > window + self._credit_grew:
-            self._over_window(number, chunk, model_flight, acked)
-        flight = chunk - self.acked_seen  # the fact: against the highest ACK in the capture
-        if flight > self.max_flight:  # noqa: PLR1730 - hot path, no call
-            self.max_flight = flight
-        if self._burst_start < 0.0:
-            self._burst_start = time
-            self._burst_max = flight
-        elif flight > self._burst_max:
-            self._burst_max = flight
-        # Content: new chunks are hashed in order, retransmissions compared.
-        if self.trailer:
-            payload = payload[: -self.trailer]
-        pending = self._pending
-        if chunk <= highest_sent:
-            self.retransmissions += 1
-            sent = pending.get(chunk)
-            if sent is not None:
-                if sent.payload != payload:
-                    self.find("rudp.delivery", number, f"chunk {chunk} resent with different bytes")
-                sent.time = time
-        else:
-            self.highest_sent = chunk
-            size = len(payload)
-            self.bytes += size
-            sha = self._hash
-            if sha is not None:
-                if chunk == self._hash_next:
-                    sha.parts.append(payload)  # StreamHash.update, inlined: the hot path
-                    sha.size += size
-                    if sha.size >= HASH_BLOCK:
-                        sha.flush()
-                    self._hash_next = chunk + 1
-                else:
-                    self._hash = None
-            if len(pending) < _MAX_PENDING:
-                pending[chunk] = _Sent(payload, time)
-        self._last_sent = chunk
-        if self.fin_seen and chunk >= self.f.fin_seq:  # type: ignore[operator]
-            self.find(
-                "rudp.teardown", number, f"DATA {chunk} at or after the FIN ({self.f.fin_seq})"
-            )
-
-    def _recount_credit(self) -> None:
-        credit = self._credit
-        self._credit_ack = max((c[0] for c in credit), default=0)
-        self._credit_grew = sum(1 for c in credit if c[1])
-
-    def _first_data(self, number: int) -> None:
-        if "command_ack" not in self.f.frames:
+        if self.data_packets == 1 and "command_ack" not in self.f.frames:
             self.find("rudp.handshake", number, "DATA before the command was acknowledged")
-
-    def _over_window(self, number: int, chunk: int, flight: int, acked: int) -> None:
+        last = self.last_sent
+        held = self._held
+        pending = self._pending
+        sent = pending.get(chunk)
+        again = False
+        if held is not None:
+            if chunk == held.chunk and time - held.copy_time < self.min_rto * _TIMER_SLACK:
+                again = True  # the base sent twice, or probed again at once
+                held.copy_time = time
+            elif chunk == held.chunk + 1 and chunk <= held.highest:
+                if self._trigger(held) == "" and self.acked_seen >= held.chunk:
+                    # The resend alone was acknowledged, then the next chunk
+                    # went out again: a probe, then a probe of the new base.
+                    self._settle_lone(held, number)
+                    held.last = max(held.last, chunk)
+                else:
+                    self._settle_go_back(held)
+            elif chunk == held.last + 1:
+                self._settle_lone(held, number)
+            else:
+                self._settle_go_back(held)
+            if not again:
+                self._held = None
+                last = held.last if chunk == held.last + 1 else held.chunk
+        is_new = chunk > self.highest_sent
+        if not again:
+            if chunk <= last and not is_new:
+                if (
+                    chunk == last
+                    and chunk > self.acked_seen + 1
+                    and sent is not None
+                    and sent.payload == self._content(payload)
+                    and time - sent.time < self.min_rto * 0.5
+                ):
+                    # The same mid-window chunk twice in a row at once: the
+                    # network duplicated it (a sender resends from its base).
+                    self.network_duplicates += 1
+                    self.note(number, "duplicate", f"chunk {chunk} again: a network duplicate")
+                    return
+                self._start_resend(number, time, chunk, last, sent)
+            elif chunk != last + 1:
+                self._jump(number, chunk, last)
+        # The lower bound: new data right after an advancing ACK shows the
+        # sender had that ACK; the response it starts is judged at its end.
+        if self._ack_wait and self._held is None and not again:
+            self.bounds.acted(self._ack_wait)
+        self._ack_wait = 0
+        # The upper bounds: the Go-Back-N limit, then the AIMD window.
+        acked = self.acked_seen
+        flight = chunk - acked
         if flight > self.max_window:
             self.find(
                 "rudp.gbn",
@@ -548,84 +574,331 @@ class RudpSession:
                 f"chunk {chunk} beyond base + window - 1 = {acked + self.max_window} "
                 f"(max window {self.max_window})",
             )
-        else:
+        elif flight > self.bounds.hi:
+            hi = self.bounds.hi
             self.find(
                 "rudp.aimd",
                 number,
-                f"chunk {chunk} with {flight} in flight, but the AIMD window is {self.window}",
+                f"chunk {chunk} sent with {flight} chunks in flight (base {acked + 1}), "
+                f"but the AIMD window was at most {hi}: 1 at the start or half the window "
+                "after a loss, plus 1 per advancing ACK",
+            )
+            if self.keep_notes:
+                self.note(number, "window_exceeded", f"{flight} in flight, window at most {hi}")
+        if flight > self.max_flight:
+            self.max_flight = flight
+            self.f.frames["max_flight"] = number
+        if flight > self._peak:  # noqa: PLR1730 - hot path, no call
+            self._peak = flight
+        if self._burst_start < 0.0:
+            self._burst_start = time
+            self._burst_max = flight
+        elif flight > self._burst_max:
+            self._burst_max = flight
+        # Content: new chunks are hashed in order, retransmissions compared.
+        kind = _GOOD
+        why = ""
+        if length >= 0:
+            kind = _MALFORMED
+            why = (
+                f"malformed DATA: chunk {chunk} (frame {number}) has length field {length}, "
+                f"{present} bytes present"
+            )
+        elif not crc_ok:
+            kind = _BAD_CRC
+            why = f"chunk {chunk} (frame {number}) has a wrong CRC32C trailer"
+        if kind != _GOOD:
+            self.f.bad_chunks += 1
+            self.note(number, "malformed" if kind == _MALFORMED else "bad_crc32c", why)
+        content = self._content(payload)
+        if not is_new:
+            self.retransmissions += 1
+            if self.keep_notes:
+                self.note(number, "retransmission", f"chunk {chunk} resent")
+            if sent is not None:
+                if sent.payload != content and kind == _GOOD and sent.good:
+                    self.find("rudp.delivery", number, f"chunk {chunk} resent with different bytes")
+                sent.time = time
+                sent.frame = number
+                sent.copies += 1
+                sent.kind = kind
+                if kind == _GOOD:
+                    if not sent.good:
+                        sent.payload = content
+                    sent.good = True
+                else:
+                    sent.why = why
+        else:
+            self.highest_sent = chunk
+            size = len(content)
+            self.bytes += size
+            sha = self._hash
+            if sha is not None:
+                if chunk == self._hash_next:
+                    sha.parts.append(content)  # StreamHash.update, inlined: the hot path
+                    sha.size += size
+                    if sha.size >= HASH_BLOCK:
+                        sha.flush()
+                    self._hash_next = chunk + 1
+                else:
+                    self._hash = None
+            if len(pending) < _MAX_PENDING:
+                pending[chunk] = _Sent(content, time, number, kind, why)
+        self.last_sent = chunk
+        self.last_data_time = time
+        if self.keep_trace:
+            self._trace(number, time, 0, chunk)
+        if self.fin_seen and chunk >= self.f.fin_seq:  # type: ignore[operator]
+            self.find(
+                "rudp.teardown", number, f"DATA {chunk} at or after the FIN ({self.f.fin_seq})"
             )
 
-    def _settle(self) -> None:
-        """The held resend was a go-back after all: judge it now."""
-        held = self._held
-        self._held = None
-        if held is not None:
-            number, time, chunk, base, previous, dup_recent, _last, window, advanced = held
-            # The loss happened at the resend: halve the window it had then,
-            # and add one for each ACK that advanced the base since.
-            self.window = window
-            self._go_back(number, time, chunk, base, previous, dup_recent)
-            grown = self._advanced - advanced
-            if grown > 0:
-                self.window = min(self.window + grown, self.max_window)
+    def _content(self, payload: bytes) -> bytes:
+        return payload[: -self.trailer] if self.trailer else payload
 
-    def _go_back(
-        self,
-        number: int,
-        time: float,
-        chunk: int,
-        base: int,
-        previous: float,
-        dup_recent: bool,
-    ) -> None:
-        f = self.f
-        f.go_backs += 1
-        if chunk > base:
+    def _jump(self, number: int, chunk: int, last: int) -> None:
+        """DATA that neither continues with ``last + 1`` nor goes back."""
+        acked = self.acked_seen
+        if chunk - 1 <= acked:
+            return  # the chunks skipped were acknowledged meanwhile
+        if chunk - 1 <= self.highest_sent:
             self.find(
                 "rudp.gbn",
                 number,
-                f"resent chunk {chunk}, but the lowest unacknowledged chunk is {base} (selective resend)",
+                f"jumped from {last} to {chunk}: {last + 1}..{chunk - 1} neither "
+                "acknowledged nor resent: not a go-back (a selective repeat resends only "
+                "the chunks it takes for lost)",
             )
-        # A go-back below the base is not a fault: the ACKs above it had not
-        # reached the sender (still on their way, or lost after the capture
-        # point).  The model forgets them, as the sender did, and keeps them
-        # as credit until the client's next ACKs count them again.
-        if chunk < base:
-            advances = self._advances
-            credit = self._credit
-            while advances and advances[-1][0] >= chunk - 1:
-                before, after, grew = advances.pop()
-                credit.append((after, grew))
-                if grew:
-                    self.window -= 1
-                self.highest_ack = before
-            self._recount_credit()
-        f.timeouts.append(_r(time - previous))
-        if dup_recent:
-            # Duplicate ACKs just before (an ACK that advanced the base since
-            # may not have reached the sender yet when it went back).
-            f.go_back_kinds["dupack"] += 1
-            # Whether this fast retransmit halved the sender's window depends
-            # on ACKs it had seen since its last loss, which reordering hides
-            # from the capture: the model does not halve (stays generous).
-        elif time - previous >= self.min_rto * 0.95:
-            # A timeout: the chunk went unacknowledged for at least the
-            # shortest RTO.  (The last captured ACK is no evidence against it:
-            # it may have been lost after the capture point.)
-            f.go_back_kinds["timeout"] += 1
-            self.window = max(self.window // 2, 1)
         else:
             self.find(
                 "rudp.gbn",
                 number,
-                f"go-back to {chunk} only {time - previous:.3f} s after sending it, with no duplicate ACK",
+                f"chunk {chunk} skips {self.highest_sent + 1}..{chunk - 1}, never sent",
             )
-            self.window = max(self.window // 2, 1)
-        self.dupacks = 0
+
+    # -- resends: go-back, loss probe or selective repeat ---------------------------------
+
+    def _start_resend(
+        self, number: int, time: float, chunk: int, last: int, sent: _Sent | None
+    ) -> None:
+        """A chunk sent again: judged once the next datagram shows what followed."""
+        self._ack_wait = 0
+        self._stretch.clear()  # a loss: the window starts again
+        if self._burst_start >= 0.0:  # a resend starts a new burst
+            if self.keep_series:
+                self.series.append((self._burst_start, self._burst_max))
+            self._burst_start = -1.0
+        previous = sent.time if sent is not None else self.last_data_time
+        silence = time - self.last_data_time if self.last_data_time >= 0.0 else 0.0
+        dups = self.dups.since(chunk - 1, previous)
+        self._held = _Resend(
+            number,
+            time,
+            chunk,
+            last,
+            self.highest_sent,
+            self.acked_seen,
+            time - previous,
+            silence,
+            dups,
+        )
+
+    def _trigger(self, held: _Resend) -> str:
+        """Why the sender went back: "timeout", "dupack", or "" when nothing explains it."""
+        if held.dups >= 3:
+            return "dupack"
+        if held.waited >= self.min_rto * _TIMER_SLACK:
+            return "timeout"
+        return ""
+
+    def _settle_go_back(self, held: _Resend) -> None:
+        """The resend continued in order: a go-back (rules S5, S6)."""
+        f = self.f
+        f.go_backs += 1
+        chunk = held.chunk
+        frame = held.frame
+        if chunk > held.acked + 1:
+            self.find(
+                "rudp.gbn",
+                frame,
+                f"went back to chunk {chunk}, but the lowest unacknowledged chunk was "
+                f"{held.acked + 1}: a go-back starts at the base (selective resend)",
+            )
+        trigger = self._trigger(held)
+        bounds = self.bounds
+        episode = bounds.in_episode and chunk <= bounds.recover
+        if trigger == "dupack" and episode and held.waited < self.min_rto * _TIMER_SLACK:
+            self.find(
+                "rudp.gbn",
+                frame,
+                f"a second fast retransmit (to chunk {chunk}) in one recovery episode: "
+                "duplicate ACKs after a go-back echo the old flight; only a timeout may "
+                "go back again before chunk "
+                f"{bounds.recover} is acknowledged",
+            )
+        if trigger == "":
+            if held.dups:
+                self.find(
+                    "rudp.gbn",
+                    frame,
+                    f"fast retransmit after {_plural(held.dups, 'duplicate ACK')}: Go-Back-N "
+                    f"goes back on the 3rd duplicate ACK, or after a timeout (at least "
+                    f"{self.min_rto:g} s; chunk {chunk} had been sent {held.waited:.3f} s before)",
+                )
+            else:
+                self.find(
+                    "rudp.gbn",
+                    frame,
+                    f"went back to chunk {chunk} {held.waited:.3f} s after sending it, with no "
+                    f"duplicate ACK: sooner than any timeout (at least {self.min_rto:g} s)",
+                )
+            f.go_back_kinds["unexplained"] = f.go_back_kinds.get("unexplained", 0) + 1
+        else:
+            f.go_back_kinds[trigger] += 1
+        f.timeouts.append(_r(held.waited))
+        self._probes_in_row = 0
+        bounds.go_back(chunk, held.highest)
+        if self.keep_notes:
+            what = {"dupack": "fast retransmit", "timeout": "timeout", "": "unexplained"}[trigger]
+            self.note(
+                frame, f"go_back.{trigger or 'unexplained'}", f"go-back to chunk {chunk} ({what})"
+            )
+        if self.keep_trace or len(f.go_back_frames) < MAX_FINDINGS_PER_CHECK:
+            f.go_back_frames.append((frame, trigger or "unexplained"))
+
+    def _settle_lone(self, held: _Resend, frame: int) -> None:
+        """The resent chunk alone, then the sender carried on (rule S7).
+
+        A loss probe when it came sooner than a timeout; after a timeout,
+        carrying on while later chunks are unacknowledged is a selective
+        repeat.  Where the resent chunk was the last one sent, or every later
+        chunk is acknowledged by now, there is nothing else to resend: a
+        go-back of one chunk, or a probe.
+        """
+        f = self.f
+        chunk = held.chunk
+        if chunk > held.acked + 1:
+            self.find(
+                "rudp.gbn",
+                held.frame,
+                f"resent chunk {chunk} alone, but the lowest unacknowledged chunk was "
+                f"{held.acked + 1} (selective repeat)",
+            )
+            return
+        nothing_else = chunk >= held.highest or self.acked_seen >= held.last
+        timeout = self.rtt.rto() * _TIMER_SLACK
+        if not nothing_else and held.silence >= timeout and held.dups < 3:
+            f.go_backs += 1
+            self.find(
+                "rudp.gbn",
+                held.frame,
+                f"selective repeat: chunk {chunk} resent alone after {held.silence:.3f} s of "
+                f"silence (a timeout: the capture's RTO is {self.rtt.rto():.3f} s), then new "
+                f"chunk {held.last + 1} (frame {frame}) while chunks {chunk + 1}..{held.last} "
+                "were unacknowledged; Go-Back-N resends them all",
+            )
+            self.bounds.go_back(chunk, held.highest)
+            return
+        bounds = self.bounds
+        in_episode = bounds.in_episode and chunk <= bounds.recover
+        if not nothing_else and held.dups >= 3 and not in_episode:
+            f.go_backs += 1
+            self.find(
+                "rudp.gbn",
+                held.frame,
+                f"selective repeat: chunk {chunk} resent alone after {held.dups} duplicate "
+                f"ACKs, then new chunk {held.last + 1} (frame {frame}) while chunks "
+                f"{chunk + 1}..{held.last} were unacknowledged; Go-Back-N resends them all",
+            )
+            self.bounds.go_back(chunk, held.highest)
+            return
+        if nothing_else and held.waited >= self.min_rto * _TIMER_SLACK:
+            # A timeout with nothing after the base to resend: a go-back of one.
+            f.go_backs += 1
+            f.go_back_kinds["timeout"] += 1
+            f.timeouts.append(_r(held.waited))
+            self.bounds.lone_resend(chunk)
+            self._probes_in_row = 0
+            if self.keep_notes:
+                self.note(held.frame, "go_back.timeout", f"go-back to chunk {chunk} (timeout)")
+            if self.keep_trace or len(f.go_back_frames) < MAX_FINDINGS_PER_CHECK:
+                f.go_back_frames.append((held.frame, "timeout"))
+            return
+        f.probes += 1
+        self._probes_in_row += 1
+        self.bounds.lone_resend(chunk)
+        if self.keep_notes:
+            self.note(held.frame, "loss_probe", f"loss probe: chunk {chunk} alone")
+        if self._probes_in_row > MAX_PROBES_IN_A_ROW:
+            self.find(
+                "rudp.gbn",
+                held.frame,
+                f"{self._probes_in_row} loss probes in a row without progress: after "
+                f"{MAX_PROBES_IN_A_ROW} the timeout must take over and go back",
+            )
+
+    # -- the lower bound ----------------------------------------------------------------
+
+    def _judge_lower_bound(self, number: int, acked: int) -> None:
+        """Rule S4: with data left, the sender fills the window it demonstrably has.
+
+        Judged over stretches of :data:`STRETCH` advancing ACKs with no
+        go-back: the most chunks in flight during the stretch must come
+        within one of the smallest lower-bound window ``lo`` of the stretch
+        (one: an ACK counted by mistake makes ``lo`` one too high).  Over a
+        whole stretch, a sender whose responses merely lag behind a burst of
+        ACKs still shows its window at some point; one that never fills it
+        does not.  Whether data was left is settled at the end, when the last
+        chunk is known.
+        """
+        hist = self._stretch
+        hist.append((self._peak, self.bounds.lo, acked, number))
+        self._peak = 0
+        if len(hist) > STRETCH:
+            del hist[0]
+        if len(hist) < STRETCH or len(self._short) >= 4:
+            return
+        lo = min(h[1] for h in hist)
+        peak = max(h[0] for h in hist)
+        if lo >= 3 and peak < lo - 1:
+            first = hist[0]
+            self._short.append((first[3], number, lo, peak, first[2]))
+            hist.clear()
+
+    def _confirm_lower_bound(self, last_chunk: int) -> None:
+        """Report the first stretch that fell short while data was left."""
+        for first_frame, frame, lo, peak, acked in self._short:
+            if acked + lo - 1 > last_chunk:
+                continue  # the data ran out: nothing more to send
+            if self.max_flight <= 1:
+                head = (
+                    "stop-and-wait: never more than 1 chunk in flight, although the window "
+                    f"was at least {lo}"
+                )
+            else:
+                head = (
+                    f"sends less than its window allows: at most {peak} chunks in flight "
+                    f"while the window was at least {lo}"
+                )
+            self.find(
+                "rudp.aimd",
+                frame,
+                f"{head}, over {STRETCH} advancing ACKs in a row with data left (frames "
+                f"{first_frame}..{frame}); AIMD fills the window: +1 per advancing ACK",
+            )
+            return
+
+    # -- teardown -----------------------------------------------------------------------
 
     def _fin(self, number: int, seq: int) -> None:
-        if self._held is not None:
-            self._settle()
+        held = self._held
+        if held is not None:
+            self._held = None
+            if seq == held.last + 1:
+                self._settle_lone(held, number)
+            else:
+                self._settle_go_back(held)
+        self._ack_wait = 0
         f = self.f
         if f.fin_seq is not None:
             if seq != f.fin_seq:
@@ -656,8 +929,12 @@ class RudpSession:
         f = self.f
         if self.finished:
             return f
-        if self._held is not None:
-            self._settle()
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._settle_lone(held, held.frame)
+        last_chunk = f.fin_seq - 1 if f.fin_seq is not None else self.highest_sent
+        self._confirm_lower_bound(last_chunk)
         self.finished = True
         if self._burst_start >= 0.0 and self.keep_series:
             self.series.append((self._burst_start, self._burst_max))
@@ -669,15 +946,23 @@ class RudpSession:
         f.end = _r(self.end)
         f.data_packets = self.data_packets
         f.retransmissions = self.retransmissions
+        f.network_duplicates = self.network_duplicates
         f.bytes = self.bytes
         f.chunks = self.highest_sent
         f.max_flight = self.max_flight
-        f.max_window = self.model_max
+        f.max_window = self.bounds.max_hi
+        f.min_window = self.bounds.max_lo
         f.window_limit = self.max_window
+        f.responses = self.bounds.acted_count
+        f.rto_estimate = _r(self.rtt.rto()) if self.rtt.samples else None
         f.max_ack_delay = _r(max(f.max_ack_delay, self._max_ack_delay))
+        f.notes = self.notes
+        f.trace = self.trace
+        f.trace_points = self.trace_points
+        self.notes = []
+        self.trace = []
         if self._last_ack_frame:
             f.frames["last_ack"] = self._last_ack_frame
-        last_chunk = f.fin_seq - 1 if f.fin_seq is not None else self.highest_sent
         f.all_acked = (
             f.fin_seq is not None
             and last_chunk >= 1
@@ -690,8 +975,6 @@ class RudpSession:
         f.complete = f.all_acked and f.fin_acked
         self._pending = {}
         self._hash = None
-        self._advances = deque()
-        self._credit = []
         return f
 
     def pending_digest(self) -> PendingDigest | None:
@@ -734,11 +1017,18 @@ class RudpTracker(HotSink):
         max_window: int = ORIGINAL_MAX_WINDOW,
         min_rto: float = 0.2,
         keep_series: bool = True,
+        keep_notes: bool = False,
+        trace_sessions: int = 0,
+        trace_limit: int = MAX_TRACE,
     ) -> None:
         self.port = port
+        self.trace_sessions = trace_sessions
+        self.trace_limit = trace_limit
+        self.created = 0
         self.max_window = max_window
         self.min_rto = min_rto
         self.keep_series = keep_series
+        self.keep_notes = keep_notes
         self.flows: dict[FlowKey, tuple[RudpSession, bool]] = {}
         self.recent: deque[tuple[FlowKey, RudpSession]] = deque()
         self.done: list[RudpSessionFacts] = []
@@ -758,8 +1048,12 @@ class RudpTracker(HotSink):
             max_window=self.max_window,
             min_rto=self.min_rto,
             keep_series=self.keep_series,
+            keep_notes=self.keep_notes,
+            keep_trace=self.created < self.trace_sessions,
+            trace_limit=self.trace_limit,
             hasher=self.hasher,
         )
+        self.created += 1
         session.f.start = _r(time)
         session.f.first_frame = number
         self.flows[client_key] = (session, True)
@@ -815,23 +1109,32 @@ class RudpTracker(HotSink):
         session.packets += 1
         session.last_frame = number
         session.end = time
-        if stop - start - RUDP_HEADER_LEN != length:
+        present = stop - start - RUDP_HEADER_LEN
+        wrong_length = -1
+        if present != length:
             session.f.malformed += 1
-            length = min(length, stop - start - RUDP_HEADER_LEN)  # never read past the datagram
+            wrong_length = length
+            length = min(length, present)  # never read past the datagram
+        begin = start + RUDP_HEADER_LEN
         if from_client:
             if flag == _ACK:
                 session.chunk_ack(number, time, ack)
                 if session.fin_seen and session.f.fin_acked and not session.finished:
                     self._finish(session, key)
             else:
-                begin = start + RUDP_HEADER_LEN
                 session.client_other(number, seq, flag, buf[begin : begin + length])
         elif flag == _DATA:
-            begin = start + RUDP_HEADER_LEN
-            session.data(number, time, seq, buf[begin : begin + length])
+            crc_ok = True
+            if session.trailer:
+                end = begin + length
+                crc_ok = end - start >= RUDP_HEADER_LEN + _TRAILER and crc32c(
+                    buf[start : end - _TRAILER]
+                ) == int.from_bytes(buf[end - _TRAILER : end], "big")
+            session.data(
+                number, time, seq, buf[begin : begin + length], wrong_length, present, crc_ok
+            )
         else:
-            begin = start + RUDP_HEADER_LEN
-            session.server_other(number, seq, ack, flag, buf[begin : begin + length])
+            session.server_other(number, time, seq, ack, flag, buf[begin : begin + length])
         if session.finished:
             session.sync()
 

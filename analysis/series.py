@@ -1,19 +1,16 @@
 """Per-packet time series of RUDP sessions, for the time-sequence and window graphs.
 
-The verifier (:mod:`~stacklab.analysis.rudp`) keeps only a summary per
-session, so that verifying a million packets costs no memory.  A graph needs
-the opposite: every DATA with its time, chunk and whether it was a
-retransmission, every cumulative ACK, every go-back.  Rather than teach the
-verifier a second job, this module runs its own
-:class:`~stacklab.analysis.rudp.RudpTracker` over the capture and samples the
-tracker's state after each datagram: the graphs then show exactly the model
-the checks judged (the same base, the same go-back classification, the same
-replayed AIMD window), with no second implementation of the rules.
+The verifier keeps only a summary per session, so that verifying a million
+packets costs no memory; for the charts it can also keep a *trace* of the
+first few sessions (``VerifyOptions.trace_sessions``): every DATA and ACK
+with its frame and the window bounds it judged them by, and the frames of
+the go-backs with how it explained them.  This module turns that trace into
+points, so the graphs show exactly the model the checks judged, read in the
+same pass over the file as the verdicts.
 
 Memory is bounded: points are kept for the first :data:`MAX_SESSIONS`
-sessions only, at most :data:`MAX_POINTS` per session (a session cut there
-is marked ``clipped``, and the pages say so), and the pass stops reading
-once every drawn session is finished.
+sessions only, at most :data:`MAX_POINTS` per session (a session cut there is
+marked ``clipped``, and the pages say so).
 """
 
 from __future__ import annotations
@@ -21,19 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from stacklab.analysis.pcapio import CaptureReader, parse_packet
-from stacklab.analysis.rudp import RudpSession, RudpTracker
+from stacklab.analysis.rudp import MAX_TRACE
+from stacklab.analysis.sessions import CaptureAnalysis, RudpSessionFacts, VerifyOptions
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
 
 log = logging.getLogger(__name__)
 
 MAX_SESSIONS: Final = 12
 """RUDP sessions whose points are collected (and drawn)."""
-MAX_POINTS: Final = 20_000
+MAX_POINTS: Final = MAX_TRACE
 """DATA plus ACK points kept per session; the rest of a longer session is not drawn."""
 
 GoBackKind = Literal["timeout", "dupack", "unexplained", "go-back"]
@@ -44,23 +40,26 @@ GoBackKind = Literal["timeout", "dupack", "unexplained", "go-back"]
 class SessionSeries:
     """The points of one RUDP session; times are seconds since its first packet.
 
-    ``data`` holds ``(time, chunk, retransmission)``, ``acks`` the client's
-    cumulative ACKs ``(time, highest ack so far)``, ``window`` the samples
-    ``(time, window the verifier's AIMD model allows)`` taken after every
-    DATA and ACK (an upper bound: the model does not halve where the capture
-    cannot prove the sender did),
-    ``flight`` the chunks in flight ``(time, last chunk sent - cumulative
-    ACK)`` at every DATA (sampled at sends, as tcptrace's outstanding-data
-    graph, so the ACK-then-send flicker does not hide the sawtooth), and
-    ``go_backs`` ``(time, chunk, kind)``.
+    ``data`` holds ``(time, chunk, retransmission)`` and ``data_frames`` the
+    frame of each, ``acks`` the client's cumulative ACKs ``(time, highest ack
+    so far)`` and ``ack_frames`` theirs; ``window`` the samples ``(time,
+    largest window a correct sender may have had)`` and ``window_lo`` ``(time,
+    smallest)`` taken after every DATA and ACK, ``flight`` the chunks in
+    flight ``(time, last chunk sent - cumulative ACK)`` at every DATA
+    (sampled at sends, as tcptrace's outstanding-data graph, so the
+    ACK-then-send flicker does not hide the sawtooth), and ``go_backs``
+    ``(time, chunk, kind)`` (loss probes are not go-backs).
     """
 
     key: str
     start: float
     first_frame: int
     data: list[tuple[float, int, bool]] = field(default_factory=list)
+    data_frames: list[int] = field(default_factory=list)
     acks: list[tuple[float, int]] = field(default_factory=list)
+    ack_frames: list[int] = field(default_factory=list)
     window: list[tuple[float, int]] = field(default_factory=list)
+    window_lo: list[tuple[float, int]] = field(default_factory=list)
     flight: list[tuple[float, int]] = field(default_factory=list)
     go_backs: list[tuple[float, int, GoBackKind]] = field(default_factory=list)
     fin: float | None = None
@@ -78,136 +77,63 @@ class SessionSeries:
         return max(times, default=0.0)
 
 
-class _Sampler:
-    """The sampling state of one session.
-
-    Retransmissions and go-back candidates are read off the wire here (a DATA
-    not above the highest chunk sent; a DATA not following the previous
-    one), so each mark sits at its own packet.  What a candidate *is* comes
-    from the verifier, which may decide a packet or two later, once it has
-    seen what followed: whenever its loss-probe, timeout or duplicate-ACK
-    counters move, the oldest undecided candidates take that verdict.  Probes,
-    and candidates left over once the verifier's go-back count is reached,
-    are dropped from the go-backs at the end (they stay retransmissions); a
-    candidate the verifier flagged as a Go-Back-N fault is ``unexplained``.
-    """
-
-    __slots__ = (
-        "acked",
-        "highest_sent",
-        "kinds",
-        "last_sent",
-        "pending",
-        "probe_count",
-        "probes",
-        "series",
-        "session",
-    )
-
-    def __init__(self, session: RudpSession, series: SessionSeries) -> None:
-        self.session = session
-        self.series = series
-        self.kinds = dict(session.f.go_back_kinds)
-        self.probe_count = session.f.probes
-        self.pending: deque[tuple[int, int]] = deque()  # (index in go_backs, frame), undecided
-        self.probes: set[int] = set()
-        self.last_sent = 0
-        self.highest_sent = 0
-        self.acked = 0
-
-    def classify(self) -> None:
-        """Hand the verifier's newly counted verdicts to the oldest undecided candidates."""
-        f = self.session.f
-        go_backs = self.series.go_backs
-        for _ in range(f.probes - self.probe_count):
-            if self.pending:
-                self.probes.add(self.pending.popleft()[0])
-        self.probe_count = f.probes
-        kinds = f.go_back_kinds
-        for name in ("timeout", "dupack"):
-            for _ in range(kinds.get(name, 0) - self.kinds.get(name, 0)):
-                if self.pending:
-                    index, _frame = self.pending.popleft()
-                    t, chunk, _kind = go_backs[index]
-                    go_backs[index] = (t, chunk, name)
-        self.kinds = dict(kinds)
-
-    def finish(self) -> None:
-        """After the verifier finished the session: settle the last candidates, drop probes."""
-        self.classify()
-        f = self.session.f
-        self.series.window_limit = f.window_limit
-        faults = {x.frame for x in f.findings if x.check == "rudp.gbn"}
-        go_backs = self.series.go_backs
-        # Go-backs the verifier counted without a kind; candidates beyond that
-        # (a base resent twice at a go-back, say) were not go-backs to it.
-        unclassified = f.go_backs - sum(f.go_back_kinds.values())
-        for index, frame in self.pending:
-            t, chunk, _kind = go_backs[index]
-            if frame in faults:
-                go_backs[index] = (t, chunk, "unexplained")
-                unclassified -= 1
-            elif unclassified > 0:
-                unclassified -= 1
-            else:
-                self.probes.add(index)
-        self.pending.clear()
-        if self.probes:
-            self.series.go_backs = [g for i, g in enumerate(go_backs) if i not in self.probes]
-            self.probes = set()
-
-    def sample(
-        self, number: int, time: float, flag: bytes, from_client: bool, seq: int, ack: int
-    ) -> None:
-        s = self.session
-        series = self.series
-        t = round(time - series.start, 6)
-        if self.pending:
-            self.classify()
-        if flag == b"F" and not from_client and series.fin is None:
-            series.fin = t
-            return
-        if from_client and flag != b"A":
-            return
-        if not from_client and flag != b"D":
-            return  # handshake ACKs from the server
-        if from_client and "command_ack" not in s.f.frames:
-            return  # handshake ACK of the client: not a chunk ACK
-        if from_client and s.f.fin_seq is not None and ack >= s.f.fin_seq:
-            return  # the ACK of the FIN: drawn as part of the FIN mark
-        series.points += 1
-        if series.points > MAX_POINTS:
-            series.clipped = True
-            return
-        if from_client:
-            self.acked = max(self.acked, ack)
-            series.acks.append((t, self.acked))
-            if series.flight and self.acked >= self.last_sent:
-                series.flight.append((t, 0))  # everything acknowledged: nothing in flight
+def session_series(facts: RudpSessionFacts) -> SessionSeries:
+    """The points of one session the verifier traced (``facts.trace``)."""
+    series = SessionSeries(facts.key, facts.start, facts.first_frame)
+    series.window_limit = facts.window_limit
+    series.clipped = facts.trace_points > len(facts.trace)
+    series.points = facts.trace_points
+    kinds = dict(facts.go_back_frames)
+    start = facts.start
+    fin_seq = facts.fin_seq
+    highest = 0
+    acked = 0
+    last_sent = 0
+    for frame, time, kind, value, hi, lo in facts.trace:
+        t = round(time - start, 6)
+        if kind == 2:  # the FIN
+            if series.fin is None:
+                series.fin = t
+            continue
+        if kind == 0:
+            series.data.append((t, value, value <= highest))
+            series.data_frames.append(frame)
+            if frame in kinds:
+                how = kinds[frame]
+                series.go_backs.append(
+                    (t, value, how if how in ("timeout", "dupack") else "unexplained")
+                )  # type: ignore[arg-type]
+            highest = max(highest, value)
+            last_sent = value
+            series.flight.append((t, max(1, value - acked)))
         else:
-            series.data.append((t, seq, seq <= self.highest_sent))
-            if self.last_sent and seq <= self.last_sent:
-                self.pending.append((len(series.go_backs), number))
-                series.go_backs.append((t, seq, "go-back"))
-            self.last_sent = seq
-            self.highest_sent = max(self.highest_sent, seq)
-            series.flight.append((t, max(1, seq - self.acked)))
-        series.window.append((t, s.window))
-        if self.pending:
-            self.classify()
+            if fin_seq is not None and value >= fin_seq:
+                continue  # the ACK of the FIN: drawn as part of the FIN mark
+            acked = max(acked, value)
+            series.acks.append((t, acked))
+            series.ack_frames.append(frame)
+            if series.flight and acked >= last_sent:
+                series.flight.append((t, 0))  # everything acknowledged: nothing in flight
+        series.window.append((t, hi))
+        series.window_lo.append((t, lo))
+    return series
 
 
 @dataclass
 class CaptureSeries:
-    """The series of a capture's first sessions, and how many sessions were seen.
-
-    When ``stopped_early`` the pass ended once the drawn sessions were
-    finished, so ``total_sessions`` counts only those seen until then.
-    """
+    """The series of a capture's first sessions, and how many sessions there were."""
 
     sessions: list[SessionSeries] = field(default_factory=list)
     total_sessions: int = 0
-    stopped_early: bool = False
+
+
+def capture_series(analysis: CaptureAnalysis, max_sessions: int = MAX_SESSIONS) -> CaptureSeries:
+    """The series of an analysis run with ``trace_sessions`` (its first traced sessions)."""
+    out = CaptureSeries(total_sessions=len(analysis.rudp_sessions))
+    for facts in analysis.rudp_sessions:
+        if facts.trace_points and len(out.sessions) < max_sessions:
+            out.sessions.append(session_series(facts))
+    return out
 
 
 def collect_series(
@@ -217,54 +143,27 @@ def collect_series(
     max_window: int = ORIGINAL_MAX_WINDOW,
     min_rto: float = 0.2,
     max_sessions: int = MAX_SESSIONS,
+    max_points: int = MAX_POINTS,
 ) -> CaptureSeries:
     """Read ``path`` streaming and return the point series of its RUDP sessions.
 
     Raises :class:`~stacklab.analysis.pcapio.CaptureError` for a file that is
     not a capture.  Sessions are keyed like the verifier's
-    (``client ip:port->server ip:port``), in order of their first frame.
+    (``client ip:port->server ip:port``), in order of their first frame.  To
+    get the verdicts too from the same read, run
+    :func:`~stacklab.analysis.verify.analyze_capture` with
+    ``trace_sessions`` and call :func:`capture_series` on its result.
     """
-    tracker = RudpTracker(ports.rudp, max_window=max_window, min_rto=min_rto, keep_series=False)
-    samplers: dict[int, _Sampler] = {}
-    others: set[int] = set()
-    out = CaptureSeries()
-    rudp_port = ports.rudp
-    with CaptureReader(path) as reader:
-        for frame in reader:
-            packet = parse_packet(frame)
-            if packet is None or packet.proto != "udp":
-                continue
-            to_port = packet.dport == rudp_port
-            if not to_port and packet.sport != rudp_port:
-                continue
-            key = (packet.src, packet.sport, packet.dst, packet.dport)
-            tracker.feed(packet.number, packet.time, key, to_port, packet.payload)
-            entry = tracker.flows.get(key)
-            if entry is None or len(packet.payload) < 11:
-                continue
-            session, from_client = entry
-            sampler = samplers.get(id(session))
-            if sampler is None:
-                if len(out.sessions) >= max_sessions:
-                    if id(session) not in others:
-                        others.add(id(session))  # the tracker keeps it alive: ids are stable
-                        out.total_sessions += 1
-                    if all(s.session.finished for s in samplers.values()):
-                        out.stopped_early = True
-                        break
-                    continue
-                out.total_sessions += 1
-                series = SessionSeries(session.f.key, session.f.start, session.f.first_frame)
-                out.sessions.append(series)
-                sampler = samplers[id(session)] = _Sampler(session, series)
-            payload = packet.payload
-            seq = int.from_bytes(payload[0:4], "big")
-            ack = int.from_bytes(payload[4:8], "big")
-            sampler.sample(packet.number, packet.time, payload[8:9], from_client, seq, ack)
-    tracker.sessions()  # finish them: the last candidates get their verdict
-    for sampler in samplers.values():
-        sampler.finish()
-    return out
+    from stacklab.analysis.verify import analyze_capture
+
+    options = VerifyOptions(
+        ports=ports,
+        max_window=max_window,
+        min_rto=min_rto,
+        trace_sessions=max_sessions,
+        trace_limit=max_points,
+    )
+    return capture_series(analyze_capture(path, options), max_sessions)
 
 
 @dataclass

@@ -20,7 +20,14 @@ from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
 
 Status = Literal["pass", "fail", "skip"]
 
-RUDP_CHECKS = ("rudp.handshake", "rudp.delivery", "rudp.gbn", "rudp.aimd", "rudp.teardown")
+RUDP_CHECKS = (
+    "rudp.handshake",
+    "rudp.delivery",
+    "rudp.integrity",
+    "rudp.gbn",
+    "rudp.aimd",
+    "rudp.teardown",
+)
 SERVICE_CHECKS = ("dhcp.offer", "dns.answer", "app.framing")
 ALL_CHECKS = (*RUDP_CHECKS, *SERVICE_CHECKS, "rudp.events", "capture.traffic")
 
@@ -43,6 +50,9 @@ class VerifyOptions:
     min_rto: float = 0.2
     events_path: str | None = None
     keep_series: bool = True
+    keep_notes: bool = False  # per-packet notes (findings), for annotations and the report
+    trace_sessions: int = 0  # the first N RUDP sessions keep every DATA and ACK, for charts
+    trace_limit: int = 20_000  # points kept per traced session
     jobs: int | None = None  # processes; None: two for big captures with 4+ cores
 
 
@@ -76,6 +86,25 @@ class Finding:
 
 
 @dataclass(slots=True)
+class PacketNote:
+    """What the verifier concluded at one frame, as Wireshark's TCP analysis flags do.
+
+    ``kind`` is one of ``retransmission``, ``go_back.timeout``,
+    ``go_back.dupack`` (fast retransmit), ``go_back.unexplained``,
+    ``loss_probe``, ``duplicate_ack``, ``duplicate`` (a network duplicate),
+    ``window_exceeded``, ``malformed``, ``bad_crc32c`` and ``failed`` (a
+    rule broken here; the text starts with the check's id).
+    """
+
+    frame: int
+    kind: str
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"frame": self.frame, "kind": self.kind, "text": self.text}
+
+
+@dataclass(slots=True)
 class RudpSessionFacts:
     """Everything observed about one RUDP exchange (client ip:port <-> server ip:port).
 
@@ -102,7 +131,8 @@ class RudpSessionFacts:
     go_back_kinds: dict[str, int] = field(default_factory=lambda: {"timeout": 0, "dupack": 0})
     timeouts: list[float] = field(default_factory=list)
     max_flight: int = 0
-    max_window: int = 0  # the largest window the AIMD model allowed
+    max_window: int = 0  # the largest window the AIMD model allowed (upper bound)
+    min_window: int = 0  # the largest lower-bound window: what the sender had to reach
     window_limit: int = (
         0  # the bound checked: --max-window, or the window negotiated in the SYN-ACK
     )
@@ -110,6 +140,11 @@ class RudpSessionFacts:
     duplicate_acks: int = 0
     max_ack_delay: float = 0.0  # longest wait from a chunk's last transmission to its ACK
     malformed: int = 0
+    bad_chunks: int = 0  # DATA copies with a wrong length field or CRC32C trailer
+    network_duplicates: int = 0  # the same chunk twice in a row at once
+    integrity: bool = False  # CRC32C trailers negotiated
+    responses: int = 0  # responses to ACKs judged against the lower-bound window
+    rto_estimate: float | None = None  # RFC 6298 from the capture's round trips
     handshake: bool = False
     options: dict[str, object] | None = None  # stacklab extension: accepted in the SYN-ACK
     fin_seq: int | None = None
@@ -124,6 +159,11 @@ class RudpSessionFacts:
     frames: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     finding_counts: dict[str, int] = field(default_factory=dict)
+    notes: list[PacketNote] = field(default_factory=list)  # with VerifyOptions.keep_notes
+    # traced sessions: (frame, time, 0 DATA / 1 ACK / 2 FIN, seq or ack, window hi, lo)
+    trace: list[tuple[int, float, int, int, int, int]] = field(default_factory=list)
+    trace_points: int = 0  # DATA and ACKs seen while tracing (more than kept when clipped)
+    go_back_frames: list[tuple[int, str]] = field(default_factory=list)  # (frame, kind)
 
     @property
     def key(self) -> str:
@@ -147,11 +187,16 @@ class RudpSessionFacts:
             "timeouts": self.timeouts,
             "max_flight": self.max_flight,
             "max_window": self.max_window,
+            "min_window": self.min_window,
             "window_limit": self.window_limit,
             "flights": self.flights,
             "duplicate_acks": self.duplicate_acks,
             "max_ack_delay": self.max_ack_delay,
             "malformed": self.malformed,
+            "bad_chunks": self.bad_chunks,
+            "network_duplicates": self.network_duplicates,
+            "integrity": self.integrity,
+            "rto_estimate": self.rto_estimate,
             "handshake": self.handshake,
             "options": self.options,
             "fin_seq": self.fin_seq,

@@ -302,17 +302,42 @@ def chunks_of(content: bytes, size: int) -> list[bytes]:
 
 @dataclass(frozen=True)
 class SenderFaults:
-    """Ways to make the simulated sender break exactly one rule.
+    """Ways to make the simulated sender (or receiver) break exactly one rule.
 
-    ``growth``: window increase per base-advancing ACK (2 breaks AIMD growth);
-    ``halve``: halve the window on a loss (False breaks AIMD decrease);
-    ``selective``: on a timeout resend only the base chunk, then carry on
-    with new chunks (breaks Go-Back-N).
+    The defaults are a correct Go-Back-N / AIMD pair (docs/rulebook.md);
+    each knob makes one of them wrong in one precise way:
+
+    * ``growth``: window increase per base-advancing ACK (0: stop-and-wait,
+      2: grows too fast);
+    * ``halve``: what a loss does to the window: ``"half"`` (correct),
+      ``"none"`` (no decrease), ``"reset"`` (back to 1: too much);
+    * ``window_cap``: never more than this many in flight although the
+      window allows more (sends less than its window allows);
+    * ``selective``: on a timeout resend only the base, then carry on with
+      new chunks (a selective-repeat sender);
+    * ``resend_from``: a go-back starts this many chunks above the base;
+    * ``fast_retransmit``: go back on this many duplicate ACKs (0: never; 3 is
+      correct, 1 is a look-alike);
+    * ``receiver``: ``"gbn"`` discards out-of-order chunks (correct), ``"sr"``
+      keeps them and acknowledges past them (selective repeat);
+    * ``malformed_chunk``: this chunk's first copy claims twice the bytes it
+      carries, and the receiver takes it anyway;
+    * ``fin_early``: the FIN goes out before the last chunk is acknowledged.
+
+    ``probes`` (correct too) sends loss probes: the base alone, sooner than
+    the timeout, at most two in a row, after which the sender carries on.
     """
 
     growth: int = 1
-    halve: bool = True
+    halve: Literal["half", "none", "reset"] = "half"
+    window_cap: int | None = None
     selective: bool = False
+    resend_from: int = 0
+    fast_retransmit: int = 0
+    receiver: Literal["gbn", "sr"] = "gbn"
+    malformed_chunk: int | None = None
+    fin_early: bool = False
+    probes: bool = False
 
 
 def simulate_transfer(
@@ -327,6 +352,7 @@ def simulate_transfer(
     max_window: int = ORIGINAL_MAX_WINDOW,
     rto: float = ORIGINAL_TIMEOUT_S,
     loss: float = 0.0,
+    ack_loss: float = 0.0,
     delay: float = 0.0005,
     byte_ack: bool = False,
     faults: SenderFaults = SenderFaults(),
@@ -334,11 +360,11 @@ def simulate_transfer(
 ) -> list[UdpPacket]:
     """Run a seeded Go-Back-N / AIMD transfer and return its datagrams in time order.
 
-    The capture point sits next to the wire, like a loopback capture: a DATA
-    packet that the receiver ignores (probability ``loss``, as the original
-    client's fault injection) is still in the capture, just never ACKed.  The
-    receiver is Go-Back-N: in-order chunks are ACKed with their number, others
-    with ``expected - 1``.
+    The capture point sits next to the receiver, like a loopback capture: a
+    DATA packet that the receiver ignores (probability ``loss``, as the
+    original client's fault injection) is still in the capture, just never
+    ACKed, and an ACK lost on its way back (``ack_loss``) is in the capture
+    but never reaches the sender.
     """
     conv = Conversation(client=client, server=server, start=start, step=delay)
     conv.handshake(isn, command, byte_ack=byte_ack)
@@ -348,50 +374,97 @@ def simulate_transfer(
     now = conv.now
     base, next_chunk, window = 1, 1, 1
     expected = 1
+    kept: set[int] = set()  # out-of-order chunks a selective-repeat receiver keeps
     timer_start = now
+    last_send = now
+    dups = 0
+    recover = 0  # the highest chunk sent at the last go-back (one fast retransmit per episode)
+    probes = 0
+    losses = 0
+    pto = 8 * delay
+    malformed_sent = False
     # ACKs travelling to the sender: (arrival time, ack value).
     acks: list[tuple[float, int]] = []
     server_ep, client_ep = server, client
 
     def send(chunk: int) -> None:
-        nonlocal now, expected
+        nonlocal now, expected, last_send, malformed_sent
         now += delay / 10
-        out.append(_udp(now, server_ep, client_ep, pack_rudp(chunk, 0, b"D", chunks[chunk - 1])))
+        last_send = now
+        payload = chunks[chunk - 1]
+        datagram = pack_rudp(chunk, 0, b"D", payload)
+        if chunk == faults.malformed_chunk and not malformed_sent:
+            malformed_sent = True
+            datagram = datagram[:11] + payload[: len(payload) // 2]  # length field says more
+        out.append(_udp(now, server_ep, client_ep, datagram))
         if rng.random() < loss:
             return  # ignored by the receiver: on the wire, never ACKed
         if chunk == expected:
             expected += 1
-            value = chunk
-        else:
-            value = expected - 1
+            while faults.receiver == "sr" and expected in kept:
+                kept.discard(expected)
+                expected += 1
+        elif chunk > expected and faults.receiver == "sr":
+            kept.add(chunk)
+        value = expected - 1
         ack_time = now + delay + rng.random() * delay
         out.append(_udp(ack_time, client_ep, server_ep, pack_rudp(0, value, b"A")))
-        heapq.heappush(acks, (ack_time + delay / 10, value))
+        if rng.random() >= ack_loss:
+            heapq.heappush(acks, (ack_time + delay / 10, value))
 
+    def lose(reason: str) -> None:
+        """A loss event: shrink the window and go back (or resend selectively)."""
+        nonlocal window, next_chunk, recover, dups, timer_start, probes, losses
+        losses += 1
+        if faults.halve == "half":
+            window = max(window // 2, 1)
+        elif faults.halve == "reset":
+            window = 1
+        recover = next_chunk - 1
+        dups = 0
+        probes = 0
+        timer_start = now
+        if faults.selective and reason == "timeout":
+            send(base)
+        elif faults.resend_from and base + faults.resend_from < next_chunk and losses % 2:
+            next_chunk = base + faults.resend_from  # every other go-back skips the base
+        else:
+            next_chunk = base
+
+    cap = faults.window_cap or max_window
     while base <= total:
-        while next_chunk < base + window and next_chunk <= total:
+        if faults.fin_early and next_chunk > total:
+            break  # every chunk sent: the FIN goes out without waiting for the ACKs
+        while next_chunk < base + min(window, cap) and next_chunk <= total:
             if next_chunk == base:
                 timer_start = now
             send(next_chunk)
             next_chunk += 1
         deadline = timer_start + rto
-        if acks and acks[0][0] < deadline:
+        probe_at = last_send + pto if faults.probes and probes < 2 else deadline + 1.0
+        if acks and acks[0][0] < min(deadline, probe_at):
             arrival, value = heapq.heappop(acks)
             now = max(now, arrival)
             if value >= base:
                 base = value + 1
+                next_chunk = max(next_chunk, base)
                 window = min(window + faults.growth, max_window)
                 timer_start = now
+                dups = 0
+                probes = 0
+            elif value == base - 1 and next_chunk > base:
+                dups += 1
+                if faults.fast_retransmit and dups == faults.fast_retransmit and base > recover:
+                    lose("dupack")
+            continue
+        if probe_at < deadline:
+            now = max(now, probe_at)
+            probes += 1
+            send(base)  # a loss probe: the base alone; the sender carries on
             continue
         # Timeout: no ACK advanced the base for one RTO.
         now = max(now, deadline)
-        if faults.halve:
-            window = max(window // 2, 1)
-        timer_start = now
-        if faults.selective:
-            send(base)
-        else:
-            next_chunk = base
+        lose("timeout")
     # Teardown: FIN seq = N + 1, acknowledged by the client.
     now += delay
     out.append(_udp(now, server_ep, client_ep, pack_rudp(total + 1, 0, b"F")))

@@ -108,6 +108,9 @@ def new_trackers(
         max_window=options.max_window,
         min_rto=options.min_rto,
         keep_series=options.keep_series,
+        keep_notes=options.keep_notes,
+        trace_sessions=options.trace_sessions,
+        trace_limit=options.trace_limit,
     )
     dhcp = JsonServiceTracker("dhcp", ports.dhcp)
     dns = JsonServiceTracker("dns", ports.dns)

@@ -63,7 +63,7 @@ def test_window_growing_by_two_fails_aimd_only(tmp_path: Path) -> None:
 
 
 def test_no_halving_after_a_loss_fails_aimd_only(tmp_path: Path) -> None:
-    analysis = _verify(tmp_path, _loss_seed(SenderFaults(halve=False)))
+    analysis = _verify(tmp_path, _loss_seed(SenderFaults(halve="none")))
     assert _failing(analysis) == {"rudp.aimd"}
 
 

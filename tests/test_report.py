@@ -181,7 +181,7 @@ def test_command_writes_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     result = runner.invoke(cli, ["report", str(capture), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"wrote {out}: ")
-    assert "7 checks PASS, 1 session(s) charted, 28 table rows" in result.output
+    assert "8 checks PASS, 1 session(s) charted, 28 table rows" in result.output
     assert out.read_text().startswith("<!DOCTYPE html>")
     assert oct(out.stat().st_mode & 0o777) == "0o644"
     cwd = tmp_path / "cwd"

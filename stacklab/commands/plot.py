@@ -180,5 +180,6 @@ def plot(
         table.add_row(path, what)
     console.print(table)
     if series.total_sessions > len(series.sessions):
-        more = "more" if series.stopped_early else str(series.total_sessions)
-        console.print(f"drawn: the first {len(series.sessions)} of {more} RUDP sessions")
+        console.print(
+            f"drawn: the first {len(series.sessions)} of {series.total_sessions} RUDP sessions"
+        )
