@@ -28,6 +28,8 @@ from typing import Final
 
 from stacklab import __version__
 from stacklab.analysis.decode import DecodedPacket, decode_capture
+from stacklab.analysis.explain import explain_failure, failure_frames
+from stacklab.analysis.pcapio import CaptureError
 from stacklab.analysis.series import (
     MAX_POINTS,
     MAX_SESSIONS,
@@ -135,6 +137,23 @@ def _check_totals(checks: list[Check]) -> str:
         '<th class="num">failed</th><th class="num">skipped</th></tr></thead><tbody>'
         + rows
         + "</tbody></table><h3>Every check</h3>"
+    )
+
+
+def _explanation(source: str, analysis: CaptureAnalysis, options: ReportOptions) -> str:
+    """The first RUDP failure as the same ASCII ladder ``stacklab verify`` prints."""
+    if analysis.passed:
+        return ""
+    try:
+        lines = explain_failure(source, analysis, options.ports)
+    except CaptureError:
+        return ""
+    if not lines:
+        return ""
+    head, *ladder = lines
+    return (
+        f'<div class="explain"><p class="note">{_e(head)}</p>'
+        f'<pre class="ladder-text">{_e(chr(10).join(ladder))}</pre></div>'
     )
 
 
@@ -308,18 +327,27 @@ def _services(analysis: CaptureAnalysis, linked: set[int]) -> str:
     )
 
 
-def _packet_rows(rows: list[DecodedPacket]) -> str:
+def _packet_rows(
+    rows: list[DecodedPacket], failing: frozenset[int] | set[int] = frozenset()
+) -> str:
     out = []
     for p in rows:
+        mark = ' class="fail"' if p.frame in failing else ""
         out.append(
-            f'<tr id="f{p.frame}"><td class="num">{p.frame}</td><td class="num">{p.time:.6f}</td>'
+            f'<tr id="f{p.frame}"{mark}><td class="num">{p.frame}</td><td class="num">{p.time:.6f}</td>'
             f"<td>{_e(p.src)}</td><td>{_e(p.dst)}</td><td>{_e(p.proto)}</td>"
             f"<td>{_e(p.summary())}</td></tr>"
         )
     return "\n".join(out)
 
 
-def _packets(rows: list[DecodedPacket], decoded: int, frames: int, options: ReportOptions) -> str:
+def _packets(
+    rows: list[DecodedPacket],
+    decoded: int,
+    frames: int,
+    options: ReportOptions,
+    failing: frozenset[int] | set[int] = frozenset(),
+) -> str:
     note = f"{len(rows):,} rows"
     if decoded > len(rows):
         note = f"the first {len(rows):,} of {decoded:,} decoded records (table capped at {options.max_rows:,} rows)"
@@ -331,7 +359,7 @@ def _packets(rows: list[DecodedPacket], decoded: int, frames: int, options: Repo
         '<button id="page-next" type="button">next</button></div>'
         "<table><thead><tr><th>frame</th><th>time (s)</th><th>source</th><th>destination</th>"
         '<th>protocol</th><th>decoded</th></tr></thead><tbody id="packets">\n'
-        + _packet_rows(rows)
+        + _packet_rows(rows, failing)
         + "</tbody></table></details>"
     )
 
@@ -414,11 +442,11 @@ def build_report(path: str | os.PathLike[str], options: ReportOptions | None = N
         verdict="PASS" if passed else "FAIL",
         verdict_class="pass" if passed else "fail",
         summary=_summary(analysis, os.path.getsize(source)),
-        checks=_checks(analysis.checks, linked),
+        checks=_checks(analysis.checks, linked) + _explanation(source, analysis, options),
         sessions=_sessions(analysis, series, options, stem),
         services=_services(analysis, linked),
         ladder=ladder_html,
-        packets=_packets(tap.rows, tap.count, analysis.packets, options),
+        packets=_packets(tap.rows, tap.count, analysis.packets, options, failure_frames(analysis)),
     )
     return Report(page, analysis, len(series.sessions), len(tap.rows), tap.count)
 

@@ -147,7 +147,7 @@ def verify(
     if as_json:
         sys.stdout.write(json.dumps(report_json(analyses), indent=2) + "\n")
     else:
-        _print_human(analyses)
+        _print_human(analyses, options.ports)
     sys.exit(0 if all(analysis.passed for analysis in analyses) else 1)
 
 
@@ -156,9 +156,11 @@ def _frames(frames: list[int]) -> str:
     return shown + (f", ... ({len(frames)})" if len(frames) > _MAX_FRAMES_SHOWN else "")
 
 
-def _print_human(analyses: list[CaptureAnalysis]) -> None:
+def _print_human(analyses: list[CaptureAnalysis], ports: Ports) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from stacklab.analysis.explain import explain_failure
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
     for analysis in analyses:
@@ -235,6 +237,13 @@ def _print_human(analyses: list[CaptureAnalysis]) -> None:
                     f"[{style}]{status.upper()}[/]", check_id, f"{count} sessions", "", ""
                 )
         console.print(table)
+        if not analysis.passed:
+            try:
+                lines = explain_failure(analysis.path, analysis, ports)
+            except CaptureError:
+                lines = []  # the capture was readable once; a cut or changed file is no news
+            for line in lines:
+                console.print(line, markup=False)
         counts = {s: sum(1 for c in analysis.checks if c.status == s) for s in _STATUS_STYLE}
         verdict = "[bold green]PASS[/]" if analysis.passed else "[bold red]FAIL[/]"
         console.print(
