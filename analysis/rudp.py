@@ -82,6 +82,8 @@ _RECENT_CLOSED = 4096
 """Finished sessions remembered for late duplicates (FIN, its ACK)."""
 _TIMER_SLACK = 0.95
 """Timestamps are taken at the capture, not at the sender's timer: 5 % of slack."""
+_AT_ONCE = 0.05
+"""Copies of a chunk closer than this share of the minimum RTO went out together."""
 
 _TRAILER = RUDP_CRC_TRAILER_LEN
 _MASK = 0xFFFFFFFF  # sequence numbers are 32-bit and wrap
@@ -162,6 +164,7 @@ class _Resend:
         "frame",
         "highest",
         "last",
+        "probes",
         "silence",
         "time",
         "waited",
@@ -189,6 +192,7 @@ class _Resend:
         self.waited = waited  # since the chunk's previous copy
         self.silence = silence  # since the sender's previous DATA
         self.dups = dups  # duplicate ACKs of chunk - 1 since its previous copy
+        self.probes = 0  # loss probes in a row before this resend
 
 
 class RudpSession:
@@ -523,9 +527,11 @@ class RudpSession:
         sent = pending.get(chunk)
         again = False
         if held is not None:
-            if chunk == held.chunk and time - held.copy_time < self.min_rto * _TIMER_SLACK:
-                again = True  # the base sent twice, or probed again at once
+            if chunk == held.chunk and time - held.copy_time < self.min_rto * _AT_ONCE:
+                again = True  # the base sent twice at once (negotiated go-backs do)
                 held.copy_time = time
+            elif chunk == held.chunk:
+                self._settle_lone(held, number, carried_on=False)
             elif chunk == held.chunk + 1 and chunk <= held.highest:
                 if self._trigger(held) == "" and self.acked_seen >= held.chunk:
                     # The resend alone was acknowledged, then the next chunk
@@ -540,7 +546,8 @@ class RudpSession:
                 self._settle_go_back(held)
             if not again:
                 self._held = None
-                last = held.last if chunk == held.last + 1 else held.chunk
+                same_place = chunk in (held.last + 1, held.chunk)  # carried on, or resent again
+                last = held.last if same_place else held.chunk
         is_new = chunk > self.highest_sent
         if not again:
             if chunk <= last and not is_new:
@@ -702,6 +709,7 @@ class RudpSession:
             silence,
             dups,
         )
+        self._held.probes = self._probes_in_row
 
     def _trigger(self, held: _Resend) -> str:
         """Why the sender went back: "timeout", "dupack", or "" when nothing explains it."""
@@ -766,14 +774,16 @@ class RudpSession:
         if self.keep_trace or len(f.go_back_frames) < MAX_FINDINGS_PER_CHECK:
             f.go_back_frames.append((frame, trigger or "unexplained"))
 
-    def _settle_lone(self, held: _Resend, frame: int) -> None:
+    def _settle_lone(self, held: _Resend, frame: int, carried_on: bool = True) -> None:
         """The resent chunk alone, then the sender carried on (rule S7).
 
         A loss probe when it came sooner than a timeout; after a timeout,
         carrying on while later chunks are unacknowledged is a selective
         repeat.  Where the resent chunk was the last one sent, or every later
         chunk is acknowledged by now, there is nothing else to resend: a
-        go-back of one chunk, or a probe.
+        go-back of one chunk, or a probe.  A resend followed by nothing but
+        itself again (``carried_on`` False) is a timeout with a window of one,
+        or a probe.
         """
         f = self.f
         chunk = held.chunk
@@ -785,7 +795,7 @@ class RudpSession:
                 f"{held.acked + 1} (selective repeat)",
             )
             return
-        nothing_else = chunk >= held.highest or self.acked_seen >= held.last
+        nothing_else = chunk >= held.highest or self.acked_seen >= held.last or not carried_on
         timeout = self.rtt.rto() * _TIMER_SLACK
         if not nothing_else and held.silence >= timeout and held.dups < 3:
             f.go_backs += 1
@@ -825,15 +835,16 @@ class RudpSession:
                 f.go_back_frames.append((held.frame, "timeout"))
             return
         f.probes += 1
-        self._probes_in_row += 1
+        run = held.probes + 1  # counted as of the resend, not of its verdict
+        self._probes_in_row = run if self.acked_seen <= held.acked else 0
         self.bounds.lone_resend(chunk)
         if self.keep_notes:
             self.note(held.frame, "loss_probe", f"loss probe: chunk {chunk} alone")
-        if self._probes_in_row > MAX_PROBES_IN_A_ROW:
+        if run > MAX_PROBES_IN_A_ROW:
             self.find(
                 "rudp.gbn",
                 held.frame,
-                f"{self._probes_in_row} loss probes in a row without progress: after "
+                f"{run} loss probes in a row without progress: after "
                 f"{MAX_PROBES_IN_A_ROW} the timeout must take over and go back",
             )
 

@@ -420,7 +420,7 @@ def simulate_transfer(
             window = max(window // 2, 1)
         elif faults.halve == "reset":
             window = 1
-        recover = next_chunk - 1
+        recover = max(recover, next_chunk - 1)  # the highest chunk sent so far
         dups = 0
         probes = 0
         timer_start = now

@@ -59,7 +59,7 @@ def test_window_growing_by_two_fails_aimd_only(tmp_path: Path) -> None:
     analysis = _verify(tmp_path, _loss_seed(SenderFaults(growth=2), loss=0.0))
     assert _failing(analysis) == {"rudp.aimd"}
     detail = next(c.detail for c in analysis.checks if c.id == "rudp.aimd")
-    assert "AIMD window is 2" in detail
+    assert "AIMD window was at most 2" in detail
 
 
 def test_no_halving_after_a_loss_fails_aimd_only(tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_selective_resend_fails_gbn_only(tmp_path: Path) -> None:
     analysis = _verify(tmp_path, _loss_seed(SenderFaults(selective=True)))
     assert _failing(analysis) == {"rudp.gbn"}
     detail = next(c.detail for c in analysis.checks if c.id == "rudp.gbn")
-    assert "not a go-back" in detail
+    assert detail.startswith("selective repeat: chunk 2 resent alone after 1.000 s of silence")
 
 
 def test_wrong_handshake_ack_fails_handshake_only(tmp_path: Path) -> None:
@@ -145,15 +145,30 @@ def test_fin_before_the_last_ack_fails_teardown_only(tmp_path: Path) -> None:
 
 def test_go_back_without_timeout_or_dupack_fails_gbn(tmp_path: Path) -> None:
     conv = Conversation()
+    _window_ramp(conv)  # chunks 5, 6, 7 outstanding
+    conv.data(5, bytes([5]), dt=0.01)  # went back 10 ms later: no timeout, no duplicate ACK
+    conv.data(6, bytes([6]))
+    for ack in (5, 6, 7):
+        conv.ack(ack)
+    conv.fin(8)
+    conv.ack(8)
+    analysis = _verify(tmp_path, conv.packets)
+    assert _failing(analysis) == {"rudp.gbn"}
+    detail = next(c.detail for c in analysis.checks if c.id == "rudp.gbn")
+    assert "after sending it, with no duplicate ACK: sooner than any timeout" in detail
+
+
+def test_lone_resend_of_the_only_chunk_soon_is_a_probe(tmp_path: Path) -> None:
+    conv = Conversation()
     conv.handshake()
     conv.data(1, b"a")
-    conv.data(1, b"a", dt=0.01)  # resent 10 ms later: no timeout, no duplicate ACK
+    conv.data(1, b"a", dt=0.01)  # the base alone, 10 ms later: a loss probe (rule S7)
     conv.ack(1)
     conv.fin(2)
     conv.ack(2)
     analysis = _verify(tmp_path, conv.packets)
-    assert _failing(analysis) == {"rudp.gbn"}
-    assert "after sending it" in next(c.detail for c in analysis.checks if c.id == "rudp.gbn")
+    assert _failing(analysis) == set()
+    assert analysis.rudp_sessions[0].probes == 1
 
 
 def test_duplicate_ack_go_back_is_explained(tmp_path: Path) -> None:
@@ -320,9 +335,11 @@ def test_lone_resend_after_a_timeout_is_selective(tmp_path: Path) -> None:
     conv.fin(9)
     conv.ack(9)
     analysis = _verify(tmp_path, conv.packets)
-    # gbn: 6 and 7 skipped; aimd too: after the timeout the window is 2, 8 makes 4 in flight
+    # gbn: 6 and 7 not resent; aimd too: after the timeout the window is 2, 8 makes 4 in flight
     assert _failing(analysis) == {"rudp.gbn", "rudp.aimd"}
-    assert "not a go-back" in next(c.detail for c in analysis.checks if c.id == "rudp.gbn")
+    detail = next(c.detail for c in analysis.checks if c.id == "rudp.gbn")
+    assert detail.startswith("selective repeat: chunk 5 resent alone after 1.0")
+    assert "chunks 6..7 were unacknowledged" in detail
 
 
 @pytest.mark.parametrize(
