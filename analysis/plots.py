@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import matplotlib
 from matplotlib.axes import Axes
@@ -30,7 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from stacklab.files import write_atomically
+from stacklab.files import Output, write_atomically, write_output
 
 if TYPE_CHECKING:
     from stacklab.analysis.series import SessionSeries
@@ -288,11 +288,20 @@ def _clip_note(ax: Axes, series: SessionSeries) -> None:
 # ---------------------------------------------------------------------------
 
 
-def save_figure(fig: Figure, path: str | os.PathLike[str], fmt: str) -> None:
-    """Write ``fig`` to ``path`` atomically (see :func:`stacklab.files.write_atomically`)."""
-    write_atomically(
-        path, lambda handle: fig.savefig(handle, format=fmt, dpi=110, metadata=_metadata(fmt))
-    )
+def save_figure(fig: Figure, path: str | os.PathLike[str] | Output, fmt: str) -> None:
+    """Write ``fig`` to ``path`` atomically (see :func:`stacklab.files.write_atomically`).
+
+    An :class:`~stacklab.files.Output` already checked by the output policy
+    is written where it says (a FIFO or a device is written into).
+    """
+
+    def write(handle: BinaryIO) -> None:
+        fig.savefig(handle, format=fmt, dpi=110, metadata=_metadata(fmt))
+
+    if isinstance(path, Output):
+        write_output(path, write)
+    else:
+        write_atomically(path, write)
 
 
 def _metadata(fmt: str) -> dict[str, str | None]:
