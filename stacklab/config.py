@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 import types
@@ -219,11 +220,11 @@ def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         if value is None:
             continue
-        if isinstance(value, dict):
+        section, dot, name = key.partition(".")
+        if isinstance(value, dict) and not dot:  # a whole section: {"dns": {"port": 53}}
             inner = {k: v for k, v in value.items() if v is not None}
             nested.setdefault(key, {}).update(inner)
             continue
-        section, dot, name = key.partition(".")
         if not dot:
             raise ConfigError(f"override {key!r} must name section.key")
         nested.setdefault(section, {})[name] = value
@@ -300,6 +301,8 @@ def _validate(config: StackConfig) -> None:
             value = getattr(section, f.name)
             if not isinstance(value, int | float) or isinstance(value, bool) or f.name == "port":
                 continue
+            if not math.isfinite(value):
+                raise ConfigError(f"{section_name}.{f.name} must be a finite number, not {value!r}")
             if f.name in _ZERO_ALLOWED:
                 if value < 0:
                     raise ConfigError(
@@ -321,5 +324,26 @@ def _validate(config: StackConfig) -> None:
             ipaddress.IPv4Address(ip)
         except ValueError:
             raise ConfigError(f"dns.records.{name} {ip!r} is not an IPv4 address") from None
+    _validate_rudp(config.app_rudp)
     if config.fetch.allow or config.origin.port != 0:
         config.fetch_policy()  # validates the allowlist entries
+
+
+def _validate_rudp(rudp: RudpSettings) -> None:
+    """The RUDP engine's own bounds, reported as the setting that breaks them."""
+    from stacklab.transport.options import OptionsError, TransferOptions
+
+    values = {
+        "chunk_size": {"chunk_size": rudp.chunk_size},
+        "max_window": {"max_window": rudp.max_window},
+        "negotiated_max_window": {"max_window": rudp.negotiated_max_window},
+    }
+    for key, options in values.items():
+        try:
+            TransferOptions(**options)
+        except OptionsError as exc:
+            raise ConfigError(f"app_rudp.{key}: {exc}") from None
+    if rudp.max_chunk > wire.MAX_STACKLAB_CHUNK:
+        raise ConfigError(
+            f"app_rudp.max_chunk: {rudp.max_chunk} is above {wire.MAX_STACKLAB_CHUNK}"
+        )
