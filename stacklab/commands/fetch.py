@@ -35,6 +35,7 @@ from rich.progress import (
 from stacklab import wire
 from stacklab.errors import UserError
 from stacklab.files import resolve_output, write_output
+from stacklab.params import FINITE_FLOAT, FiniteFloatRange
 
 PROGRESS_AFTER_S = 0.5
 """Show a progress bar only for transfers that last longer than this."""
@@ -171,11 +172,14 @@ def _load_rudp() -> Callable[..., bytes]:
     "--name", default=wire.APP_DOMAIN, show_default=True, help="App server name to resolve."
 )
 @click.option(
-    "--port", type=int, default=None, help="App server port (default: 2121 tcp, 2122 rudp)."
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="App server port (default: 2121 tcp, 2122 rudp).",
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=FINITE_FLOAT,
     default=5.0,
     show_default=True,
     help="Seconds to wait for each answer (DHCP/DNS attempt, connect, each read; over RUDP "
@@ -210,7 +214,7 @@ def _load_rudp() -> Callable[..., bytes]:
 )
 @click.option(
     "--drop",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloatRange(0.0, 1.0),
     default=0.0,
     help="RUDP fault injection: ignore this share of DATA datagrams (never ACKed).",
 )
@@ -281,7 +285,7 @@ def fetch(
             with phase(timings, "dns"):
                 resolved = client.resolve(dns_addr, name, timeout=timeout)
             default_port = wire.APP_TCP_PORT if transport == "tcp" else wire.APP_RUDP_PORT
-            app = (resolved, port or default_port)
+            app = (resolved, port if port is not None else default_port)
         summary["server"] = f"{app[0]}:{app[1]}"
         with phase(timings, "transfer"):
             if fetch_rudp is not None:

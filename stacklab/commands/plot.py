@@ -25,6 +25,7 @@ import click
 
 from stacklab.errors import UserError
 from stacklab.files import resolve_output
+from stacklab.params import FiniteFloatRange
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
 
 _PORT = click.IntRange(1, 65535)
@@ -49,7 +50,7 @@ def capture_options(func: F) -> F:
         ),
         click.option(
             "--min-rto",
-            type=click.FloatRange(0.0, 60.0),
+            type=FiniteFloatRange(0.0, 60.0),
             default=0.2,
             show_default=True,
             help="Shortest retransmission timeout, in seconds (classifies go-backs).",

@@ -20,6 +20,7 @@ import click
 from stacklab import wire
 from stacklab.errors import UserError
 from stacklab.files import Output, resolve_output
+from stacklab.params import FiniteFloatRange
 
 
 def parse_target(text: str) -> tuple[str, int]:
@@ -64,14 +65,14 @@ def parse_target(text: str) -> tuple[str, int]:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.01, max=60),
+    type=FiniteFloatRange(min=0.01, max=60),
     default=0.5,
     show_default=True,
     help="Seconds a valid request may take to be answered.",
 )
 @click.option(
     "--recover",
-    type=click.FloatRange(min=0, max=600),
+    type=FiniteFloatRange(min=0, max=600),
     default=3.0,
     show_default=True,
     help="Seconds to wait for a server to come back after a failure.",

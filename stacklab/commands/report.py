@@ -17,6 +17,7 @@ import os
 
 import click
 
+from stacklab.cli import is_quiet
 from stacklab.commands.plot import capture_options, capture_stem, check_capture, make_ports
 from stacklab.errors import UserError
 from stacklab.files import resolve_output, write_output
@@ -103,6 +104,8 @@ def report(
     analysis = result.analysis
     failed = sum(1 for c in analysis.checks if c.status == "fail")
     verdict = "PASS" if analysis.passed else f"FAIL ({failed} failed)"
+    if is_quiet():
+        return
     click.echo(
         f"wrote {output}: {len(result.html):,} bytes, {analysis.packets:,} frames, "
         f"{len(analysis.checks)} checks {verdict}, {result.sessions_drawn} session(s) charted, "

@@ -20,12 +20,17 @@ from typing import Final
 import click
 
 from stacklab.analysis.checks import parse_expect
-from stacklab.analysis.pcapio import CaptureError
+from stacklab.analysis.pcapio import (
+    LINKTYPE_NAMES,
+    CaptureError,
+    link_type_problem,
+)
 from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
 from stacklab.analysis.unreadable import Unreadable, results_json
 from stacklab.cli import is_quiet
 from stacklab.errors import UserError
 from stacklab.files import resolve_output
+from stacklab.params import FiniteFloatRange
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
 
 _PORT = click.IntRange(1, 65535)
@@ -69,7 +74,7 @@ _STATUS_STYLE: Final = {"fail": "bold red", "pass": "green", "skip": "dim"}
 )
 @click.option(
     "--min-rto",
-    type=click.FloatRange(0.0, 60.0),
+    type=FiniteFloatRange(0.0, 60.0),
     default=0.2,
     show_default=True,
     help="Shortest retransmission timeout the sender may use, in seconds.",
@@ -144,10 +149,19 @@ def verify(
     unreadable: list[Unreadable] = []
     for path in captures:
         try:
-            analyses.append(analyze(path, options))
+            analysis = analyze(path, options)
         except errors as exc:
             unreadable.append(Unreadable(path, str(exc)))
             click.echo(f"stacklab: error: {exc}", err=True)
+            continue
+        problem = link_type_problem(analysis.link_type)
+        if problem is not None and not unsupported_only_frames(analysis):
+            analysis.warnings.append(problem)
+        elif problem is not None:  # nothing it could read: not "no project traffic"
+            unreadable.append(Unreadable(path, f"{path}: {problem}"))
+            click.echo(f"stacklab: error: {path}: {problem}", err=True)
+            continue
+        analyses.append(analysis)
     for analysis in analyses:
         for warning in analysis.warnings:
             click.echo(f"stacklab: warning: {analysis.path}: {warning}", err=True)
@@ -169,6 +183,12 @@ def verify(
     if not analyses:
         sys.exit(2)
     sys.exit(0 if not unreadable and all(a.passed for a in analyses) else 1)
+
+
+def unsupported_only_frames(analysis: CaptureAnalysis) -> bool:
+    """Whether every interface of the capture has a link type the reader cannot parse."""
+    known = set(LINKTYPE_NAMES.values())
+    return not any(name in known for name in analysis.link_type.split(","))
 
 
 def _summary_line(analyses: list[CaptureAnalysis], unreadable: list[Unreadable]) -> str:
