@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from stacklab.analysis.pcapio import (
+    LINKTYPE_NAMES,
     TCP_FIN,
     TCP_RST,
     CaptureReader,
@@ -449,8 +450,13 @@ class _Decoder:
         rel = frame.time - self.t0
         packet = parse_packet(frame)
         if packet is None:
+            what = (
+                f"link type {frame.linktype} is not supported"
+                if frame.linktype not in LINKTYPE_NAMES
+                else "non-IP frame"
+            )
             yield DecodedPacket(
-                frame.number, rel, "", "", "other", f"non-IP frame, {len(frame.data)} bytes"
+                frame.number, rel, "", "", "other", f"{what}, {len(frame.data)} bytes"
             )
             return
         if packet.proto == "udp":
