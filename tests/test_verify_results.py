@@ -72,3 +72,18 @@ def test_quiet_verify_prints_only_failures(tmp_path: Path) -> None:
     assert failing.exit_code == 1
     lines = failing.stdout.splitlines()
     assert lines and all(line.startswith(f"FAIL {cut}: ") for line in lines)
+
+
+def test_an_empty_or_garbage_events_log_fails_rudp_events(tmp_path: Path) -> None:
+    capture = str(seed_capture("part4_rudp_loss_flow"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_bytes(bytes(range(256)) * 4 + b'\n{"neither": "an event"}\n[1, 2]\n')
+    for log, reason in ((empty, "the events log is empty"), (garbage, "not an events log")):
+        result = CliRunner().invoke(cli, ["verify", "--json", "--events", str(log), capture])
+        assert result.exit_code == 1, result.output
+        checks = json.loads(result.stdout)["captures"][0]["checks"]
+        events = [c for c in checks if c["id"] == "rudp.events"]
+        assert len(events) == 1 and events[0]["status"] == "fail"
+        assert reason in events[0]["detail"]
