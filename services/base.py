@@ -22,6 +22,7 @@ import logging
 import selectors
 import socket
 import threading
+import time
 from collections import Counter
 from types import TracebackType
 
@@ -29,6 +30,37 @@ log = logging.getLogger(__name__)
 
 UDP_RECV_SIZE = 65535
 """Large enough for any UDP datagram, so nothing is silently truncated."""
+
+
+class RateLimitedLog:
+    """At most one log record per ``interval`` seconds per key; the rest are counted.
+
+    A server under attack must not turn every refused connection into a line
+    on the console: the first one is logged, the following ones within the
+    interval only counted, and the next record says how many were held back.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 5.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def log(self, level: int, key: str, message: str, *args: object) -> bool:
+        """Log ``message % args`` unless ``key`` was logged less than ``interval`` ago."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next.get(key, 0.0):
+                self._held[key] = self._held.get(key, 0) + 1
+                return False
+            self._next[key] = now + self.interval
+            held = self._held.pop(key, 0)
+        if held:
+            message += " (%d more like this in the last %.0f s)"
+            args = (*args, held, self.interval)
+        self.logger.log(level, message, *args)
+        return True
 
 
 class BindError(OSError):

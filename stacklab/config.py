@@ -73,6 +73,9 @@ class OriginSettings:
     host: str = wire.ORIGIN_ADDR
     port: int = wire.ORIGIN_PORT
     root: str | None = None  # None: the sample folder shipped with stacklab
+    max_connections: int = 256
+    max_connections_per_client: int = 64  # per source address
+    idle_timeout: float = 10.0  # seconds a connection may stay silent (request or keep-alive)
 
 
 @dataclass
@@ -82,6 +85,7 @@ class AppTcpSettings:
     host: str = wire.APP_ADDR
     port: int = wire.APP_TCP_PORT
     max_connections: int = 256
+    max_connections_per_client: int = 64  # per source address: one host cannot take them all
     read_timeout: float = 10.0
     max_request: int = 64 * 1024
 
@@ -99,6 +103,7 @@ class RudpSettings:
     max_rto: float = 10.0
     max_timeouts: int = 8
     max_sessions: int = 1024
+    max_sessions_per_client: int = 64  # per source address; beyond: its oldest is dropped
     idle_timeout: float = 30.0
     # What a stacklab client may negotiate in its SYN (original clients get the values above).
     max_chunk: int = wire.MAX_STACKLAB_CHUNK
@@ -334,13 +339,13 @@ def _validate_rudp(rudp: RudpSettings) -> None:
     from stacklab.transport.options import OptionsError, TransferOptions
 
     values = {
-        "chunk_size": {"chunk_size": rudp.chunk_size},
-        "max_window": {"max_window": rudp.max_window},
-        "negotiated_max_window": {"max_window": rudp.negotiated_max_window},
+        "chunk_size": lambda: TransferOptions(chunk_size=rudp.chunk_size),
+        "max_window": lambda: TransferOptions(max_window=rudp.max_window),
+        "negotiated_max_window": lambda: TransferOptions(max_window=rudp.negotiated_max_window),
     }
-    for key, options in values.items():
+    for key, make in values.items():
         try:
-            TransferOptions(**options)
+            make()
         except OptionsError as exc:
             raise ConfigError(f"app_rudp.{key}: {exc}") from None
     if rudp.max_chunk > wire.MAX_STACKLAB_CHUNK:
