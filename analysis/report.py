@@ -98,7 +98,11 @@ def _summary(analysis: CaptureAnalysis, size: int) -> str:
         ("checks", f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped"),
     ]
     parts = ['<div class="facts">']
-    parts += [f"<div><b>{_e(k)}</b>{_e(v)}</div>" for k, v in items]
+    # The file name gets a row of its own: a long name would run into the size.
+    wide = ' class="wide"'
+    parts += [
+        f"<div{wide if k == 'file' else ''}><b>{_e(k)}</b>{_e(v)}</div>" for k, v in items
+    ]
     parts.append("</div>")
     for warning in analysis.warnings:
         parts.append(f'<p class="warn">{_e(warning)}</p>')
