@@ -320,3 +320,9 @@ def test_report_expect_narrows_like_verify(tmp_path: Path) -> None:
     assert "checks FAIL" in plain.output
     bad = CliRunner().invoke(cli, ["report", str(cut), "-o", str(out), "--expect", "nonsense"])
     assert bad.exit_code == 2
+
+
+def test_build_report_tells_its_passes() -> None:
+    steps: list[str] = []
+    build_report(seed_capture("part1_flow"), progress=steps.append)
+    assert steps == ["verifying", "charting", "decoding", "rendering"]

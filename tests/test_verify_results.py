@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from stacklab.cli import cli
 
-from conftest import seed_capture
+from conftest import requires_tshark, seed_capture
 
 
 def _files(tmp_path: Path) -> tuple[str, str]:
@@ -87,3 +87,18 @@ def test_an_empty_or_garbage_events_log_fails_rudp_events(tmp_path: Path) -> Non
         events = [c for c in checks if c["id"] == "rudp.events"]
         assert len(events) == 1 and events[0]["status"] == "fail"
         assert reason in events[0]["detail"]
+
+
+@requires_tshark
+def test_tshark_engine_reports_progress() -> None:
+    from stacklab.analysis.sessions import VerifyOptions
+    from stacklab.analysis.tshark_engine import analyze_capture
+
+    calls: list[tuple[int, int]] = []
+    analysis = analyze_capture(
+        str(seed_capture("part4_rudp_loss_flow")),
+        VerifyOptions(),
+        lambda f, n: calls.append((f, n)),
+    )
+    assert analysis.passed
+    assert calls and all(0 < frame <= total == analysis.packets for frame, total in calls)

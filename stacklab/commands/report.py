@@ -14,6 +14,9 @@ output (the one-line summary then goes to standard error).
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +24,9 @@ from stacklab.cli import is_quiet
 from stacklab.commands.plot import capture_options, capture_stem, check_capture, make_ports
 from stacklab.errors import UserError
 from stacklab.files import resolve_output, write_output
+
+if TYPE_CHECKING:
+    from stacklab.analysis.report import Report, ReportOptions
 
 
 @click.command("report")
@@ -94,7 +100,7 @@ def report(
         expect=expected,
     )
     try:
-        result = build_report(capture, options)
+        result = _build_with_status(build_report, capture, options)
     except CaptureError as exc:
         raise UserError(str(exc)) from None
     try:
@@ -112,3 +118,19 @@ def report(
         f"{result.rows:,} table rows",
         err=not output.is_file,
     )
+
+
+def _build_with_status(
+    build: Callable[..., Report], capture: str, options: ReportOptions
+) -> Report:
+    """Each pass of a large report takes a while: say which one runs, on a terminal's stderr."""
+    if not sys.stderr.isatty() or is_quiet():
+        return build(capture, options)
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"report of {os.path.basename(capture)}") as status:
+
+        def update(step: str) -> None:
+            status.update(f"report of {os.path.basename(capture)}: {step}")
+
+        return build(capture, options, update)

@@ -139,7 +139,7 @@ def verify(
     if engine == "tshark":
         from stacklab.analysis import tshark_engine
 
-        analyze = tshark_engine.analyze_capture
+        analyze = _with_progress(tshark_engine.analyze_capture)
         errors = (CaptureError, tshark_engine.TsharkError)
     else:
         from stacklab.analysis.verify import analyze_capture
@@ -189,6 +189,34 @@ def unsupported_only_frames(analysis: CaptureAnalysis) -> bool:
     """Whether every interface of the capture has a link type the reader cannot parse."""
     known = set(LINKTYPE_NAMES.values())
     return not any(name in known for name in analysis.link_type.split(","))
+
+
+def _with_progress(
+    analyze: Callable[..., CaptureAnalysis],
+) -> Callable[[str, VerifyOptions], CaptureAnalysis]:
+    """tshark takes long on big captures: a progress bar on a terminal's stderr meanwhile."""
+
+    def run(path: str, options: VerifyOptions) -> CaptureAnalysis:
+        if not sys.stderr.isatty() or is_quiet():
+            return analyze(path, options)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(
+            TextColumn(f"tshark {os.path.basename(path)}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("frames", total=None)
+
+            def update(frame: int, frames: int) -> None:
+                bar.update(task, completed=frame, total=frames)
+
+            return analyze(path, options, update)
+
+    return run
 
 
 def _summary_line(analyses: list[CaptureAnalysis], unreadable: list[Unreadable]) -> str:
