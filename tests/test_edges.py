@@ -122,13 +122,22 @@ def _netns_names() -> set[str]:
 
 @requires_netns_capture
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    ("sig", "group"), [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)]
+)
 def test_an_interrupted_netns_capture_leaves_nothing_behind(
-    tmp_path: Path, sig: signal.Signals
+    tmp_path: Path, sig: signal.Signals, group: bool
 ) -> None:
-    """The signal reaches the parent only; the namespace, dumpcap and raw file still go."""
+    """To the parent only, or to the whole group as Ctrl-C in a terminal: nothing is left."""
     target = tmp_path / "loss.pcapng"
-    proc = stacklab("capture", "rudp-loss", "--netns", "-o", str(target))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stacklab", "capture", "rudp-loss", "--netns", "-o", str(target)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal would give it
+    )
     prefix = f"stacklab-{proc.pid}-"
 
     def raw_file_exists() -> bool:
@@ -137,7 +146,10 @@ def test_an_interrupted_netns_capture_leaves_nothing_behind(
     try:
         wait_for(raw_file_exists, 60, "dumpcap's raw file")
         assert any(name.startswith(prefix) for name in _netns_names())
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
