@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from stacklab.analysis.pcapio import (
+    LINKTYPE_NAMES,
     TCP_FIN,
     TCP_RST,
     CaptureReader,
@@ -78,7 +79,13 @@ def rudp_summary(header: RudpHeader, payload_len: int, trailer_ok: bool = False)
 
 
 def _rudp_text(
-    letter: str, seq: int, ack: int, length: int, payload_len: int, trailer_ok: bool = False
+    letter: str,
+    seq: int,
+    ack: int,
+    length: int,
+    payload_len: int,
+    trailer_ok: bool = False,
+    bad_trailer: bool = False,
 ) -> str:
     text = f"RUDP {letter} seq={seq} ack={ack} len={length}"
     if payload_len < length:
@@ -87,6 +94,8 @@ def _rudp_text(
         text += f" (+{payload_len - length} bytes padding)"
     elif trailer_ok:
         text += " crc32c=ok"
+    elif bad_trailer:
+        text += " crc32c=BAD"
     return text
 
 
@@ -310,6 +319,25 @@ def rudp_info(datagram: bytes) -> dict[str, Any] | None:
     return info
 
 
+def syn_ack_integrity(datagram: bytes) -> bool | None:
+    """Whether the options in a SYN-ACK's payload accept integrity, or None if it has none.
+
+    The options are JSON followed by the 4-byte trailer; the trailer itself is
+    not trusted here, so that a session whose every trailer is wrong is still
+    recognised as one that negotiated integrity (and its datagrams marked BAD).
+    """
+    body = datagram[RUDP_HEADER_LEN:-RUDP_CRC_TRAILER_LEN]
+    if not body.startswith(b"{"):
+        return None
+    try:
+        options = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(options, dict) or not isinstance(options.get("integrity"), bool):
+        return None
+    return bool(options["integrity"])
+
+
 def rudp_info_summary(info: dict[str, Any]) -> str:
     """The summary line of :func:`rudp_info`'s fields (same text as :func:`rudp_summary`)."""
     return _rudp_text(
@@ -319,6 +347,7 @@ def rudp_info_summary(info: dict[str, Any]) -> str:
         info["len"],
         info["payload_len"],
         info.get("crc32c") == "ok",
+        info.get("crc32c") == "BAD",
     )
 
 
@@ -401,6 +430,19 @@ class _Decoder:
         self.heuristic = heuristic
         self.app = AppStreams()
         self.t0: float | None = None
+        # RUDP flows (the two endpoints) whose SYN-ACK accepted integrity: on
+        # those, a datagram without a valid CRC32C trailer is a damaged one.
+        self.integrity: dict[frozenset[str], bool] = {}
+
+    def _check_trailer(self, src: str, dst: str, payload: bytes, info: dict[str, Any]) -> None:
+        """Learn from a SYN-ACK whether a flow negotiated integrity; mark bad trailers on it."""
+        flow = frozenset((src, dst))
+        if info["flag"] == "A" and info["payload_len"] > RUDP_CRC_TRAILER_LEN:
+            accepted = syn_ack_integrity(payload)
+            if accepted is not None:
+                self.integrity[flow] = accepted
+        if "crc32c" not in info and self.integrity.get(flow) and info["len"] == info["payload_len"]:
+            info["crc32c"] = "BAD"
 
     def decode(self, frame: Frame) -> Iterator[DecodedPacket]:
         if self.t0 is None:
@@ -408,8 +450,13 @@ class _Decoder:
         rel = frame.time - self.t0
         packet = parse_packet(frame)
         if packet is None:
+            what = (
+                f"link type {frame.linktype} is not supported"
+                if frame.linktype not in LINKTYPE_NAMES
+                else "non-IP frame"
+            )
             yield DecodedPacket(
-                frame.number, rel, "", "", "other", f"non-IP frame, {len(frame.data)} bytes"
+                frame.number, rel, "", "", "other", f"{what}, {len(frame.data)} bytes"
             )
             return
         if packet.proto == "udp":
@@ -429,6 +476,8 @@ class _Decoder:
         if ports.rudp in both or (self.heuristic and looks_like_rudp(payload)):
             info = rudp_info(payload)
             if info is not None:
+                if self.integrity or info["flag"] == "A":
+                    self._check_trailer(src, dst, payload, info)
                 return DecodedPacket(packet.number, rel, src, dst, "rudp", None, info)
             note = f"too short for RUDP ({len(payload)} bytes)"
             return DecodedPacket(

@@ -6,6 +6,8 @@ window must agree with what the capture shows; a disagreement means either
 the capture lost packets or the engine's bookkeeping is wrong, and both are
 worth a failing check.  The log is read tolerantly: unknown events, blank or
 broken lines are skipped (and counted), flat objects without ``data`` work.
+A log that is empty, or in which not one line is an engine event, fails the
+check: it cannot vouch for anything.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from stacklab.analysis.sessions import Check, RudpSessionFacts, VerifyOptions
 
@@ -30,6 +32,7 @@ class SenderLog:
 
     lines: int = 0
     skipped: int = 0
+    recognised: int = 0
     data_sent: int = 0
     data_retransmitted: int = 0
     traced: bool = False
@@ -68,6 +71,26 @@ def read_events(path: str) -> SenderLog:
     return out
 
 
+_OTHER_ENGINE_EVENTS: Final = frozenset(
+    {
+        "event",
+        "ack_received",
+        "rto_changed",
+        "rtt_sample",
+        "loss_probe",
+        "options",
+        "command_received",
+        "data_delivered",
+        "transfer_complete",
+        "connection_closed",
+        "gave_up",
+        "integrity_failure",
+        "protocol_error",
+    }
+)
+"""Engine events that are not summed up here but show the log is the engine's."""
+
+
 def _apply(out: SenderLog, obj: dict[str, Any]) -> None:
     name = str(obj.get("name") or obj.get("event") or obj.get("type") or "")
     data = obj.get("data")
@@ -90,8 +113,9 @@ def _apply(out: SenderLog, obj: dict[str, Any]) -> None:
         out.fast_retransmits += 1
     elif short == "go_back":
         out.go_backs += 1
-    else:
+    elif short not in _OTHER_ENGINE_EVENTS:
         return
+    out.recognised += 1
 
 
 def cross_check(path: str, sessions: list[RudpSessionFacts], options: VerifyOptions) -> list[Check]:
@@ -100,6 +124,18 @@ def cross_check(path: str, sessions: list[RudpSessionFacts], options: VerifyOpti
         logged = read_events(path)
     except EventLogError as exc:
         return [Check("rudp.events", "-", "fail", str(exc))]
+    if logged.lines == 0:
+        return [Check("rudp.events", "-", "fail", f"{path}: the events log is empty")]
+    if logged.recognised == 0:
+        return [
+            Check(
+                "rudp.events",
+                "-",
+                "fail",
+                f"{path}: not one RUDP engine event in {logged.lines} line(s) "
+                f"({logged.skipped} not JSON objects): not an events log",
+            )
+        ]
     if not sessions:
         return [
             Check(

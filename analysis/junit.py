@@ -4,18 +4,24 @@ CI servers (GitLab, Jenkins, GitHub test reporters) understand JUnit XML; a
 capture becomes a test suite, each check a test case named after the check
 and its session, with ``<failure>`` carrying the detail and the frames that
 show the problem, and ``<skipped>`` for checks that had nothing to judge.
+A capture that could not be read is a suite with one ``<error>`` test case
+carrying the reason.
 """
 
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 
 from stacklab.analysis.sessions import CaptureAnalysis
-from stacklab.files import write_atomically
+from stacklab.analysis.unreadable import Unreadable
+from stacklab.files import Output, write_atomically, write_output
 
 
-def junit_tree(analyses: list[CaptureAnalysis]) -> ET.ElementTree:
+def junit_tree(
+    analyses: list[CaptureAnalysis], unreadable: Sequence[Unreadable] = ()
+) -> ET.ElementTree:
     """Build the ``<testsuites>`` document."""
     root = ET.Element("testsuites", name="stacklab verify")
     total = failures = skipped = 0
@@ -47,17 +53,37 @@ def junit_tree(analyses: list[CaptureAnalysis]) -> ET.ElementTree:
         total += len(analysis.checks)
         failures += fails
         skipped += skips
-    root.set("tests", str(total))
+    for item in unreadable:
+        suite = ET.SubElement(
+            root, "testsuite", name=item.path, tests="1", failures="0", errors="1", skipped="0"
+        )
+        case = ET.SubElement(suite, "testcase", classname="capture.read", name="capture.read")
+        error = ET.SubElement(case, "error", message=item.error, type="capture.read")
+        error.text = item.error
+    root.set("tests", str(total + len(unreadable)))
     root.set("failures", str(failures))
-    root.set("errors", "0")
+    root.set("errors", str(len(unreadable)))
     root.set("skipped", str(skipped))
     ET.indent(root)
     return ET.ElementTree(root)
 
 
-def write_junit(analyses: list[CaptureAnalysis], path: str | os.PathLike[str]) -> None:
-    """Write the JUnit XML file (raises OSError when it cannot be written)."""
-    tree = junit_tree(analyses)
-    write_atomically(
-        path, lambda handle: tree.write(handle, encoding="utf-8", xml_declaration=True)
-    )
+def write_junit(
+    analyses: list[CaptureAnalysis],
+    path: str | os.PathLike[str] | Output,
+    unreadable: Sequence[Unreadable] = (),
+) -> None:
+    """Write the JUnit XML file (raises OSError when it cannot be written).
+
+    ``path`` may be an :class:`~stacklab.files.Output` already checked by the
+    output policy (a FIFO, standard output); a plain path is written atomically.
+    """
+    tree = junit_tree(analyses, unreadable)
+
+    def write(handle: object) -> None:
+        tree.write(handle, encoding="utf-8", xml_declaration=True)  # type: ignore[arg-type]
+
+    if isinstance(path, Output):
+        write_output(path, write)
+    else:
+        write_atomically(path, write)

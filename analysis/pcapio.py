@@ -43,6 +43,29 @@ LINKTYPE_NAMES: Final = {
     LINKTYPE_LINUX_SLL2: "linux-sll2",
 }
 
+
+def unsupported_link_types(names: str) -> list[str]:
+    """The link types of a ``linktype_name`` string (``"ethernet,147"``) this reader cannot parse.
+
+    Frames of such a link type are read but cannot be decoded, so a capture
+    made only of them must be reported as "not supported", never as a capture
+    with no project traffic.
+    """
+    known = set(LINKTYPE_NAMES.values())
+    return [name for name in names.split(",") if name and name != "unknown" and name not in known]
+
+
+def link_type_problem(names: str) -> str | None:
+    """One line when some link types of a capture are not supported, else None."""
+    unsupported = unsupported_link_types(names)
+    if not unsupported:
+        return None
+    return (
+        f"link type {', '.join(unsupported)} is not supported "
+        f"(supported: {', '.join(LINKTYPE_NAMES.values())})"
+    )
+
+
 _READ_SIZE: Final = 1 << 20
 _PCAP_MAGICS: Final = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),

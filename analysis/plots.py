@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import matplotlib
 from matplotlib.axes import Axes
@@ -30,7 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from stacklab.files import write_atomically
+from stacklab.files import Output, write_atomically, write_output
 
 if TYPE_CHECKING:
     from stacklab.analysis.series import SessionSeries
@@ -116,6 +116,25 @@ def _burst_starts(series: SessionSeries) -> list[tuple[float, int]]:
     return out
 
 
+def data_time_range(series: SessionSeries) -> tuple[float, float | None]:
+    """The time axis of a time-sequence graph: from the first DATA to the last event.
+
+    The handshake and the fetch behind the command can take most of a short
+    session; starting the axis at the first DATA keeps the transfer readable
+    (the axis still counts from the SYN).  Without DATA the axis starts at 0.
+    """
+    if not series.data:
+        return 0.0, None
+    first = min(t for t, _c, _r in series.data)
+    last = max(t for t, _c, _r in series.data)
+    if series.acks:
+        last = max(last, series.acks[-1][0])
+    if series.fin is not None:
+        last = max(last, series.fin)
+    pad = max((last - first) * 0.04, 1e-3)
+    return first - min(pad, first / 2), last + pad
+
+
 def time_sequence_figure(series: SessionSeries, title: str) -> Figure:
     """The tcptrace-style time-sequence graph of one session."""
     fig = new_figure()
@@ -186,7 +205,7 @@ def time_sequence_figure(series: SessionSeries, title: str) -> Figure:
     ax.set_ylabel("chunk number (DATA seq)")
     ax.yaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]
     ax.grid(True, alpha=0.3)
-    ax.set_xlim(left=0)
+    ax.set_xlim(*data_time_range(series))
     ax.set_ylim(bottom=0)
     if handles:
         ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.9)
@@ -288,11 +307,20 @@ def _clip_note(ax: Axes, series: SessionSeries) -> None:
 # ---------------------------------------------------------------------------
 
 
-def save_figure(fig: Figure, path: str | os.PathLike[str], fmt: str) -> None:
-    """Write ``fig`` to ``path`` atomically (see :func:`stacklab.files.write_atomically`)."""
-    write_atomically(
-        path, lambda handle: fig.savefig(handle, format=fmt, dpi=110, metadata=_metadata(fmt))
-    )
+def save_figure(fig: Figure, path: str | os.PathLike[str] | Output, fmt: str) -> None:
+    """Write ``fig`` to ``path`` atomically (see :func:`stacklab.files.write_atomically`).
+
+    An :class:`~stacklab.files.Output` already checked by the output policy
+    is written where it says (a FIFO or a device is written into).
+    """
+
+    def write(handle: BinaryIO) -> None:
+        fig.savefig(handle, format=fmt, dpi=110, metadata=_metadata(fmt))
+
+    if isinstance(path, Output):
+        write_output(path, write)
+    else:
+        write_atomically(path, write)
 
 
 def _metadata(fmt: str) -> dict[str, str | None]:

@@ -20,7 +20,7 @@ import html
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
@@ -101,7 +101,9 @@ def _summary(analysis: CaptureAnalysis, size: int) -> str:
         ("checks", f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped"),
     ]
     parts = ['<div class="facts">']
-    parts += [f"<div><b>{_e(k)}</b>{_e(v)}</div>" for k, v in items]
+    # The file name gets a row of its own: a long name would run into the size.
+    wide = ' class="wide"'
+    parts += [f"<div{wide if k == 'file' else ''}><b>{_e(k)}</b>{_e(v)}</div>" for k, v in items]
     parts.append("</div>")
     for warning in analysis.warnings:
         parts.append(f'<p class="warn">{_e(warning)}</p>')
@@ -399,18 +401,29 @@ class _Tap:
             yield packet
 
 
-def build_report(path: str | os.PathLike[str], options: ReportOptions | None = None) -> Report:
+def build_report(
+    path: str | os.PathLike[str],
+    options: ReportOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
     """Render the report of ``path``.
 
     Raises :class:`~stacklab.analysis.pcapio.CaptureError` when the file is
-    not a readable capture.
+    not a readable capture.  ``progress`` is told each pass as it starts
+    (``"verifying"``, ``"charting"``, ``"decoding"``, ``"rendering"``): on a
+    large capture each takes a while.
     """
     from stacklab.analysis import plots
     from stacklab.analysis.ladder import build_ladder, ladder_figure
 
+    def step(name: str) -> None:
+        if progress is not None:
+            progress(name)
+
     options = options or ReportOptions()
     source = os.fspath(path)
     stem = os.path.basename(source)
+    step("verifying")
     analysis = analyze_capture(
         source,
         VerifyOptions(
@@ -422,7 +435,9 @@ def build_report(path: str | os.PathLike[str], options: ReportOptions | None = N
             trace_sessions=options.max_sessions,
         ),
     )
+    step("charting")
     series = capture_series(analysis, options.max_sessions)
+    step("decoding")
     tap = _Tap(options.decode_limit, options.max_rows)
     ladder = build_ladder(tap(decode_capture(source, options.ports)), options.ports)
     figure = ladder_figure(ladder, f"{stem}: ladder diagram")
@@ -433,6 +448,7 @@ def build_report(path: str | os.PathLike[str], options: ReportOptions | None = N
     subtitle = f"{analysis.packets:,} frames · {analysis.link_type}"
     if analysis.truncated:
         subtitle += " · truncated"
+    step("rendering")
     page = Template(_template("report.html")).substitute(
         version=_e(__version__),
         title=_e(stem),

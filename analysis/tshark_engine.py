@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from stacklab.analysis.pcapio import CaptureError, CaptureReader, Packet
@@ -117,10 +117,20 @@ def _hex(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", "")) if text else b""
 
 
+PROGRESS_EVERY = 2000
+"""Rows between two calls of the progress callback."""
+
+
 def analyze_capture(
-    path: str | os.PathLike[str], options: VerifyOptions | None = None
+    path: str | os.PathLike[str],
+    options: VerifyOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CaptureAnalysis:
-    """The same analysis as :func:`stacklab.analysis.verify.analyze_capture`, read by tshark."""
+    """The same analysis as :func:`stacklab.analysis.verify.analyze_capture`, read by tshark.
+
+    tshark is slow on big captures: ``progress(frame, frames)`` is called
+    every :data:`PROGRESS_EVERY` rows so that the command can show how far it is.
+    """
     from stacklab.analysis.verify import finish_analysis, new_trackers
 
     options = options or VerifyOptions()
@@ -133,9 +143,11 @@ def analyze_capture(
         link_type = reader.linktype_name
     ports = options.ports
     rudp, dhcp, dns, app = new_trackers(options)
-    for row in _rows(path, options):
+    for count, row in enumerate(_rows(path, options)):
         if len(row) < len(FIELDS):
             continue
+        if progress is not None and count % PROGRESS_EVERY == 0:
+            progress(int(row[0] or 0), frames)
         (
             number_s,
             time_s,

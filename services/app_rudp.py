@@ -18,10 +18,16 @@ valid echoed cookie (proven address) or ``ack=0`` (an original client,
 limited by the anti-amplification budget until it acknowledges data).  The
 factor and the budget are documented in :mod:`stacklab.transport.handshake`.
 
-Limits: at most ``max_sessions`` sessions (a command beyond that is dropped
-and counted as ``busy``), a session is freed on FIN, give-up, or
-``idle_timeout`` seconds without a datagram (a session waiting for its
-fetch is never idle).
+Limits: at most ``max_sessions`` sessions, and ``max_sessions_per_client``
+per source address, so that one host (original-style sessions that never
+ACK included) cannot fill the table: a command from an address at its share
+replaces that address's longest-silent session (counted as ``evicted``), so
+a host only ever competes with itself.  A session is freed on FIN, give-up,
+or ``idle_timeout`` seconds without a datagram (a session waiting for its
+fetch is never idle).  When the whole table is full, a SYN or a command gets
+the busy answer of :func:`stacklab.wire.busy_answer` (a bare FIN, counted as
+``busy``) instead of silence.  Refusals and evictions are logged at most
+once every few seconds.
 """
 
 from __future__ import annotations
@@ -38,14 +44,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from stacklab.config import RudpSettings
-from stacklab.services.base import Service, bind_error, family_for
+from stacklab.services.base import RateLimitedLog, Service, bind_error, family_for
 from stacklab.services.fetcher import Fetcher, FetchPolicy, fetch, handle_command
 from stacklab.services.rudp_io import RECV_BUFFER, DatagramSender, EventLog, tune_socket
 from stacklab.transport.events import CommandReceived, Event
 from stacklab.transport.handshake import Handshake, SynCookies
 from stacklab.transport.options import OptionLimits, TransferOptions
 from stacklab.transport.server import ServerSession, ServerState
-from stacklab.wire import FETCH_COMMAND, Flag, fetch_error_text
+from stacklab.wire import FETCH_COMMAND, RUDP_HEADER, Flag, busy_answer, fetch_error_text
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +108,8 @@ class RudpAppServer(Service):
         self._armed: dict[Address, float] = {}
         self._last_seen: dict[Address, float] = {}
         self._seq = 0
+        self._per_client: dict[str, set[Address]] = {}  # source address -> its sessions
+        self._warn = RateLimitedLog(log)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -160,6 +168,7 @@ class RudpAppServer(Service):
                 self._events.close()
                 self._events = None
             self.sessions.clear()
+            self._per_client.clear()
             log.info("app-rudp stopped")
 
     def _close_sockets(self) -> None:
@@ -247,6 +256,10 @@ class RudpAppServer(Service):
     ) -> ServerSession | None:
         """Answer a SYN without state; create a session only for an acceptable command."""
         flag = view[8:9] if n >= 11 else b""
+        if flag in (_SYN, _DATA) and len(self.sessions) >= self.settings.max_sessions:
+            seq = RUDP_HEADER.unpack_from(view, 0)[0]
+            self._refuse(sock, addr, seq + 1 if flag == _SYN else seq)
+            return None
         if flag == _SYN:
             answer = self.handshake.answer_syn(view[:n], addr, now)
             if answer is None:
@@ -264,16 +277,53 @@ class RudpAppServer(Service):
         if flag != _DATA:
             self.count("no_session")  # a stray packet or a session we already freed
             return None
-        if len(self.sessions) >= self.settings.max_sessions:
-            self.count("busy")
-            return None
         session = self.handshake.accept_command(view[:n], addr, now, self._make_session)
         if session is None:
             self.count("bad_cookie")
             return None
+        own = self._per_client.setdefault(addr[0], set())
+        if len(own) >= self.settings.max_sessions_per_client:
+            self._evict_oldest(own)
         self.sessions[addr] = session
+        own.add(addr)
         self.count("sessions")
         return session
+
+    def _evict_oldest(self, own: set[Address]) -> None:
+        """Make room in one address's share: free its longest-silent session."""
+        seen = self._last_seen
+        victim = min(own, key=lambda a: seen.get(a, 0.0))
+        session = self.sessions.get(victim)
+        self.count("evicted")
+        self._warn.log(
+            logging.WARNING,
+            "evicted",
+            "app-rudp: %s holds %d sessions: its longest-silent one (port %d) is dropped",
+            victim[0],
+            len(own),
+            victim[1],
+        )
+        if session is not None:
+            self._free(victim, session)
+        else:
+            own.discard(victim)
+
+    def _refuse(self, sock: socket.socket, addr: Address, ack: int) -> None:
+        """Send the busy answer (a bare FIN, never larger than what it answers)."""
+        self.count("busy")
+        self._warn.log(
+            logging.WARNING,
+            "busy",
+            "app-rudp: %s:%d refused: the session table is full (%d sessions)",
+            addr[0],
+            addr[1],
+            self.settings.max_sessions,
+        )
+        try:
+            sock.sendto(busy_answer(ack), addr)
+        except OSError as exc:
+            self.count("send_errors")
+            log.debug("app-rudp: sendto %s:%d: %s", addr[0], addr[1], exc)
 
     def _make_session(self) -> ServerSession:
         s = self.settings
@@ -327,6 +377,8 @@ class RudpAppServer(Service):
         self, sock: socket.socket, addr: Address, session: ServerSession, now: float
     ) -> None:
         """Send what the session queued, act on its events, re-arm or free it."""
+        if self.sessions.get(addr) is not session:
+            return  # evicted to make room for a newer session of the same address
         out = session.datagrams_to_send(now)
         if out:
             try:
@@ -364,6 +416,11 @@ class RudpAppServer(Service):
             self.count("failed")
         self.count("retransmissions", session.sender.retransmissions if session.sender else 0)
         self.sessions.pop(addr, None)
+        own = self._per_client.get(addr[0])
+        if own is not None:
+            own.discard(addr)
+            if not own:
+                del self._per_client[addr[0]]
         self._armed.pop(addr, None)
         self._last_seen.pop(addr, None)
         if self._events is not None:

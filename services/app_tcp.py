@@ -1,7 +1,11 @@
 """The TCP app server (2121): one framed FETCH request per connection.
 
-Each connection gets its own thread (bounded by ``max_connections``), so a
-slow or silent client never blocks another.  A connection must deliver its
+Each connection gets its own thread (bounded by ``max_connections``, and by
+``max_connections_per_client`` per source address, so that one host holding
+idle connections cannot take every slot), so a slow or silent client never
+blocks another.  A connection over either limit is answered with the framed
+``ERROR: Server busy, try again later`` and closed; those refusals are
+logged at most once every few seconds.  A connection must deliver its
 whole request frame within ``read_timeout`` seconds; a malformed prefix or a
 declared length above ``max_request`` is answered with an ``ERROR: ...``
 frame and the connection closes, as does a client that stalls mid-frame.
@@ -16,10 +20,11 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 
 from stacklab.config import AppTcpSettings
 from stacklab.framing import FrameDecoder, FramingError
-from stacklab.services.base import LoopService, bind_error, family_for
+from stacklab.services.base import LoopService, RateLimitedLog, bind_error, family_for
 from stacklab.services.fetcher import Fetcher, FetchPolicy, fetch, handle_command
 from stacklab.wire import ERROR_PREFIX, frame_prefix
 
@@ -52,6 +57,8 @@ class TcpAppServer(LoopService):
             fetcher  # how a FETCH gets its bytes (tests and benchmarks answer from memory)
         )
         self._slots = threading.BoundedSemaphore(settings.max_connections)
+        self._per_client: Counter[str] = Counter()  # source address -> open connections
+        self._warn = RateLimitedLog(log)
         self._conns: set[socket.socket] = set()
         self._workers: set[threading.Thread] = set()
         self._conns_lock = threading.Lock()
@@ -74,26 +81,21 @@ class TcpAppServer(LoopService):
             return
         except OSError as exc:  # e.g. EMFILE: keep serving the others
             self.count("errors")
-            log.warning("app-tcp: accept failed: %s", exc)
+            self._warn.log(logging.WARNING, "accept", "app-tcp: accept failed: %s", exc)
             return
         self.count("connections")
         conn.setblocking(True)
+        host = str(addr[0])
+        with self._conns_lock:
+            crowded = self._per_client[host] >= self.settings.max_connections_per_client
+        if crowded:
+            self._busy(conn, addr, "busy_client", "connections from this address")
+            return
         if not self._slots.acquire(blocking=False):
-            self.count("busy")
-            log.warning(
-                "app-tcp: %s:%d refused: %d connections active",
-                addr[0],
-                addr[1],
-                self.settings.max_connections,
-            )
-            try:
-                conn.settimeout(1.0)
-                conn.sendall(error_frame(ERROR_BUSY))
-            except OSError:
-                pass
-            conn.close()
+            self._busy(conn, addr, "busy", "connections in all")
             return
         with self._conns_lock:
+            self._per_client[host] += 1
             self._conns.add(conn)
             worker = threading.Thread(
                 target=self._serve,
@@ -135,9 +137,36 @@ class TcpAppServer(LoopService):
         finally:
             conn.close()
             with self._conns_lock:
+                self._per_client[addr[0]] -= 1
+                if self._per_client[addr[0]] <= 0:
+                    del self._per_client[addr[0]]
                 self._conns.discard(conn)
                 self._workers.discard(threading.current_thread())
             self._slots.release()
+
+    def _busy(self, conn: socket.socket, addr: tuple[str, int], counter: str, why: str) -> None:
+        """Refuse a connection over a limit: the framed busy error, then close."""
+        self.count(counter)
+        limit = (
+            self.settings.max_connections_per_client
+            if counter == "busy_client"
+            else self.settings.max_connections
+        )
+        self._warn.log(
+            logging.WARNING,
+            counter,
+            "app-tcp: %s:%d refused: %d %s active",
+            addr[0],
+            addr[1],
+            limit,
+            why,
+        )
+        try:
+            conn.settimeout(0.5)  # a fresh socket's send buffer is empty: this does not wait
+            conn.sendall(error_frame(ERROR_BUSY))
+        except OSError:
+            pass
+        conn.close()
 
     def _read_request(self, conn: socket.socket, addr: tuple[str, int]) -> bytes | None:
         """The request body, or None after answering/closing a bad or stalled request."""

@@ -22,13 +22,54 @@ import logging
 import selectors
 import socket
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from types import TracebackType
 
 log = logging.getLogger(__name__)
 
 UDP_RECV_SIZE = 65535
 """Large enough for any UDP datagram, so nothing is silently truncated."""
+
+
+class RateLimitedLog:
+    """At most one log record per ``interval`` seconds per key; the rest are counted.
+
+    A server under attack must not turn every refused connection into a line
+    on the console: the first one is logged, the following ones within the
+    interval only counted, and the next record says how many were held back.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def log(
+        self, level: int, key: str, message: str, *args: object, exc_info: bool = False
+    ) -> bool:
+        """Log ``message % args`` unless ``key`` was logged less than ``interval`` ago."""
+        now = self.clock()
+        with self._lock:
+            if now < self._next.get(key, 0.0):
+                self._held[key] = self._held.get(key, 0) + 1
+                return False
+            self._next[key] = now + self.interval
+            held = self._held.pop(key, 0)
+        if held:
+            message += " (%d more like this in the last %.0f s)"
+            args = (*args, held, self.interval)
+        self.logger.log(level, message, *args, exc_info=exc_info)
+        return True
 
 
 class BindError(OSError):
@@ -121,6 +162,7 @@ class LoopService(Service):
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._bound: tuple[str, int] | None = None
         self._lifecycle = threading.Lock()
+        self._warn = RateLimitedLog(log)  # what a peer can trigger is logged sparingly
 
     @abc.abstractmethod
     def _make_socket(self) -> socket.socket:
@@ -244,7 +286,15 @@ class UdpService(LoopService):
                 reply = self.handle_datagram(data, (str(addr[0]), int(addr[1])))
             except Exception:
                 self.count("errors")
-                log.exception("%s: handler failed on %d bytes from %s", self.name, len(data), addr)
+                self._warn.log(
+                    logging.ERROR,
+                    "handler",
+                    "%s: handler failed on %d bytes from %s",
+                    self.name,
+                    len(data),
+                    addr,
+                    exc_info=True,
+                )
                 continue
             if reply is None:
                 self.count("dropped")
@@ -255,6 +305,14 @@ class UdpService(LoopService):
             except OSError as exc:
                 self.count("replies", -1)
                 self.count("errors")
-                log.warning("%s: cannot reply to %s:%d: %s", self.name, addr[0], addr[1], exc)
+                self._warn.log(
+                    logging.WARNING,
+                    "reply",
+                    "%s: cannot reply to %s:%d: %s",
+                    self.name,
+                    addr[0],
+                    addr[1],
+                    exc,
+                )
                 continue
             log.debug("%s: replied %d bytes to %s:%d", self.name, len(reply), addr[0], addr[1])

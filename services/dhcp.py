@@ -81,7 +81,9 @@ class DhcpServer(UdpService):
 
     def start(self) -> None:
         if self.store is None:
-            self.store = SqliteLeaseStore(self.settings.lease_db_path())
+            self.store = SqliteLeaseStore(
+                self.settings.lease_db_path(), create_folder=self.settings.lease_db is None
+            )
             self.table = LeaseTable(
                 self.settings.pool_start,
                 self.settings.pool_end,

@@ -149,10 +149,22 @@ class LeaseTable:
 class SqliteLeaseStore:
     """Leases on disk, one row per address; every change is committed at once."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create_folder: bool = False) -> None:
+        """Open (or create) the database; its folder is created only with ``create_folder``.
+
+        Only the default location under the state folder is created on its own:
+        a folder the user named that does not exist is a typo to report, not
+        a tree to make.
+        """
         self.path = os.fspath(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(self.path).parent
+            if create_folder:
+                folder.mkdir(parents=True, exist_ok=True)
+            elif not folder.is_dir():
+                raise OSError(
+                    f"cannot open the lease database {self.path}: no such folder {folder}"
+                )
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)

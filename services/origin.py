@@ -4,6 +4,12 @@ It serves a folder read-only over HTTP/1.0 with the standard library's
 handler, one thread per request, and logs one line per request through
 :mod:`logging` instead of writing to stderr.  ``Content-Length`` is always
 sent for files, which lets the app servers preallocate the body buffer.
+
+Unlike ``http.server``, it cannot be held by idle connections: a connection
+silent for ``idle_timeout`` seconds is closed, at most ``max_connections``
+are served at once and ``max_connections_per_client`` per source address;
+a connection over a limit gets ``503 Service Unavailable`` at once, without
+a thread (refusals are logged at most once every few seconds).
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ from __future__ import annotations
 import functools
 import http.server
 import logging
+import socket
 import threading
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from stacklab.services.base import Service, bind_error, family_for
+from stacklab.services.base import RateLimitedLog, Service, bind_error, family_for
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +51,67 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         log.info("origin: %s - %s", self.client_address[0], format % args)
 
 
+BUSY_RESPONSE = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 29\r\nConnection: close\r\n\r\nServer busy, try again later\n"
+)
+
+
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     owner: OriginServer
+    max_connections = 256
+    max_per_client = 64
+    # socketserver's backlog of 5 would leave a burst of clients waiting seconds
+    # for SYN retransmissions before the limits below could even answer them.
+    request_queue_size = min(socket.SOMAXCONN, 1024)
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._active: Counter[str] = Counter()
+        self._total = 0
+        self._limits = threading.Lock()
+        self._warn = RateLimitedLog(log)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Refuse a connection over a limit on the accept thread; serve the others on their own."""
+        host = str(client_address[0])
+        with self._limits:
+            crowded = self._active[host] >= self.max_per_client
+            full = self._total >= self.max_connections
+            if not (crowded or full):
+                self._active[host] += 1
+                self._total += 1
+        if crowded or full:
+            self.owner.count("busy_client" if crowded else "busy")
+            self._warn.log(
+                logging.WARNING,
+                "busy",
+                "origin: %s:%d refused: too many connections%s",
+                client_address[0],
+                client_address[1],
+                " from this address" if crowded else "",
+            )
+            try:
+                request.settimeout(0.5)
+                request.sendall(BUSY_RESPONSE)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            host = str(client_address[0])
+            with self._limits:
+                self._total -= 1
+                self._active[host] -= 1
+                if self._active[host] <= 0:
+                    del self._active[host]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         self.owner.count("errors")
@@ -58,11 +123,23 @@ class OriginServer(Service):
 
     name = "origin"
 
-    def __init__(self, host: str, port: int, root: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        root: str | Path | None = None,
+        *,
+        idle_timeout: float = 10.0,
+        max_connections: int = 256,
+        max_connections_per_client: int = 64,
+    ) -> None:
         super().__init__()
         self.host = host
         self.port = port
         self.root = Path(root) if root is not None else sample_root()
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_connections_per_client = max_connections_per_client
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -80,9 +157,20 @@ class OriginServer(Service):
                 return
             if not self.root.is_dir():
                 raise FileNotFoundError(f"origin root {self.root} is not a directory")
-            handler = functools.partial(_Handler, directory=str(self.root))
+            # The handler's ``timeout`` is the socket timeout of each connection:
+            # a client silent that long (before or between requests) is dropped.
+            handler_cls = type("_TimedHandler", (_Handler,), {"timeout": self.idle_timeout})
+            handler = functools.partial(handler_cls, directory=str(self.root))
 
-            server_cls = type("_BoundServer", (_Server,), {"address_family": family_for(self.host)})
+            server_cls = type(
+                "_BoundServer",
+                (_Server,),
+                {
+                    "address_family": family_for(self.host),
+                    "max_connections": self.max_connections,
+                    "max_per_client": self.max_connections_per_client,
+                },
+            )
             try:
                 server = server_cls((self.host, self.port), handler)
             except OSError as exc:

@@ -33,9 +33,9 @@ from stacklab.services.rudp_io import (
     gro_segment_size,
     tune_socket,
 )
-from stacklab.transport.client import ClientSession
+from stacklab.transport.client import ClientSession, ClientState
 from stacklab.transport.options import STACKLAB_DEFAULT, TransferOptions
-from stacklab.wire import FETCH_COMMAND, ORIGINAL_ISN, Flag
+from stacklab.wire import FETCH_COMMAND, ORIGINAL_ISN, Flag, is_busy_answer
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,13 @@ _FIN = Flag.FIN.value
 
 class RudpTransferError(ClientError):
     """The RUDP transfer failed: no answer, silence, or content that fails its integrity check."""
+
+
+class ServerBusy(RudpTransferError):
+    """The server sent its busy answer (:func:`stacklab.wire.busy_answer`) instead of taking us."""
+
+
+_WAITING = (ClientState.SYN_SENT, ClientState.CMD_SENT)
 
 
 def fetch_rudp(
@@ -210,6 +217,8 @@ def _drain(
         except OSError as exc:
             raise ClientError(f"RUDP receive from {where} failed: {exc}") from None
         segment = (gro_segment_size(ancdata) if ancdata else None) or n
+        if session.state in _WAITING and is_busy_answer(view[:n]):
+            raise ServerBusy(f"the RUDP app server at {where} is busy: try again later")
         if segment >= n and not inject:
             receive(view[:n], monotonic())
         else:

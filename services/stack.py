@@ -45,7 +45,15 @@ def dns_records(config: StackConfig) -> dict[str, str]:
 def build_service(name: str, config: StackConfig) -> Service:
     """One service by its CLI name (``dhcp``, ``dns``, ``origin``, ``app-tcp``, ``app-rudp``)."""
     if name == "origin":
-        return OriginServer(config.origin.host, config.origin.port, config.origin.root)
+        origin = config.origin
+        return OriginServer(
+            origin.host,
+            origin.port,
+            origin.root,
+            idle_timeout=origin.idle_timeout,
+            max_connections=origin.max_connections,
+            max_connections_per_client=origin.max_connections_per_client,
+        )
     if name == "dhcp":
         return DhcpServer(config.dhcp)
     if name == "dns":

@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 import click
@@ -75,7 +77,12 @@ def setup_logging(verbosity: int, quiet: bool = False) -> None:
         if quiet
         else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)]
     )
-    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    from rich.console import Console
+
+    # Standard error: standard output belongs to the command (JSON, a report on '-', a table).
+    handler = RichHandler(
+        console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
+    )
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -96,6 +103,48 @@ def cli(verbose: int, quiet: bool) -> None:
     setup_logging(verbose, quiet)
 
 
+def is_quiet() -> bool:
+    """Whether ``-q`` was given before the command (commands then print only problems)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("quiet"))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` cleans up on the way out."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> Any:
-    """Console-script entry point."""
-    return cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="stacklab")
+    """Console-script entry point.
+
+    Ctrl-C exits 130 (and SIGTERM 143) with one line, after the ``finally``
+    blocks have run: a capture stops dumpcap and deletes its raw file and its
+    network namespace on the way out.  Commands that wait for a signal
+    (``up``, ``serve``, ``chaos``) install their own handlers while they run.
+    """
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
+    args = argv if argv is not None else sys.argv[1:]
+    try:
+        return cli.main(args=args, prog_name="stacklab", standalone_mode=False)
+    except click.exceptions.Abort as exc:
+        terminated = isinstance(exc.__context__, Terminated)
+        click.echo("stacklab: " + ("terminated" if terminated else "interrupted"), err=True)
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    except KeyboardInterrupt as exc:  # raised outside click's own handling
+        terminated = isinstance(exc, Terminated)
+        click.echo("stacklab: " + ("terminated" if terminated else "interrupted"), err=True)
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 import types
@@ -72,6 +73,9 @@ class OriginSettings:
     host: str = wire.ORIGIN_ADDR
     port: int = wire.ORIGIN_PORT
     root: str | None = None  # None: the sample folder shipped with stacklab
+    max_connections: int = 256
+    max_connections_per_client: int = 64  # per source address
+    idle_timeout: float = 10.0  # seconds a connection may stay silent (request or keep-alive)
 
 
 @dataclass
@@ -81,6 +85,7 @@ class AppTcpSettings:
     host: str = wire.APP_ADDR
     port: int = wire.APP_TCP_PORT
     max_connections: int = 256
+    max_connections_per_client: int = 64  # per source address: one host cannot take them all
     read_timeout: float = 10.0
     max_request: int = 64 * 1024
 
@@ -98,6 +103,7 @@ class RudpSettings:
     max_rto: float = 10.0
     max_timeouts: int = 8
     max_sessions: int = 1024
+    max_sessions_per_client: int = 64  # per source address; beyond: its oldest is dropped
     idle_timeout: float = 30.0
     # What a stacklab client may negotiate in its SYN (original clients get the values above).
     max_chunk: int = wire.MAX_STACKLAB_CHUNK
@@ -219,11 +225,11 @@ def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         if value is None:
             continue
-        if isinstance(value, dict):
+        section, dot, name = key.partition(".")
+        if isinstance(value, dict) and not dot:  # a whole section: {"dns": {"port": 53}}
             inner = {k: v for k, v in value.items() if v is not None}
             nested.setdefault(key, {}).update(inner)
             continue
-        section, dot, name = key.partition(".")
         if not dot:
             raise ConfigError(f"override {key!r} must name section.key")
         nested.setdefault(section, {})[name] = value
@@ -300,6 +306,8 @@ def _validate(config: StackConfig) -> None:
             value = getattr(section, f.name)
             if not isinstance(value, int | float) or isinstance(value, bool) or f.name == "port":
                 continue
+            if not math.isfinite(value):
+                raise ConfigError(f"{section_name}.{f.name} must be a finite number, not {value!r}")
             if f.name in _ZERO_ALLOWED:
                 if value < 0:
                     raise ConfigError(
@@ -321,5 +329,26 @@ def _validate(config: StackConfig) -> None:
             ipaddress.IPv4Address(ip)
         except ValueError:
             raise ConfigError(f"dns.records.{name} {ip!r} is not an IPv4 address") from None
+    _validate_rudp(config.app_rudp)
     if config.fetch.allow or config.origin.port != 0:
         config.fetch_policy()  # validates the allowlist entries
+
+
+def _validate_rudp(rudp: RudpSettings) -> None:
+    """The RUDP engine's own bounds, reported as the setting that breaks them."""
+    from stacklab.transport.options import OptionsError, TransferOptions
+
+    values = {
+        "chunk_size": lambda: TransferOptions(chunk_size=rudp.chunk_size),
+        "max_window": lambda: TransferOptions(max_window=rudp.max_window),
+        "negotiated_max_window": lambda: TransferOptions(max_window=rudp.negotiated_max_window),
+    }
+    for key, make in values.items():
+        try:
+            make()
+        except OptionsError as exc:
+            raise ConfigError(f"app_rudp.{key}: {exc}") from None
+    if rudp.max_chunk > wire.MAX_STACKLAB_CHUNK:
+        raise ConfigError(
+            f"app_rudp.max_chunk: {rudp.max_chunk} is above {wire.MAX_STACKLAB_CHUNK}"
+        )

@@ -300,3 +300,26 @@ def crc_trailer_ok(datagram: bytes | memoryview) -> bool:
     if end < RUDP_HEADER_LEN:
         return False
     return crc32c(datagram[:end]) == _unpack_u32(datagram, end)[0]
+
+
+# -- the busy answer ---------------------------------------------------------------------
+#
+# A server that cannot take one more client (its session table is full, or the
+# client's address already holds its share of sessions) answers the SYN, or the
+# command, with a bare FIN: seq 0, ack = the ISN + 1 for a SYN and the command's
+# seq for a command, no payload.  Never larger than the datagram it answers, so
+# it amplifies nothing.  The original client expects an ACK at both steps and
+# closes at once on anything else; stacklab's client reports "server busy".
+
+
+def busy_answer(ack: int) -> bytes:
+    """The bare FIN a busy server sends instead of a SYN-ACK or a command ACK."""
+    return pack_rudp(0, ack & RUDP_MAX_SEQ, Flag.FIN.value)
+
+
+def is_busy_answer(datagram: bytes | memoryview) -> bool:
+    """Whether ``datagram`` is :func:`busy_answer` (meaningful before any data arrived)."""
+    if len(datagram) != RUDP_HEADER_LEN:
+        return False
+    seq, _, flag, length = RUDP_HEADER.unpack_from(datagram, 0)
+    return seq == 0 and flag == Flag.FIN.value and length == 0

@@ -213,9 +213,8 @@ def _write_capture(path: Path, datagrams: list[tuple[str, bytes]], port: int) ->
     packets: list[Packet] = []
     for direction, d in datagrams:
         sport, dport = (40000, port) if direction == "c2s" else (port, 40000)
-        packets.append(
-            Ether() / IP(src="127.0.0.1", dst="127.0.0.3") / UDP(sport=sport, dport=dport) / d
-        )
+        src, dst = ("127.0.0.1", "127.0.0.3") if direction == "c2s" else ("127.0.0.3", "127.0.0.1")
+        packets.append(Ether() / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / d)
     wrpcap(str(path), packets)
     return path
 
@@ -238,6 +237,47 @@ def test_negotiated_transfer_decodes_crc32c_ok_on_every_line(tmp_path: Path) -> 
     assert as_json.exit_code == 0
     records = [json.loads(line)["rudp"] for line in as_json.output.splitlines()]
     assert all(r["crc32c"] == "ok" and set(r) == OLD_KEYS | {"crc32c"} for r in records)
+
+
+def _damage_trailer(datagram: bytes) -> bytes:
+    """The same datagram with its last byte (part of the trailer) flipped."""
+    return datagram[:-1] + bytes([datagram[-1] ^ 0xFF])
+
+
+@pytest.mark.timeout(60)
+def test_negotiated_transfer_with_wrong_trailers_decodes_crc32c_bad(tmp_path: Path) -> None:
+    """Once the SYN-ACK accepted integrity, a datagram whose trailer does not match is BAD."""
+    datagrams = _session_datagrams(STACKLAB_DEFAULT, CONTENT)
+    damaged = [(direction, _damage_trailer(d)) for direction, d in datagrams]
+    path = _write_capture(tmp_path / "damaged.pcap", damaged, APP_RUDP_PORT)
+    result = CliRunner().invoke(cli, ["decode", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == len(datagrams)
+    # The SYN comes before any answer, so nothing is known about it yet.
+    assert "crc32c" not in lines[0]
+    assert all(line.endswith(" crc32c=BAD") for line in lines[1:]), lines[:4]
+    as_json = CliRunner().invoke(cli, ["decode", "--json", str(path)])
+    records = [json.loads(line)["rudp"] for line in as_json.output.splitlines()]
+    assert [r.get("crc32c") for r in records[1:]] == ["BAD"] * (len(records) - 1)
+
+
+@pytest.mark.timeout(60)
+def test_one_wrong_trailer_among_good_ones_is_the_only_bad_one(tmp_path: Path) -> None:
+    datagrams = _session_datagrams(STACKLAB_DEFAULT, CONTENT)
+    middle = len(datagrams) // 2
+    datagrams[middle] = (datagrams[middle][0], _damage_trailer(datagrams[middle][1]))
+    path = _write_capture(tmp_path / "one.pcap", datagrams, APP_RUDP_PORT)
+    verdicts = [r.to_json()["rudp"].get("crc32c") for r in decode_capture(path)]
+    assert verdicts.count("BAD") == 1 and verdicts[middle] == "BAD"
+    assert verdicts.count("ok") == len(datagrams) - 1
+
+
+@pytest.mark.timeout(60)
+def test_original_mode_transfer_is_never_bad(tmp_path: Path) -> None:
+    datagrams = _session_datagrams(None, CONTENT)
+    path = _write_capture(tmp_path / "original.pcap", datagrams, APP_RUDP_PORT)
+    assert not any("crc32c" in r.summary() for r in decode_capture(path))
 
 
 @pytest.mark.timeout(60)

@@ -58,7 +58,7 @@ def test_cli_stdout_and_atomic_file(tmp_path: Path) -> None:
     target = tmp_path / "stacklab.lua"
     target.write_text("old")
     os.chmod(target, 0o640)
-    written = runner.invoke(cli, ["dissector", "-o", str(target), "--rudp-port", "9000"])
+    written = runner.invoke(cli, ["dissector", "-o", str(target), "--force", "--rudp-port", "9000"])
     assert written.exit_code == 0
     assert target.read_text() == generate_dissector(Ports(rudp=9000))
     assert stat.S_IMODE(target.stat().st_mode) == 0o640

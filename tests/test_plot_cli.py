@@ -125,3 +125,32 @@ def test_a_far_ceiling_is_named_not_drawn(max_window: int, drawn: bool) -> None:
         # the curves keep the height of the chart: the ceiling is only named
         assert not ceilings and ax.get_ylim()[1] < 10
         assert f"maximum window ({max_window}, above the chart)" in labels
+
+
+def test_time_sequence_axis_is_zoomed_to_the_data() -> None:
+    from stacklab.analysis.plots import close, time_sequence_figure
+    from stacklab.analysis.series import collect_series
+
+    (series,) = collect_series(seed_capture("part4_rudp_loss_flow")).sessions
+    first = min(t for t, _c, _r in series.data)
+    assert first > 0.09  # the handshake and the fetch come first
+    fig = time_sequence_figure(series, "part4")
+    left, right = fig.axes[0].get_xlim()
+    close(fig)
+    assert series.fin is not None
+    assert 0 < left <= first and right >= series.fin
+    assert left > first - 0.2  # the axis starts at the DATA, not at the SYN
+
+
+def test_plot_session_picks_one_client(tmp_path: Path) -> None:
+    capture = str(seed_capture("part4_rudp_loss_flow"))
+    picked = CliRunner().invoke(
+        cli, ["plot", capture, "-o", str(tmp_path), "--session", "127.0.0.1"]
+    )
+    assert picked.exit_code == 0, picked.output
+    assert len(list(tmp_path.glob("*.timeseq.png"))) == 1
+    missing = CliRunner().invoke(
+        cli, ["plot", capture, "-o", str(tmp_path), "--session", "10.0.0.1:1"]
+    )
+    assert missing.exit_code == 2
+    assert "no RUDP session of 10.0.0.1:1 (sessions: 127.0.0.1:58314)" in missing.output

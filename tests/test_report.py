@@ -290,3 +290,39 @@ def test_many_checks_get_an_overview_and_a_capped_table() -> None:
     assert "bad &lt;go-back&gt;" in html and '<a href="#f7">7</a>' in html
     few = _checks(checks[:3], linked=set())
     assert "check-totals" not in few and "not listed" not in few
+
+
+def test_a_long_file_name_has_a_row_of_its_own(tmp_path: Path) -> None:
+    long_name = tmp_path / ("a-capture-with-a-very-long-descriptive-name-" * 3 + "x.pcapng")
+    long_name.write_bytes(seed_capture("part1_flow").read_bytes())
+    page = build_report(long_name).html
+    assert f'<div class="wide"><b>file</b>{long_name.name}</div><div><b>size</b>' in page.replace(
+        "\n", ""
+    )
+    assert ".facts div.wide { grid-column: 1 / -1; }" in page
+    assert "overflow-wrap: anywhere" in page
+
+
+def test_report_expect_narrows_like_verify(tmp_path: Path) -> None:
+    """A capture cut after the handshake fails as a transfer, passes with --expect handshake."""
+    for size in range(2000, 4000, 100):
+        cut = tmp_path / f"cut{size}.pcapng"
+        cut.write_bytes(seed_capture("part3_rudp_clean_flow").read_bytes()[:size])
+        verify = CliRunner().invoke(cli, ["verify", str(cut), "--expect", "handshake"])
+        if verify.exit_code == 0 and CliRunner().invoke(cli, ["verify", str(cut)]).exit_code == 1:
+            break
+    else:
+        pytest.fail("no cut of the capture holds just the handshake")
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(cli, ["report", str(cut), "-o", str(out), "--expect", "handshake"])
+    assert result.exit_code == 0 and "checks PASS" in result.output, result.output
+    plain = CliRunner().invoke(cli, ["report", str(cut), "-o", str(out), "--force"])
+    assert "checks FAIL" in plain.output
+    bad = CliRunner().invoke(cli, ["report", str(cut), "-o", str(out), "--expect", "nonsense"])
+    assert bad.exit_code == 2
+
+
+def test_build_report_tells_its_passes() -> None:
+    steps: list[str] = []
+    build_report(seed_capture("part1_flow"), progress=steps.append)
+    assert steps == ["verifying", "charting", "decoding", "rendering"]

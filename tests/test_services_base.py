@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 
@@ -75,3 +76,24 @@ def test_address_in_use_is_one_clear_line() -> None:
 def test_address_before_start_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="not started"):
         _ = Echo("127.0.0.1", 0).address
+
+
+def test_rate_limited_log_holds_back_repeats_and_counts_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from stacklab.services.base import RateLimitedLog
+
+    now = [100.0]
+    limited = RateLimitedLog(logging.getLogger("stacklab.test.rate"), 5.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="stacklab.test.rate"):
+        assert limited.log(logging.WARNING, "busy", "refused %s", "a")
+        for _ in range(300):  # an attack: one line, not three hundred
+            assert not limited.log(logging.WARNING, "busy", "refused %s", "b")
+        assert limited.log(logging.WARNING, "other", "another kind")  # keys are separate
+        now[0] += 5.0
+        assert limited.log(logging.WARNING, "busy", "refused %s", "c")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused a",
+        "another kind",
+        "refused c (300 more like this in the last 5 s)",
+    ]

@@ -141,7 +141,7 @@ def test_no_address_is_ever_held_by_two_clients(
 
 
 def test_sqlite_store_round_trip(tmp_path: Path) -> None:
-    store = SqliteLeaseStore(tmp_path / "sub" / "l.sqlite3")
+    store = SqliteLeaseStore(tmp_path / "sub" / "l.sqlite3", create_folder=True)
     t = table()
     lease = t.request("a", "10.0.0.2", now=0)
     store.put(lease)

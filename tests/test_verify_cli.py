@@ -35,7 +35,8 @@ def test_json_contract() -> None:
     code, out, _ = _run(str(seed_capture("part4_rudp_loss_flow")), "--json")
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"captures", "passed"} and doc["passed"] is True
+    assert set(doc) == {"captures", "unreadable", "passed"} and doc["passed"] is True
+    assert doc["unreadable"] == []
     (cap,) = doc["captures"]
     assert {
         "path",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -79,19 +80,44 @@ def exec_argv(name: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", name, *argv]
 
 
+CLEANUP_GRACE_S = 10.0
+"""How long a child told to stop (SIGTERM) may take to clean up before it is killed."""
+
+
 def run_in_netns(
     name: str, argv: Sequence[str], *, timeout: float | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` inside the namespace; stdout is captured, stderr passes through."""
+    """Run ``argv`` inside the namespace; stdout is captured, stderr passes through.
+
+    When the wait ends early (Ctrl-C or SIGTERM reaching only this process,
+    or the timeout), the child gets SIGTERM and some seconds to clean up (stop
+    dumpcap, delete its raw file) before it is killed: a SIGKILL at once, as
+    ``subprocess.run`` would send, would leave both behind.
+    """
+    proc = subprocess.Popen(exec_argv(name, argv), stdout=subprocess.PIPE, text=True)
     try:
-        return subprocess.run(
-            exec_argv(name, argv),
-            stdout=subprocess.PIPE,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        stdout, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        _stop_child(proc)
         raise NetnsError(
             f"the run inside network namespace {name} did not finish within {timeout:g} s"
         ) from None
+    except BaseException:
+        _stop_child(proc)
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, None)
+
+
+def _stop_child(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, a grace period for its cleanup, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=CLEANUP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        except KeyboardInterrupt:  # a second Ctrl-C: no more patience
+            proc.kill()
+            proc.wait()
+            raise

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stacklab import wire
-from stacklab.files import write_atomically
+from stacklab.files import Output, write_atomically, write_output
 from stacklab.tools.probe_cases import Case, ProbeContext
 from stacklab.tools.probe_runner import CLASSES, CaseResult, Exchange, ProbeSummary
 
@@ -150,7 +150,7 @@ def dumps(document: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def write_junit(path: Path, results: Sequence[CaseResult], info: RunInfo) -> None:
+def write_junit(path: Path | Output, results: Sequence[CaseResult], info: RunInfo) -> None:
     """One test case per probe case, failures with the replay command; written atomically."""
     failures = sum(1 for r in results if r.failed)
     suite = ET.Element(
@@ -183,7 +183,11 @@ def write_junit(path: Path, results: Sequence[CaseResult], info: RunInfo) -> Non
     root = ET.Element("testsuites")
     root.append(suite)
     ET.indent(root)
-    _atomic_write(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
+    data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    if isinstance(path, Output):  # already checked by the output policy
+        write_output(path, data)
+    else:
+        _atomic_write(path, data)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -29,6 +29,7 @@ import logging
 import os
 import selectors
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -454,6 +455,13 @@ def run_scenarios(
     return [ScenarioResult(**item) for item in report["results"]]
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    """The first SIGINT or SIGTERM interrupts; later ones must not cut the cleanup short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The in-namespace helper: ``[options] NAME PATH [NAME PATH ...]``; a JSON report on stdout."""
     from stacklab.tools.capture import CaptureToolError
@@ -465,6 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("pairs", nargs="+")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(name)s: %(message)s")
+    for sig in (signal.SIGINT, signal.SIGTERM):  # cleanup runs in the ``finally`` blocks
+        signal.signal(sig, _interrupted)
     pairs = args.pairs
     results: list[dict[str, Any]] = []
     try:
@@ -478,6 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ScenarioError, CaptureToolError, OSError) as exc:
         json.dump({"error": str(exc), "results": results}, sys.stdout)
         return 1
+    except KeyboardInterrupt:
+        json.dump({"error": "interrupted", "results": results}, sys.stdout)
+        return 130
     json.dump({"error": None, "results": results}, sys.stdout)
     return 0
 

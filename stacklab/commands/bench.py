@@ -11,6 +11,7 @@ from rich.table import Table
 
 from stacklab import wire
 from stacklab.errors import UserError
+from stacklab.params import FiniteFloatRange
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?)[bB]?\s*$")
 
@@ -51,7 +52,7 @@ def parse_size(text: str) -> int:
 )
 @click.option(
     "--loss",
-    type=click.FloatRange(0.0, 0.9),
+    type=FiniteFloatRange(0.0, 0.9),
     default=0.3,
     show_default=True,
     help="Share of DATA the client drops in the lossy RUDP case.",

@@ -22,6 +22,7 @@ import click
 
 from stacklab import wire
 from stacklab.errors import UserError
+from stacklab.params import FINITE_FLOAT
 from stacklab.transport.impairment import Blackhole, GilbertElliott, Impairment
 
 DIRECTIONS = ("up", "down")
@@ -234,14 +235,14 @@ def impairment_options(func: Any) -> Any:
 )
 @click.option(
     "--idle-timeout",
-    type=float,
+    type=FINITE_FLOAT,
     default=60.0,
     show_default=True,
     help="Seconds before an idle client's mapping closes.",
 )
 @click.option(
     "--duration",
-    type=float,
+    type=FINITE_FLOAT,
     default=None,
     help="Stop after this many seconds (default: until Ctrl-C).",
 )

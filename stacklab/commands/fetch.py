@@ -2,6 +2,9 @@
 
 Every failure is one line and a non-zero exit, and no output file appears
 unless the whole body arrived (it is written to a temporary file and renamed).
+Like the original client, an existing file of the same name is replaced
+(``--no-clobber`` refuses instead); the events log is never written over an
+output of the same run, and ``-o -`` writes the content to standard output.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import posixpath
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +34,8 @@ from rich.progress import (
 
 from stacklab import wire
 from stacklab.errors import UserError
-from stacklab.files import write_atomically
+from stacklab.files import resolve_output, write_output
+from stacklab.params import FINITE_FLOAT, FiniteFloatRange
 
 PROGRESS_AFTER_S = 0.5
 """Show a progress bar only for transfers that last longer than this."""
@@ -143,8 +148,13 @@ def _load_rudp() -> Callable[..., bytes]:
     help="App protocol: framed TCP (2121) or RUDP (2122).",
 )
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), help="File to write (default: URL's name)."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="File to write (default: URL's name; replaced if it exists, as the original did; "
+    "'-' for standard output).",
 )
+@click.option("--no-clobber", is_flag=True, help="Refuse to replace an existing output file.")
 @click.option("--server", help="App server HOST:PORT; skips DHCP and DNS.")
 @click.option(
     "--dhcp",
@@ -162,11 +172,14 @@ def _load_rudp() -> Callable[..., bytes]:
     "--name", default=wire.APP_DOMAIN, show_default=True, help="App server name to resolve."
 )
 @click.option(
-    "--port", type=int, default=None, help="App server port (default: 2121 tcp, 2122 rudp)."
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="App server port (default: 2121 tcp, 2122 rudp).",
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=FINITE_FLOAT,
     default=5.0,
     show_default=True,
     help="Seconds to wait for each answer (DHCP/DNS attempt, connect, each read; over RUDP "
@@ -201,7 +214,7 @@ def _load_rudp() -> Callable[..., bytes]:
 )
 @click.option(
     "--drop",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloatRange(0.0, 1.0),
     default=0.0,
     help="RUDP fault injection: ignore this share of DATA datagrams (never ACKed).",
 )
@@ -223,6 +236,7 @@ def fetch(
     url: str,
     transport: str,
     output: str | None,
+    no_clobber: bool,
     server: str | None,
     dhcp: str,
     dns: str,
@@ -238,9 +252,18 @@ def fetch(
     if timeout <= 0:
         raise UserError("--timeout must be positive")
     out_path = Path(output or default_output(url))
-    if out_path.parent and not out_path.parent.is_dir():
+    if output != "-" and out_path.parent and not out_path.parent.is_dir():
         raise UserError(f"output directory {str(out_path.parent)!r} does not exist")
+    out = resolve_output(out_path if output != "-" else "-", replace_by_default=not no_clobber)
     rudp_options = _explicit(rudp_options)
+    events = rudp_options.get("events")
+    if events is not None:
+        if out.kind != "stdout" and os.path.abspath(events) == os.path.abspath(out.target):
+            raise UserError(f"--events {events}: is the output file too")
+        try:
+            rudp_options["events"] = resolve_output(events, replace_by_default=True).target
+        except UserError as exc:
+            raise UserError(f"cannot write the events file {events!r}: {exc}") from None
     if transport != "rudp" and rudp_options:
         names = ", ".join("--" + k.replace("_", "-") for k in sorted(rudp_options))
         raise UserError(f"{names}: only with --transport rudp")
@@ -262,7 +285,7 @@ def fetch(
             with phase(timings, "dns"):
                 resolved = client.resolve(dns_addr, name, timeout=timeout)
             default_port = wire.APP_TCP_PORT if transport == "tcp" else wire.APP_RUDP_PORT
-            app = (resolved, port or default_port)
+            app = (resolved, port if port is not None else default_port)
         summary["server"] = f"{app[0]}:{app[1]}"
         with phase(timings, "transfer"):
             if fetch_rudp is not None:
@@ -275,23 +298,23 @@ def fetch(
         progress.close()
     with phase(timings, "save"):
         try:
-            write_atomically(out_path, data)
+            write_output(out, data)
         except OSError as exc:
             raise FetchFailed(f"cannot write {str(out_path)!r}: {exc.strerror or exc}") from None
     summary.update(
-        output=str(out_path),
+        output=str(out),
         bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         timings=timings,
     )
-    console = Console()
+    console = Console(stderr=out.kind == "stdout")
     if as_json:
         console.out(json.dumps(summary, indent=2), highlight=False)
         return
     seconds = timings["transfer"]
     rate = len(data) / seconds / 1e6 if seconds > 0 else float("inf")
     console.print(
-        f"saved {len(data)} bytes to {out_path} from {summary['server']} over {transport} "
+        f"saved {len(data)} bytes to {out} from {summary['server']} over {transport} "
         f"in {seconds:.3f} s ({rate:.1f} MB/s), sha256 {summary['sha256'][:16]}…",
         highlight=False,
         soft_wrap=True,

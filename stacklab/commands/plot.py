@@ -5,6 +5,11 @@ One time-sequence and one window graph per RUDP session (the first
 diagram of the whole capture, named after the capture and the session:
 ``part4.s1-127.0.0.1-58314.timeseq.png``, ``part4.ladder.png``.
 matplotlib is imported only when this command runs.
+
+Image files of these names in the output folder are replaced (each run draws
+them anew), but never an input of the run: the capture or the events log.
+``--session CLIENT`` draws only the sessions of that client (``IP:PORT``, or
+an IP for all its ports).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any, TypeVar
 import click
 
 from stacklab.errors import UserError
+from stacklab.files import resolve_output
+from stacklab.params import FiniteFloatRange
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
 
 _PORT = click.IntRange(1, 65535)
@@ -43,7 +50,7 @@ def capture_options(func: F) -> F:
         ),
         click.option(
             "--min-rto",
-            type=click.FloatRange(0.0, 60.0),
+            type=FiniteFloatRange(0.0, 60.0),
             default=0.2,
             show_default=True,
             help="Shortest retransmission timeout, in seconds (classifies go-backs).",
@@ -83,6 +90,12 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
+def _client_matches(client: str, wanted: tuple[str, ...]) -> bool:
+    """``127.0.0.1:58314`` matches ``127.0.0.1:58314`` and ``127.0.0.1`` (every port)."""
+    host = client.rpartition(":")[0].strip("[]")
+    return any(w == client or w.strip("[]") == host for w in wanted)
+
+
 def capture_stem(path: str) -> str:
     name = os.path.basename(path)
     for ext in (".pcapng", ".pcap", ".cap"):
@@ -105,11 +118,19 @@ def capture_stem(path: str) -> str:
 @click.option(
     "--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True
 )
+@click.option(
+    "--session",
+    "clients",
+    multiple=True,
+    metavar="CLIENT",
+    help="Only the RUDP sessions of this client, IP:PORT or IP (repeat for several).",
+)
 @capture_options
 def plot(
     capture: str,
     outdir: str,
     fmt: str,
+    clients: tuple[str, ...],
     rudp_port: int,
     dns_port: int,
     dhcp_port: int,
@@ -143,16 +164,31 @@ def plot(
     except OSError as exc:
         raise UserError(f"{outdir}: cannot create the folder: {exc.strerror}") from None
     stem = capture_stem(capture)
+    inputs = (capture, events_path)
+
+    def output(path: str) -> Any:
+        return resolve_output(path, inputs=inputs, replace_by_default=True)
+
     written: list[tuple[str, str]] = []
     try:
         series = collect_series(capture, ports, max_window=max_window, min_rto=min_rto)
-        target = sender.pick(series.sessions) if sender is not None else None
-        for index, s in enumerate(series.sessions, 1):
+        chosen = [
+            (index, s)
+            for index, s in enumerate(series.sessions, 1)
+            if not clients or _client_matches(s.key.split("->")[0].strip(), clients)
+        ]
+        if clients and not chosen:
+            known = ", ".join(s.key.split("->")[0].strip() for s in series.sessions[:8])
+            raise UserError(
+                f"--session: no RUDP session of {', '.join(clients)} (sessions: {known or 'none'})"
+            )
+        target = sender.pick([s for _, s in chosen]) if sender is not None else None
+        for index, s in chosen:
             name = f"s{index}-{slug(s.key.split('->')[0])}"
             label = f"{stem} — session {index}: {s.key}"
             fig = plots.time_sequence_figure(s, f"{label}: time-sequence")
             path = os.path.join(outdir, f"{stem}.{name}.timeseq.{fmt}")
-            plots.save_figure(fig, path, fmt)
+            plots.save_figure(fig, output(path), fmt)
             written.append(
                 (path, f"time-sequence, {len(s.data)} DATA ({s.retransmissions} retransmitted)")
             )
@@ -160,13 +196,13 @@ def plot(
             limit = s.window_limit or max_window  # a window negotiated in the SYN wins
             fig = plots.window_figure(s, f"{label}: window", limit, overlay)
             path = os.path.join(outdir, f"{stem}.{name}.window.{fmt}")
-            plots.save_figure(fig, path, fmt)
+            plots.save_figure(fig, output(path), fmt)
             written.append((path, f"window, {len(s.go_backs)} go-backs"))
         packets = takewhile(lambda p: p.frame <= DECODE_LIMIT, decode_capture(capture, ports))
         ladder = build_ladder(packets, ports)
         fig = ladder_figure(ladder, f"{stem}: ladder diagram")
         path = os.path.join(outdir, f"{stem}.ladder.{fmt}")
-        plots.save_figure(fig, path, fmt)
+        plots.save_figure(fig, output(path), fmt)
         written.append((path, f"ladder, {len(ladder.arrows)} rows"))
     except CaptureError as exc:
         raise UserError(str(exc)) from None
@@ -179,7 +215,9 @@ def plot(
     for path, what in written:
         table.add_row(path, what)
     console.print(table)
-    if series.total_sessions > len(series.sessions):
+    if clients:
+        console.print(f"drawn: {len(chosen)} of {len(series.sessions)} RUDP sessions (--session)")
+    elif series.total_sessions > len(series.sessions):
         console.print(
             f"drawn: the first {len(series.sessions)} of {series.total_sessions} RUDP sessions"
         )

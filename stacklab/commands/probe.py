@@ -19,6 +19,8 @@ import click
 
 from stacklab import wire
 from stacklab.errors import UserError
+from stacklab.files import Output, resolve_output
+from stacklab.params import FiniteFloatRange
 
 
 def parse_target(text: str) -> tuple[str, int]:
@@ -63,14 +65,14 @@ def parse_target(text: str) -> tuple[str, int]:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.01, max=60),
+    type=FiniteFloatRange(min=0.01, max=60),
     default=0.5,
     show_default=True,
     help="Seconds a valid request may take to be answered.",
 )
 @click.option(
     "--recover",
-    type=click.FloatRange(min=0, max=600),
+    type=FiniteFloatRange(min=0, max=600),
     default=3.0,
     show_default=True,
     help="Seconds to wait for a server to come back after a failure.",
@@ -138,6 +140,11 @@ def probe(
     )
 
     host, port = parse_target(target)
+    # The JUnit file is replaced when it exists (one per run, for CI); a missing
+    # folder is created at the end, a FIFO or a device is written into.
+    junit_out: Path | Output | None = junit
+    if junit is not None and (junit.parent.is_dir() or str(junit) == "-"):
+        junit_out = resolve_output(junit, replace_by_default=True)
     context = ProbeContext(url=url, name=name)
     info = RunInfo(target, protocol, seed, timeout, context)
     indexes = [replay] if replay is not None else list(range(count))
@@ -177,8 +184,8 @@ def probe(
         raise UserError(str(exc)) from None
 
     try:
-        if junit is not None:
-            write_junit(junit, results, info)
+        if junit_out is not None:
+            write_junit(junit_out, results, info)
         pcaps = write_failure_pcaps(pcap_dir, summary.failures, info) if pcap_dir else []
     except OSError as exc:
         raise UserError(f"cannot write the report: {exc}") from None

@@ -21,6 +21,7 @@ import click
 
 from stacklab.commands.chaos import build_impairments, impairment_options
 from stacklab.errors import UserError
+from stacklab.params import FINITE_FLOAT
 
 
 @click.command("simulate")
@@ -47,13 +48,13 @@ from stacklab.errors import UserError
 @click.option(
     "--original", is_flag=True, help="Behave as the original client (no options in the SYN)."
 )
-@click.option("--initial-rto", type=float, default=1.0, show_default=True)
-@click.option("--min-rto", type=float, default=0.2, show_default=True)
-@click.option("--max-rto", type=float, default=10.0, show_default=True)
+@click.option("--initial-rto", type=FINITE_FLOAT, default=1.0, show_default=True)
+@click.option("--min-rto", type=FINITE_FLOAT, default=0.2, show_default=True)
+@click.option("--max-rto", type=FINITE_FLOAT, default=10.0, show_default=True)
 @click.option("--max-timeouts", type=int, default=8, show_default=True)
 @click.option(
     "--silence-timeout",
-    type=float,
+    type=FINITE_FLOAT,
     default=30.0,
     show_default=True,
     help="Seconds without data before the client gives up.",

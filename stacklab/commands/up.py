@@ -24,6 +24,7 @@ from rich.table import Table
 
 from stacklab.config import SECTIONS, ConfigError, StackConfig, load_config
 from stacklab.errors import UserError
+from stacklab.params import FINITE_FLOAT
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
 
@@ -61,7 +62,7 @@ def config_options(func: F) -> F:
                     opt, dest, multiple=True, metavar="NAME=IP", help=f"{doc} (repeat)"
                 )(func)
             else:
-                click_type = {int: click.INT, float: click.FLOAT}.get(base, click.STRING)
+                click_type = {int: click.INT, float: FINITE_FLOAT}.get(base, click.STRING)
                 func = click.option(opt, dest, type=click_type, default=None, help=doc)(func)
     func = click.option(
         "--root",

@@ -1,10 +1,12 @@
 """``stacklab verify CAPTURE...``: check captures automatically, for people and for CI.
 
 Exit status: 0 when every check passes, 1 when any fails (an unfinished
-transfer included), 2 when an input cannot be read (one line on stderr).  A
-truncated capture is not an input error: the frames before the cut are
-verified and a warning is printed, and whatever the cut leaves unfinished
-fails on its own.
+transfer included) or some of several captures cannot be read, 2 when no
+capture can be read (one line on stderr each).  An unreadable capture is a
+result of its own (a line, a JSON entry, a JUnit error) and the others are
+still verified.  A truncated capture is not an input error: the frames before
+the cut are verified and a warning is printed, and whatever the cut leaves
+unfinished fails on its own.
 """
 
 from __future__ import annotations
@@ -18,9 +20,17 @@ from typing import Final
 import click
 
 from stacklab.analysis.checks import parse_expect
-from stacklab.analysis.pcapio import CaptureError
-from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions, report_json
+from stacklab.analysis.pcapio import (
+    LINKTYPE_NAMES,
+    CaptureError,
+    link_type_problem,
+)
+from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
+from stacklab.analysis.unreadable import Unreadable, results_json
+from stacklab.cli import is_quiet
 from stacklab.errors import UserError
+from stacklab.files import resolve_output
+from stacklab.params import FiniteFloatRange
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
 
 _PORT = click.IntRange(1, 65535)
@@ -35,7 +45,10 @@ _STATUS_STYLE: Final = {"fail": "bold red", "pass": "green", "skip": "dim"}
 @click.argument("captures", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
 @click.option(
-    "--junit", "junit_path", type=click.Path(dir_okay=False), help="Also write JUnit XML here."
+    "--junit",
+    "junit_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Also write JUnit XML here (replaced if it exists, never a capture; '-': stdout).",
 )
 @click.option(
     "--max-window",
@@ -61,7 +74,7 @@ _STATUS_STYLE: Final = {"fail": "bold red", "pass": "green", "skip": "dim"}
 )
 @click.option(
     "--min-rto",
-    type=click.FloatRange(0.0, 60.0),
+    type=FiniteFloatRange(0.0, 60.0),
     default=0.2,
     show_default=True,
     help="Shortest retransmission timeout the sender may use, in seconds.",
@@ -96,8 +109,9 @@ def verify(
 ) -> None:
     """Check captures: handshake, delivery, Go-Back-N, AIMD, teardown, DHCP, DNS, framing.
 
-    Exit 0 when every check passes, 1 when any fails, 2 when a capture cannot
-    be read.  A truncated capture is verified up to the cut, with a warning.
+    Exit 0 when every check passes, 1 when any fails or one of several
+    captures cannot be read, 2 when none can.  A truncated capture is verified
+    up to the cut, with a warning.
     """
     ports = (rudp_port, dns_port, dhcp_port, app_port)
     if len(set(ports)) != len(ports):
@@ -108,6 +122,9 @@ def verify(
         raise UserError(str(exc)) from None
     if events_path is not None and not os.access(events_path, os.R_OK):
         raise UserError(f"{events_path}: cannot read the events file")
+    junit = None
+    if junit_path is not None:  # decided before the work: a refusal must not come after it
+        junit = resolve_output(junit_path, inputs=(*captures, events_path), replace_by_default=True)
     options = VerifyOptions(
         ports=Ports(rudp=rudp_port, dns=dns_port, dhcp=dhcp_port, app=app_port),
         max_window=max_window,
@@ -122,33 +139,103 @@ def verify(
     if engine == "tshark":
         from stacklab.analysis import tshark_engine
 
-        analyze = tshark_engine.analyze_capture
+        analyze = _with_progress(tshark_engine.analyze_capture)
         errors = (CaptureError, tshark_engine.TsharkError)
     else:
         from stacklab.analysis.verify import analyze_capture
 
         analyze = analyze_capture
     analyses: list[CaptureAnalysis] = []
+    unreadable: list[Unreadable] = []
     for path in captures:
         try:
-            analyses.append(analyze(path, options))
+            analysis = analyze(path, options)
         except errors as exc:
-            raise UserError(str(exc)) from None
+            unreadable.append(Unreadable(path, str(exc)))
+            click.echo(f"stacklab: error: {exc}", err=True)
+            continue
+        problem = link_type_problem(analysis.link_type)
+        if problem is not None and not unsupported_only_frames(analysis):
+            analysis.warnings.append(problem)
+        elif problem is not None:  # nothing it could read: not "no project traffic"
+            unreadable.append(Unreadable(path, f"{path}: {problem}"))
+            click.echo(f"stacklab: error: {path}: {problem}", err=True)
+            continue
+        analyses.append(analysis)
     for analysis in analyses:
         for warning in analysis.warnings:
             click.echo(f"stacklab: warning: {analysis.path}: {warning}", err=True)
-    if junit_path is not None:
+    if junit is not None:
         from stacklab.analysis.junit import write_junit
 
         try:
-            write_junit(analyses, junit_path)
+            write_junit(analyses, junit, unreadable)
         except OSError as exc:
-            raise UserError(f"cannot write {junit_path}: {exc.strerror}") from None
+            raise UserError(f"cannot write {junit}: {exc.strerror or exc}") from None
     if as_json:
-        sys.stdout.write(json.dumps(report_json(analyses), indent=2) + "\n")
+        sys.stdout.write(json.dumps(results_json(analyses, unreadable), indent=2) + "\n")
+    elif is_quiet():
+        _print_failures(analyses)
     else:
         _print_human(analyses, options.ports)
-    sys.exit(0 if all(analysis.passed for analysis in analyses) else 1)
+    if len(captures) > 1:
+        click.echo(_summary_line(analyses, unreadable), err=as_json)
+    if not analyses:
+        sys.exit(2)
+    sys.exit(0 if not unreadable and all(a.passed for a in analyses) else 1)
+
+
+def unsupported_only_frames(analysis: CaptureAnalysis) -> bool:
+    """Whether every interface of the capture has a link type the reader cannot parse."""
+    known = set(LINKTYPE_NAMES.values())
+    return not any(name in known for name in analysis.link_type.split(","))
+
+
+def _with_progress(
+    analyze: Callable[..., CaptureAnalysis],
+) -> Callable[[str, VerifyOptions], CaptureAnalysis]:
+    """tshark takes long on big captures: a progress bar on a terminal's stderr meanwhile."""
+
+    def run(path: str, options: VerifyOptions) -> CaptureAnalysis:
+        if not sys.stderr.isatty() or is_quiet():
+            return analyze(path, options)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(
+            TextColumn(f"tshark {os.path.basename(path)}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("frames", total=None)
+
+            def update(frame: int, frames: int) -> None:
+                bar.update(task, completed=frame, total=frames)
+
+            return analyze(path, options, update)
+
+    return run
+
+
+def _summary_line(analyses: list[CaptureAnalysis], unreadable: list[Unreadable]) -> str:
+    """``3 captures: 1 passed, 1 failed, 1 unreadable``: the verdict of a multi-file run."""
+    passed = sum(1 for a in analyses if a.passed)
+    total = len(analyses) + len(unreadable)
+    verdict = "PASS" if passed == total else "FAIL"
+    return (
+        f"{verdict}: {total} captures: {passed} passed, {len(analyses) - passed} failed, "
+        f"{len(unreadable)} unreadable"
+    )
+
+
+def _print_failures(analyses: list[CaptureAnalysis]) -> None:
+    """``-q``: one line per failed check, nothing for a capture that passes."""
+    for analysis in analyses:
+        for check in analysis.checks:
+            if check.status == "fail":
+                click.echo(f"FAIL {analysis.path}: {check.id} {check.session}: {check.detail}")
 
 
 def _frames(frames: list[int]) -> str:
