@@ -87,7 +87,10 @@ def test_human_output_lists_failures_first_with_frames(tmp_path: Path) -> None:
     assert code == 1
     lines = [line for line in out.splitlines() if "rudp." in line]
     assert "FAIL" in lines[0] and "rudp.handshake" in lines[0] and "SYN-ACK acknowledges 555" in out
-    assert "FAIL: 4 passed, 1 failed, 0 skipped" in out
+    assert "FAIL: 4 passed, 1 failed, 1 skipped" in out  # rudp.integrity: no trailers negotiated
+    # The first failure, drawn: the frames around it, the failing one marked.
+    assert "first failure, rudp.handshake at frame 2: SYN-ACK acknowledges 555" in out
+    assert any(line.startswith(">>") and "<< rudp.handshake" in line for line in out.splitlines())
 
 
 def test_junit_has_one_case_per_check(tmp_path: Path) -> None:
@@ -98,10 +101,10 @@ def test_junit_has_one_case_per_check(tmp_path: Path) -> None:
     root = ET.parse(junit).getroot()
     (suite,) = root.findall("testsuite")
     cases = suite.findall("testcase")
-    assert len(cases) == int(suite.get("tests", "0")) == 7
+    assert len(cases) == int(suite.get("tests", "0")) == 8
     failed = [c.get("classname") for c in cases if c.find("failure") is not None]
     assert sorted(failed) == ["rudp.delivery", "rudp.teardown"]
-    assert root.get("failures") == "2" and root.get("skipped") == "2"
+    assert root.get("failures") == "2" and root.get("skipped") == "3"
 
 
 @pytest.mark.parametrize(
