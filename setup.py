@@ -23,7 +23,12 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-COMPILED = ["analysis/scan.py", "analysis/rudp.py"]
+COMPILED = [
+    "analysis/scan.py",
+    "analysis/rudp.py",
+    "analysis/rudp_window.py",
+    "analysis/rudp_recovery.py",
+]
 SUBPACKAGES = ["layers", "services", "analysis", "transport", "tools"]
 TREE = Path("build") / "mypyc-src"
 GROUP = "stacklab.analysis._native"  # the shared library of the compiled modules

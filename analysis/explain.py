@@ -92,7 +92,7 @@ def ladder_lines(rows: list[LadderRow], check: Check, width: int = 34) -> list[s
     """The slice as text: client actions on the left, server's on the right."""
     client, _, server = check.session.partition("->")
     marked = set(check.frames)
-    seen: set[int] = set()
+    seen: set[str] = set()
     out = [f"   frame    time (s)  {client:<{width}}{server}"]
     for row in rows:
         resent = ""

@@ -98,11 +98,16 @@ def session_series(facts: RudpSessionFacts) -> SessionSeries:
         if kind == 0:
             series.data.append((t, value, value <= highest))
             series.data_frames.append(frame)
-            if frame in kinds:
-                how = kinds[frame]
-                series.go_backs.append(
-                    (t, value, how if how in ("timeout", "dupack") else "unexplained")
-                )  # type: ignore[arg-type]
+            how = kinds.get(frame)
+            if how is not None:
+                kind_name: GoBackKind = (
+                    "timeout"
+                    if how == "timeout"
+                    else "dupack"
+                    if how == "dupack"
+                    else "unexplained"
+                )
+                series.go_backs.append((t, value, kind_name))
             highest = max(highest, value)
             last_sent = value
             series.flight.append((t, max(1, value - acked)))

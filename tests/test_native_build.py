@@ -22,7 +22,12 @@ from stacklab.analysis.verify import analyze_capture
 
 from conftest import REPO, SEED_DIR
 
-HOT_MODULES = ("stacklab.analysis.scan", "stacklab.analysis.rudp")
+HOT_MODULES = (
+    "stacklab.analysis.scan",
+    "stacklab.analysis.rudp",
+    "stacklab.analysis.rudp_window",
+    "stacklab.analysis.rudp_recovery",
+)
 
 
 def _compiled(name: str) -> bool:
@@ -53,7 +58,12 @@ from pathlib import Path
 
 import stacklab.analysis
 
-HOT = {"stacklab.analysis.scan", "stacklab.analysis.rudp"}
+HOT = {
+    "stacklab.analysis.scan",
+    "stacklab.analysis.rudp",
+    "stacklab.analysis.rudp_window",
+    "stacklab.analysis.rudp_recovery",
+}
 SOURCES = Path(stacklab.analysis.__path__[0])
 
 
@@ -68,10 +78,10 @@ class SourceOnly:
 
 
 sys.meta_path.insert(0, SourceOnly)
-from stacklab.analysis import rudp, scan
+from stacklab.analysis import rudp, rudp_recovery, rudp_window, scan
 from stacklab.analysis.verify import analyze_capture
 
-assert scan.__file__.endswith(".py") and rudp.__file__.endswith(".py")
+assert all(m.__file__.endswith(".py") for m in (scan, rudp, rudp_window, rudp_recovery))
 print(json.dumps([analyze_capture(path).to_json() for path in sys.argv[1:]]))
 """
 
