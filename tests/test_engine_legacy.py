@@ -62,6 +62,8 @@ class Watch:
                 self.seen.add(seq)
             elif flag == b"F":
                 assert length == len(data) - RUDP_HEADER_LEN == 0
+                self.resends += seq in self.seen
+                self.seen.add(seq)
                 self.fin = seq
 
 

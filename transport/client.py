@@ -48,7 +48,7 @@ from stacklab.transport.options import (
     encode_options,
 )
 from stacklab.transport.receiver import GbnReceiver, ReceiverOverflow
-from stacklab.transport.rto import RttEstimator
+from stacklab.transport.recovery import MAX_FAILURES, SILENCE_TIMEOUT, RttEstimator
 from stacklab.transport.session import ACK, DATA, FIN, SYN, SessionBase
 from stacklab.wire import (
     ORIGINAL_ISN,
@@ -83,8 +83,8 @@ class ClientSession(SessionBase):
         initial_rto: float = 1.0,
         min_rto: float = 0.2,
         max_rto: float = 10.0,
-        max_timeouts: int = 8,
-        silence_timeout: float = 30.0,
+        max_timeouts: int = MAX_FAILURES,
+        silence_timeout: float = SILENCE_TIMEOUT,
         handshake_timeout: float | None = None,
         max_bytes: int | None = None,
         trace: bool = True,

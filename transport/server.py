@@ -47,7 +47,7 @@ from stacklab.transport.options import (
     decode_options,
     encode_options,
 )
-from stacklab.transport.rto import RttEstimator
+from stacklab.transport.recovery import HANDSHAKE_TIMEOUT, MAX_FAILURES, RttEstimator
 from stacklab.transport.sender import GbnSender
 from stacklab.transport.session import ACK, DATA, SYN, SessionBase
 from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER_LEN
@@ -72,13 +72,13 @@ class ServerSession(SessionBase):
     def __init__(
         self,
         limits: OptionLimits | None = None,
-        max_timeouts: int = 8,
+        max_timeouts: int = MAX_FAILURES,
         *,
         original_options: TransferOptions = ORIGINAL,
         initial_rto: float = 1.0,
         min_rto: float = 0.2,
         max_rto: float = 10.0,
-        handshake_timeout: float = 30.0,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         congestion: CongestionFactory = AimdController,
         trace: bool = True,
     ) -> None:
