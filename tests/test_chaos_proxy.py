@@ -17,7 +17,7 @@ from stacklab.commands.chaos import build_impairments, parse_hostport, split_dir
 from stacklab.errors import UserError
 from stacklab.services.base import BindError
 from stacklab.tools.chaos import ChaosProxy
-from stacklab.transport.impairment import Blackhole, Impairment
+from stacklab.sim.impairment import Blackhole, Impairment
 
 from conftest import wait_for
 

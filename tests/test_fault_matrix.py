@@ -29,7 +29,7 @@ from stacklab.services.client import ClientError
 from stacklab.services.fetcher import FetchPolicy
 from stacklab.services.origin import OriginServer
 from stacklab.tools.chaos import ChaosProxy
-from stacklab.transport.impairment import Blackhole, GilbertElliott, Impairment
+from stacklab.sim.impairment import Blackhole, GilbertElliott, Impairment
 
 app_rudp = pytest.importorskip("stacklab.services.app_rudp")
 rudp_client = pytest.importorskip("stacklab.services.rudp_client")

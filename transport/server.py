@@ -120,10 +120,14 @@ class ServerSession(SessionBase):
             return
         seq, ack, flag, payload = parsed
         if flag == ACK:
-            if self.sender is not None:
-                if not self.proven and ack >= self.sender.first_seq:
-                    self.proven = True  # it saw our data: its address is real
-                self.sender.on_ack(ack, now)
+            sender = self.sender
+            if sender is not None:
+                # Only an ACK of a chunk actually sent proves the address (it saw our
+                # data); anything beyond what was sent is a guess, ignored and counted.
+                if not self.proven and sender.first_seq <= ack <= sender.max_sent:
+                    self.proven = True
+                if not sender.on_ack(ack, now):
+                    self.stats["ignored_acks"] = self.stats.get("ignored_acks", 0) + 1
                 self._check_sender(now)
             return
         if flag == SYN:
