@@ -433,3 +433,106 @@ def test_dead_network_ends_in_a_clean_failure_on_both_ends() -> None:
     c, _s, _now = transfer(CONTENT, STACKLAB_DEFAULT, seed=3, loss=1.0, limit=10_000)
     assert c.failed is not None and "SYN" in c.failed
     assert not c.done
+
+
+# -- hostile or slow peers -------------------------------------------------------------
+
+
+def test_a_slow_origin_keeps_the_client_waiting_while_the_server_answers() -> None:
+    """The fetch takes 40 s; the client keeps resending its command on its backed-off RTO
+    and the server re-ACKs each one.  Those answers restart the client's silence limit, so
+    it waits for the content instead of failing at 30 s with "the server was silent"."""
+    s = ServerSession()
+    c = ClientSession("FETCH x", None, silence_timeout=30.0)
+    content = b"z" * 1200
+    now = 0.0
+    c.start(now)
+    provided = False
+    for _ in range(10_000):
+        for d in c.datagrams_to_send(now):
+            s.receive_datagram(d, now)
+        drain(s)
+        for d in s.datagrams_to_send(now):
+            c.receive_datagram(d, now)
+        drain(c)
+        if c.done or c.failed:
+            break
+        if not provided and now >= 40.0 and s.state is ServerState.AWAIT_CONTENT:
+            s.provide_content(content, now)
+            provided = True
+            continue
+        deadlines = [t for t in (c.get_timer(), s.get_timer()) if t is not None]
+        if not provided:
+            deadlines.append(40.0)
+        now = max(now, min(deadlines))
+        c.handle_timer(now)
+        s.handle_timer(now)
+    assert c.failed is None, c.failed
+    assert c.done and c.content == content
+    assert c.stats["unexpected"] == 0 and c.stats["command_reacks"] >= 3
+
+
+def _integrity_client_at_fin() -> tuple[ClientSession, ServerSession, float]:
+    """A negotiated transfer whose FIN carries the wrong SHA-256 (the content was altered)."""
+    s = ServerSession()
+    c = ClientSession("FETCH x", TransferOptions(integrity=True))
+    now = 0.0
+    c.start(now)
+    for _ in range(200):
+        for d in c.datagrams_to_send(now):
+            s.receive_datagram(d, now)
+        for e in drain(s):
+            if isinstance(e, CommandReceived):
+                s.provide_content(b"hello", now)
+                assert s.sender is not None
+                s.sender._fin_payload = hashlib.sha256(b"other").digest()  # a lying server
+        for d in s.datagrams_to_send(now):
+            c.receive_datagram(d, now)
+        drain(c)
+        if c.failed or s.failed or s.done:
+            break
+        now += 0.01
+    return c, s, now
+
+
+def test_a_client_that_rejects_the_content_tells_the_server() -> None:
+    c, s, now = _integrity_client_at_fin()
+    assert c.failed is not None and "SHA-256" in c.failed
+    # the client answered the FIN with its refusal, never with an ACK of it
+    for _ in range(3):
+        for d in c.datagrams_to_send(now):
+            s.receive_datagram(d, now)
+    assert not s.done
+    assert s.failed is not None and "rejected the content" in s.failed
+    assert s.state is ServerState.FAILED and s.stats["rejected"] == 1
+    assert any(isinstance(e, GaveUp) and "rejected" in e.reason for e in drain(s))
+
+
+def test_a_lost_refusal_is_repeated_when_the_fin_comes_again() -> None:
+    c, s, now = _integrity_client_at_fin()
+    refusal = c.datagrams_to_send(now)  # lost on the way
+    assert [RUDP_HEADER.unpack_from(d)[2] for d in refusal] == [b"F"]
+    assert s.sender is not None
+    timer = s.get_timer()
+    assert timer is not None
+    s.handle_timer(timer)
+    for d in s.datagrams_to_send(timer):  # the FIN again
+        c.receive_datagram(d, timer)
+    assert c.datagrams_to_send(timer) == refusal
+
+
+def test_only_an_ack_of_a_chunk_sent_proves_a_legacy_address() -> None:
+    """One blind spoofed ACK (0xFFFFFFFF) used to lift the anti-amplification budget."""
+    s = ServerSession()
+    s.adopt(100, ORIGINAL, False, 0, b"", proven=False, now=0.0)
+    s.unproven_budget = 6
+    s.receive_datagram(RUDP_HEADER.pack(101, 0, b"D", len(CMD)) + CMD, 0.0)
+    drain(s)
+    s.provide_content(b"q" * 5000, 0.0)
+    s.datagrams_to_send(0.0)
+    for bogus in (0xFFFFFFFF, 2, 5000, 0):
+        s.receive_datagram(RUDP_HEADER.pack(0, bogus, b"A", 0), 0.1)
+        assert not s.proven
+    assert s.stats["ignored_acks"] == 3  # 0 is base - 1: a duplicate, not out of range
+    s.receive_datagram(RUDP_HEADER.pack(0, 1, b"A", 0), 0.2)
+    assert s.proven

@@ -55,6 +55,7 @@ from stacklab.wire import (
     RUDP_CRC_TRAILER_LEN,
     RUDP_HEADER,
     RUDP_HEADER_LEN,
+    RUDP_REJECT_PAYLOAD,
     RUDP_SHA256_LEN,
 )
 
@@ -110,6 +111,7 @@ class ClientSession(SessionBase):
         self._probe: float | None = None  # command re-send while no data has come yet
         self._pending_sent_at = 0.0
         self._answer_deadline: float | None = None  # handshake: give up at this time
+        self._rejection: bytes | None = None  # our FIN refusing the content, resent on request
 
     # -- public API ------------------------------------------------------------
 
@@ -138,6 +140,8 @@ class ClientSession(SessionBase):
         if state is ClientState.RECEIVING and self._receive_data_fast(data, now):
             return
         if state is ClientState.FAILED or state is ClientState.IDLE:
+            if self._rejection is not None and data[8:9] == FIN:
+                self._out.append(self._rejection)  # our refusal was lost: say it again
             return
         integrity = self.options.integrity and state is not ClientState.SYN_SENT
         parsed = self._parse(data, integrity)
@@ -168,6 +172,17 @@ class ClientSession(SessionBase):
                 # else: a duplicate SYN-ACK with options, not the command ACK
             else:
                 self.stats["unexpected"] += 1
+        elif (
+            flag == ACK
+            and state is ClientState.RECEIVING
+            and self._probe is not None
+            and ack
+            in (self.command_seq, (self.command_seq + len(self._command_bytes)) & 0xFFFFFFFF)
+        ):
+            # The server answers our command resends while its fetch runs: it is
+            # alive and working, so its answer restarts the silence limit.
+            self.stats["command_reacks"] = self.stats.get("command_reacks", 0) + 1
+            self._timer = now + self.silence_timeout
         else:
             self.stats["unexpected"] += 1
 
@@ -345,6 +360,15 @@ class ClientSession(SessionBase):
 
     def _fail_integrity(self, now: float, expected: str, actual: str) -> None:
         self._events.append(IntegrityFailure(now, expected, actual))
+        # Never ACK a FIN whose content we refuse: answer it with a FIN of our own
+        # whose payload says why, so the server records a failure, not a transfer.
+        receiver = self.receiver
+        if receiver is not None:
+            receiver.take_acks()
+            fin_seq = receiver.fin_seq if receiver.fin_seq is not None else 0
+            self._rejection = self._queue(
+                now, 0, fin_seq, FIN, RUDP_REJECT_PAYLOAD, self.options.integrity
+            )
         self._fail(now, "the content's SHA-256 does not match the one the server sent in its FIN")
 
     def _fail(self, now: float, reason: str) -> None:

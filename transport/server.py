@@ -49,8 +49,8 @@ from stacklab.transport.options import (
 )
 from stacklab.transport.recovery import HANDSHAKE_TIMEOUT, MAX_FAILURES, RttEstimator
 from stacklab.transport.sender import GbnSender
-from stacklab.transport.session import ACK, DATA, SYN, SessionBase
-from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER_LEN
+from stacklab.transport.session import ACK, DATA, FIN, SYN, SessionBase
+from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER_LEN, RUDP_REJECT_PAYLOAD
 
 
 class ServerState(Enum):
@@ -134,6 +134,14 @@ class ServerSession(SessionBase):
             self._on_syn(seq, data, now)
         elif flag == DATA:
             self._on_command(seq, payload, now)
+        elif (
+            flag == FIN
+            and self.sender is not None
+            and ack == self.sender.fin_seq
+            and bytes(payload) == RUDP_REJECT_PAYLOAD
+        ):
+            self.stats["rejected"] = self.stats.get("rejected", 0) + 1
+            self._fail(now, "the client rejected the content: its SHA-256 differs from our FIN's")
         else:
             self.stats["unexpected"] += 1
 
