@@ -96,7 +96,7 @@ class RudpSettings:
     initial_rto: float = wire.ORIGINAL_TIMEOUT_S
     min_rto: float = 0.2
     max_rto: float = 10.0
-    max_timeouts: int = 8
+    max_timeouts: int = 12  # consecutive failures to advance (stacklab.transport.recovery)
     max_sessions: int = 1024
     idle_timeout: float = 30.0
     # What a stacklab client may negotiate in its SYN (original clients get the values above).
