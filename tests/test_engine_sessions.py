@@ -214,6 +214,28 @@ def test_client_falls_back_when_the_server_ignores_its_options() -> None:
     c.receive_datagram(pack_rudp(0, 101, b"A"), 0.1)  # an original server: empty SYN-ACK
     assert c.options == ORIGINAL
     assert c.datagrams_to_send(0.1) == [pack_rudp(101, 0, b"D", b"FETCH x")]
+    # ... and says so: it asked for integrity and will not get it
+    assert c.downgraded is not None and "original options" in c.downgraded
+    assert c.stats["downgraded"] == 1
+
+
+def test_client_that_requires_integrity_refuses_a_downgrade() -> None:
+    c = ClientSession("FETCH x", STACKLAB_DEFAULT, require_integrity=True)
+    c.start(0.0)
+    c.datagrams_to_send(0.0)
+    c.receive_datagram(pack_rudp(0, 101, b"A"), 0.1)  # original options: no integrity
+    assert c.failed is not None and "integrity is required" in c.failed
+    assert c.datagrams_to_send(0.1) == []  # no command goes out
+    assert any(isinstance(e, GaveUp) for e in drain(c))
+    # a server that grants integrity is fine
+    ok = ClientSession("FETCH x", STACKLAB_DEFAULT, require_integrity=True)
+    ok.start(0.0)
+    ok.datagrams_to_send(0.0)
+    body = encode_options(STACKLAB_DEFAULT)
+    ok.receive_datagram(add_trailer(RUDP_HEADER.pack(9, 101, b"A", len(body) + 4) + body), 0.1)
+    assert ok.failed is None and ok.downgraded is None and ok.state is ClientState.CMD_SENT
+    with pytest.raises(ValueError, match="integrity"):
+        ClientSession("FETCH x", None, require_integrity=True)
 
 
 def test_client_retransmits_its_syn_with_backoff_then_gives_up() -> None:

@@ -3,8 +3,10 @@
 States: ``IDLE -> SYN_SENT -> CMD_SENT -> RECEIVING -> DONE`` (or ``FAILED``).
 :meth:`ClientSession.start` queues the SYN — empty when ``options`` is None
 (exactly the original client), else a JSON options offer with a CRC32C
-trailer.  An empty SYN-ACK means an original server: the client falls back
-to :data:`~stacklab.transport.options.ORIGINAL`.  The SYN and the command are
+trailer.  An empty SYN-ACK means an original server (or a stacklab server whose
+option table is full): the client falls back to
+:data:`~stacklab.transport.options.ORIGINAL` and says so in ``downgraded``
+when it asked for integrity, or fails when ``require_integrity`` is set.  The SYN and the command are
 retransmitted on an RFC 6298 timer until answered, at most ``max_timeouts``
 times, and for at most ``handshake_timeout`` seconds without an answer when
 given; once data flows, ``silence_timeout`` seconds without a valid datagram
@@ -88,9 +90,14 @@ class ClientSession(SessionBase):
         silence_timeout: float = SILENCE_TIMEOUT,
         handshake_timeout: float | None = None,
         max_bytes: int | None = None,
+        require_integrity: bool = False,
         trace: bool = True,
     ) -> None:
         super().__init__(trace)
+        if require_integrity and (options is None or not options.integrity):
+            raise ValueError("require_integrity needs options that ask for integrity")
+        self.require_integrity = require_integrity
+        self.downgraded: str | None = None  # why the server granted less than we asked
         self.command = command
         self._command_bytes = command.encode("utf-8")
         self.requested = options
@@ -305,6 +312,18 @@ class ClientSession(SessionBase):
             original = False
         else:
             self.options = ORIGINAL
+        requested = self.requested
+        if requested is not None and requested.integrity and not self.options.integrity:
+            why = (
+                "the server answered with the original options"
+                if original
+                else "the server refused integrity"
+            )
+            self.downgraded = f"{why}: no CRC32C per datagram and no SHA-256 in the FIN"
+            self.stats["downgraded"] = 1
+            if self.require_integrity:
+                self._fail(now, f"integrity is required but {self.downgraded}")
+                return
         o = self.options
         self._events.append(
             OptionsNegotiated(now, o.chunk_size, o.max_window, o.integrity, o.ack_every, original)
