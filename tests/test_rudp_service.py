@@ -22,8 +22,8 @@ from stacklab.services.app_rudp import RudpAppServer
 from stacklab.services.client import ClientError, ServerError
 from stacklab.services.fetcher import FetchError, FetchPolicy
 from stacklab.services.rudp_client import RudpTransferError, fetch_rudp
-from stacklab.tools.chaos import ChaosProxy
 from stacklab.sim.impairment import Impairment
+from stacklab.tools.chaos import ChaosProxy
 from stacklab.transport.options import ORIGINAL, STACKLAB_DEFAULT
 from stacklab.wire import ERROR_UNKNOWN_COMMAND, RUDP_HEADER, fetch_error_text, pack_rudp
 
