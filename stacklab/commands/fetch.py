@@ -195,6 +195,14 @@ def _load_rudp() -> Callable[..., bytes]:
     help="RUDP: no CRC32C per datagram and no SHA-256 in the FIN.",
 )
 @click.option(
+    "--integrity",
+    "require_integrity",
+    type=click.Choice(["required"]),
+    callback=lambda ctx, param, value: value == "required",
+    help="RUDP: `--integrity required` fails instead of falling back when the server "
+    "does not grant integrity (by default the fallback is only reported).",
+)
+@click.option(
     "--legacy",
     is_flag=True,
     help="RUDP: behave exactly like the original client (empty SYN, 500-byte chunks, window 5).",
@@ -241,6 +249,10 @@ def fetch(
     if out_path.parent and not out_path.parent.is_dir():
         raise UserError(f"output directory {str(out_path.parent)!r} does not exist")
     rudp_options = _explicit(rudp_options)
+    if rudp_options.get("require_integrity") and (
+        rudp_options.get("legacy") or rudp_options.get("integrity") is False
+    ):
+        raise UserError("--integrity required: not with --no-integrity or --legacy")
     if transport != "rudp" and rudp_options:
         names = ", ".join("--" + k.replace("_", "-") for k in sorted(rudp_options))
         raise UserError(f"{names}: only with --transport rudp")
