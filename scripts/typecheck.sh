@@ -13,7 +13,7 @@ mkdir -p "$tree/stacklab"
 for entry in "$root"/stacklab/*; do
     ln -s "$entry" "$tree/stacklab/$(basename "$entry")"
 done
-for sub in layers services analysis transport tools; do
+for sub in layers services analysis transport sim tools; do
     ln -s "$root/$sub" "$tree/stacklab/$sub"
 done
 cd "$tree"

@@ -35,6 +35,7 @@ from stacklab.services.rudp_io import (
 )
 from stacklab.transport.client import ClientSession, ClientState
 from stacklab.transport.options import STACKLAB_DEFAULT, TransferOptions
+from stacklab.transport.recovery import MAX_FAILURES, SILENCE_TIMEOUT
 from stacklab.wire import FETCH_COMMAND, ORIGINAL_ISN, Flag, is_busy_answer
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def fetch_rudp(
     chunk: int = STACKLAB_DEFAULT.chunk_size,
     window: int = STACKLAB_DEFAULT.max_window,
     integrity: bool = True,
+    require_integrity: bool = False,
     ack_every: int = STACKLAB_DEFAULT.ack_every,
     legacy: bool = False,
     drop: float = 0.0,
@@ -75,8 +77,8 @@ def fetch_rudp(
     isn: int = ORIGINAL_ISN,
     initial_rto: float = 1.0,
     min_rto: float = 0.2,
-    max_timeouts: int = 8,
-    silence_timeout: float = 30.0,
+    max_timeouts: int = MAX_FAILURES,
+    silence_timeout: float = SILENCE_TIMEOUT,
     answer_timeout: float | None = None,
     max_bytes: int | None = 2 * 1024**3,
     linger: float = LINGER_S,
@@ -105,6 +107,7 @@ def fetch_rudp(
         silence_timeout=silence_timeout if answer_timeout is None else answer_timeout,
         handshake_timeout=answer_timeout,
         max_bytes=max_bytes,
+        require_integrity=require_integrity and options is not None and options.integrity,
         trace=events is not None,
     )
     where = f"{server[0]}:{server[1]}"
@@ -125,6 +128,10 @@ def fetch_rudp(
         except OSError as exc:
             raise ClientError(f"cannot reach the RUDP app server at {where}: {exc}") from None
         _run(sock, session, rng, drop, delay, progress, log_file, where)
+        if session.downgraded is not None and session.failed is None:
+            log.warning(
+                "RUDP %s: %s (--integrity required refuses this)", where, session.downgraded
+            )
         if log_file is not None:
             log_file.flush()
         if stats is not None:

@@ -101,7 +101,7 @@ class RudpSettings:
     initial_rto: float = wire.ORIGINAL_TIMEOUT_S
     min_rto: float = 0.2
     max_rto: float = 10.0
-    max_timeouts: int = 8
+    max_timeouts: int = 12  # consecutive failures to advance (stacklab.transport.recovery)
     max_sessions: int = 1024
     max_sessions_per_client: int = 64  # per source address; beyond: its oldest is dropped
     idle_timeout: float = 30.0

@@ -260,6 +260,9 @@ MAX_STACKLAB_CHUNK: Final = (
     ETHERNET_MAX_UDP_PAYLOAD - RUDP_HEADER_LEN - RUDP_CRC_TRAILER_LEN
 )  # 1457
 RUDP_SHA256_LEN: Final = 32
+RUDP_REJECT_PAYLOAD: Final = b"REJECT sha256"
+"""Payload of a client's FIN (ack = the server's FIN) refusing content whose SHA-256 differs
+(integrity negotiated only): the server records a failed transfer, not a completed one."""
 """With integrity negotiated, the FIN payload is the SHA-256 of the whole content (then the CRC)."""
 
 _unpack_u16 = struct.Struct("!H").unpack_from

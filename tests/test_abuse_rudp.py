@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -28,6 +29,7 @@ from stacklab.transport.handshake import (
 )
 from stacklab.transport.integrity import add_trailer
 from stacklab.transport.options import (
+    NEGOTIATED_BASE,
     ORIGINAL,
     STACKLAB_DEFAULT,
     OptionLimits,
@@ -165,11 +167,44 @@ def test_the_profile_table_is_bounded_and_falls_back_to_the_original_options() -
     for chunk in range(1, 400):
         hs.answer_syn(negotiated_syn(1, TransferOptions(chunk, 5, False, 1)), CLIENT, 0.0)
     assert len(hs.profiles) == 256
+    assert hs.stats.table_full == 399 - 255
     answer = hs.answer_syn(negotiated_syn(1, TransferOptions(1999, 5, False, 1)), CLIENT, 0.0)
     assert answer is not None and len(answer) == 11  # empty: the client falls back
     cookie = RUDP_HEADER.unpack_from(answer)[0]
     session = hs.accept_command(command(1, cookie), CLIENT, 0.0, factory)
     assert session is not None and session.proven and session.options == ORIGINAL
+
+
+def test_profiles_unused_for_two_cookie_slots_are_evicted() -> None:
+    """255 distinct offers used to fill the table for good: every later client lost its
+    options, integrity included.  Now a profile no valid cookie can name is reused."""
+    hs = make_handshake()
+    for chunk in range(1, 256):
+        hs.answer_syn(negotiated_syn(1, TransferOptions(chunk, 5, False, 1)), CLIENT, 0.0)
+    assert len(hs.profiles) == 256
+    # still within the cookies' lifetime: nothing may be evicted, the newcomer falls back
+    wanted = TransferOptions(1400, 64, True, 8)
+    early = hs.answer_syn(negotiated_syn(7, wanted), CLIENT, 59.0)
+    assert early is not None and len(early) == 11 and hs.stats.evicted == 0
+    # two cookie slots later no valid cookie can name them: the least recently used goes
+    late = hs.answer_syn(negotiated_syn(7, wanted), CLIENT, 61.0)
+    assert late is not None and len(late) > 11 and hs.stats.evicted == 1
+    cookie = RUDP_HEADER.unpack_from(late)[0]
+    session = hs.accept_command(command(7, cookie), CLIENT, 61.0, factory)
+    assert (
+        session is not None
+        and session.proven
+        and session.options
+        == replace(NEGOTIATED_BASE, chunk_size=1400, max_window=64, integrity=True, ack_every=8)
+    )
+    assert len(hs.profiles) == 256  # still bounded
+
+
+def test_a_cookie_is_bound_to_the_option_set_its_profile_names() -> None:
+    cookies = SynCookies(SECRET)
+    cookie = cookies.make(CLIENT, 5, 3, 0.0, b"options A")
+    assert cookies.check(cookie, CLIENT, 5, 1.0, b"options A") == 3
+    assert cookies.check(cookie, CLIENT, 5, 1.0, b"options B") is None
 
 
 def run_legacy_victim(session: ServerSession, content: bytes) -> tuple[int, int]:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stacklab.transport.impairment import (
+from stacklab.sim.impairment import (
     DELIVER,
     DROP_BLACKHOLE,
     DROP_BURST,

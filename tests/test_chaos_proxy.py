@@ -16,8 +16,8 @@ from stacklab.cli import cli
 from stacklab.commands.chaos import build_impairments, parse_hostport, split_direction
 from stacklab.errors import UserError
 from stacklab.services.base import BindError
+from stacklab.sim.impairment import Blackhole, Impairment
 from stacklab.tools.chaos import ChaosProxy
-from stacklab.transport.impairment import Blackhole, Impairment
 
 from conftest import wait_for
 

@@ -19,7 +19,7 @@ def test_defaults_follow_the_wire_facts() -> None:
     assert (config.origin.host, config.origin.port) == (wire.ORIGIN_ADDR, wire.ORIGIN_PORT)
     assert config.app_rudp == RudpSettings(
         host="127.0.0.3", port=2122, chunk_size=500, max_window=5, initial_rto=1.0,
-        min_rto=0.2, max_rto=10.0, max_timeouts=8, max_sessions=1024, idle_timeout=30.0,
+        min_rto=0.2, max_rto=10.0, max_timeouts=12, max_sessions=1024, idle_timeout=30.0,
     )  # fmt: skip
     assert config.dns_records() == {"my-app-server.local": "127.0.0.3"}
     assert config.fetch_policy().allow == ("127.0.0.1:8080",)

@@ -14,12 +14,12 @@ import random
 
 import pytest
 
+from stacklab.sim.impairment import Impairment
+from stacklab.sim.network import C2S, S2C, SimNetwork
 from stacklab.transport.client import ClientSession
 from stacklab.transport.events import CommandReceived, Timeout
-from stacklab.transport.impairment import Impairment
 from stacklab.transport.options import ORIGINAL, OptionLimits, TransferOptions
 from stacklab.transport.server import ServerSession
-from stacklab.transport.simnet import C2S, S2C, SimNetwork
 from stacklab.wire import ORIGINAL_CHUNK_SIZE, ORIGINAL_MAX_WINDOW, RUDP_HEADER, RUDP_HEADER_LEN
 
 pytestmark = pytest.mark.timeout(120)
@@ -62,6 +62,8 @@ class Watch:
                 self.seen.add(seq)
             elif flag == b"F":
                 assert length == len(data) - RUDP_HEADER_LEN == 0
+                self.resends += seq in self.seen
+                self.seen.add(seq)
                 self.fin = seq
 
 

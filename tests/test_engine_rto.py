@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stacklab.transport.aimd import AimdController
-from stacklab.transport.rto import RttEstimator
+from stacklab.transport.recovery import RttEstimator
 
 
 def test_initial_rto_is_one_second_like_the_original() -> None:

@@ -21,8 +21,8 @@ from stacklab.transport.events import (
     WindowChanged,
 )
 from stacklab.transport.options import TransferOptions
-from stacklab.transport.rto import RttEstimator
-from stacklab.transport.sender import GbnSender
+from stacklab.transport.recovery import RttEstimator
+from stacklab.transport.sender import GbnSender, SequenceSpaceExhausted
 from stacklab.wire import RUDP_HEADER, unpack_rudp
 
 CHUNK = 10
@@ -130,7 +130,7 @@ def test_timeout_backs_off_halves_and_goes_back_to_base(
         7,
         "timeout",
     )
-    assert go_back.quiet == s.estimator.srtt
+    assert s.recovery.recovery_point == 10  # the episode covers everything sent so far
     # the base (twice after a timeout in a negotiated session only), then the
     # rest of the halved window
     sent_before = len(events(s, PacketSent))
@@ -173,7 +173,7 @@ def test_exponential_backoff_and_give_up_after_max_timeouts() -> None:
         s.datagrams_to_send(now)
     assert [t for t, _ in fired] == [1.0, 3.0, 7.0, 15.0]
     assert [e.consecutive for e in events(s, Timeout)] == [1, 2, 3, 4]
-    assert "4 consecutive timeouts" in s.failed
+    assert "4 consecutive failures to advance (4 timeouts)" in s.failed
     assert isinstance(s.events[-1], GaveUp)
     assert s.get_timer() is None
     assert s.datagrams_to_send(20.0) == []  # never retransmit forever
@@ -199,7 +199,7 @@ def _grow(s: GbnSender, to_window: int, step: float = 0.1) -> float:
     return now
 
 
-def test_third_duplicate_ack_triggers_fast_retransmit_once() -> None:
+def test_third_duplicate_ack_triggers_fast_retransmit_once_per_episode() -> None:
     s = make(chunks=40, max_window=8)
     now = _grow(s, 6)
     base, top = s.base, s.next_seq - 1
@@ -213,26 +213,48 @@ def test_third_duplicate_ack_triggers_fast_retransmit_once() -> None:
     assert events(s, FastRetransmit) == [FastRetransmit(now + 0.03, base, 3)]
     assert s.window == 3
     assert s.next_seq == base
-    assert s.rto_timer == pytest.approx(now + 0.03 + s.rto)
     assert seqs(s.datagrams_to_send(now + 0.03)) == [base, base + 1, base + 2]
-    # within one SRTT (0.1 s) of the go-back every duplicate echoes the old flight
-    for i in range(6):
+    assert s.rto_timer == pytest.approx(now + 0.03 + s.rto)  # the base was just resent
+    # every later duplicate belongs to the same episode, however many and however late
+    for i in range(30):
         s.on_ack(base - 1, now + 0.04 + i / 100)
+    assert len(events(s, FastRetransmit)) == 1 and s.next_seq == base + 3
+    # a partial ACK (below the highest chunk sent when the episode began) keeps it running
+    s.on_ack(base, now + 0.5)
+    assert s.recovery.in_recovery
+    for i in range(5):
+        s.on_ack(base, now + 0.51 + i / 100)
     assert len(events(s, FastRetransmit)) == 1
-    later = now + 0.03 + 0.1
-    # after it, the old flight (base+1 .. base+5) can still echo 2 duplicates
-    s.on_ack(base - 1, later)
-    s.on_ack(base - 1, later + 0.01)
-    assert len(events(s, FastRetransmit)) == 1
-    # three more can only come from the resent flight: its first chunk was lost too
-    s.on_ack(base - 1, later + 0.02)
-    s.on_ack(base - 1, later + 0.03)
-    assert len(events(s, FastRetransmit)) == 1
-    s.on_ack(base - 1, later + 0.04)
+    # an ACK covering ``top`` ends the episode: three duplicates then mean a new loss
+    s.datagrams_to_send(now + 0.6)
+    s.on_ack(top, now + 0.6)
+    assert not s.recovery.in_recovery
+    s.datagrams_to_send(now + 0.6)
+    for i in range(3):
+        s.on_ack(top, now + 0.61 + i / 100)
     assert len(events(s, FastRetransmit)) == 2
-    assert s.window == 3  # nothing acknowledged in between: one loss event, one halving
-    assert s.next_seq == base
-    assert [e.reason for e in events(s, WindowChanged) if e.new < e.old] == ["dupack"]
+    assert [e.reason for e in events(s, WindowChanged) if e.new < e.old] == ["dupack", "dupack"]
+
+
+def test_a_stream_of_duplicate_acks_ends_in_a_give_up() -> None:
+    """A peer answering ack = base - 1 every 5 ms forever: one fast retransmit, then the
+    timeouts run their course and the session gives up (the old engine re-armed its timer on
+    each of 39,986 fast retransmits and never ended)."""
+    s = make(chunks=40, max_window=8, max_timeouts=8)
+    now = _grow(s, 6, step=0.01)
+    base = s.base
+    while s.failed is None and now < 600.0:
+        now = round(now + 0.005, 6)
+        timer = s.get_timer()
+        if timer is not None and timer <= now:
+            s.handle_timer(timer)
+        s.on_ack(base - 1, now)
+        s.datagrams_to_send(now)
+    assert s.failed is not None and "8 consecutive failures" in s.failed
+    assert len(events(s, FastRetransmit)) == 1
+    failures = events(s, FastRetransmit) + events(s, LossProbe) + events(s, Timeout)
+    assert len(failures) == 8  # every failure to advance counted, the timeouts included
+    assert now < 60.0
 
 
 def test_stale_and_bogus_acks_are_ignored() -> None:
@@ -243,6 +265,23 @@ def test_stale_and_bogus_acks_are_ignored() -> None:
     s.on_ack(s.next_seq + 5, now)  # beyond anything sent
     s.on_ack(2**32 - 1, now)
     assert (s.base, s.next_seq, s.window, s.get_timer()) == state
+    assert s.ignored_acks == 3
+
+
+def test_a_transfer_that_would_wrap_the_sequence_space_is_refused() -> None:
+    options = TransferOptions(chunk_size=10)
+    with pytest.raises(SequenceSpaceExhausted, match="32 bits"):
+        GbnSender(b"x" * 30, options, RttEstimator(), AimdController(5), first_seq=2**32 - 3)
+    # the last one that fits: chunks 2**32-4 .. 2**32-2, FIN 2**32-1
+    s = GbnSender(b"x" * 30, options, RttEstimator(), AimdController(5), first_seq=2**32 - 4)
+    assert s.fin_seq == 2**32 - 1
+    sent = seqs(s.datagrams_to_send(0.0))
+    for seq in range(2**32 - 4, 2**32 - 1):
+        s.on_ack(seq, 0.1)
+        sent += seqs(s.datagrams_to_send(0.1))
+    assert sent == [2**32 - 4, 2**32 - 3, 2**32 - 2, 2**32 - 1]
+    s.on_ack(2**32 - 1, 0.2)
+    assert s.done
 
 
 def test_fin_after_last_ack_then_done() -> None:
@@ -344,82 +383,90 @@ def _fast_path(s: GbnSender) -> float:
     return now
 
 
-def test_probe_timeout_goes_back_well_before_the_rto_floor_without_backoff() -> None:
+def test_probe_resends_the_base_alone_well_before_the_rto_floor_without_backoff() -> None:
     s = make()
     now = _fast_path(s)
     assert s.rto == 0.2 and s.window == 3
     rto_deadline = s.rto_timer
     assert rto_deadline == pytest.approx(now + 0.2)
-    srtt, rttvar = s.estimator.srtt, s.estimator.rttvar
-    assert srtt is not None and rttvar is not None
-    pto = srtt + 4 * rttvar
+    pto = s.estimator.pto
+    assert pto is not None
     assert s.get_timer() == pytest.approx(now + pto)
-    base = s.base
+    base, next_seq = s.base, s.next_seq
+    s.handle_timer(now + pto - 0.0001)  # not due yet
+    assert events(s, LossProbe) == []
     s.handle_timer(now + pto)
     assert [e.probes for e in events(s, LossProbe)] == [1]
-    go_back = events(s, GoBack)[-1]
-    assert (go_back.from_seq, go_back.to_seq, go_back.reason) == (base + 2, base, "probe")
-    assert (s.next_seq, s.window, s.consecutive_timeouts, s.rto) == (base, 1, 0, 0.2)
-    assert s.rto_timer == rto_deadline  # the timeout proper keeps running
+    assert events(s, GoBack) == []
+    # exactly one datagram, the base; then the sender carries on where it was
     assert seqs(s.datagrams_to_send(now + pto)) == [base]
-    assert s.get_timer() == pytest.approx(now + 2 * pto)
-    s.handle_timer(now + 2 * pto)  # the same loss again: no second halving (window is 1 anyway)
-    assert s.window == 1 and len(events(s, LossProbe)) == 2
+    assert (s.next_seq, s.window, s.consecutive_timeouts, s.failures, s.rto) == (
+        next_seq,
+        3,
+        0,
+        1,
+        0.2,
+    )
+    # the RTO restarts from the base's resend; the next probe waits twice as long
+    assert s.rto_timer == pytest.approx(now + pto + 0.2)
+    assert s.probe_timer == pytest.approx(now + pto + 2 * pto)
+    s.handle_timer(now + 3 * pto)
+    assert seqs(s.datagrams_to_send(now + 3 * pto)) == [base]
+    assert len(events(s, LossProbe)) == 2
+    assert s.probe_timer is None  # two probes without progress: only the RTO now
     while not events(s, Timeout):
         t = s.get_timer()
         assert t is not None
         s.handle_timer(t)
         s.datagrams_to_send(t)
-    assert events(s, Timeout)[0].time == pytest.approx(rto_deadline)
-    assert s.get_timer() == pytest.approx(rto_deadline + 0.4)  # backing off: no probes
+    assert events(s, Timeout)[0].time == pytest.approx(now + 3 * pto + 0.2)
+    assert len(events(s, LossProbe)) == 2
+    assert s.get_timer() == pytest.approx(events(s, Timeout)[0].time + 0.4)  # no probes
 
 
-def test_probe_halves_only_after_new_data_was_acknowledged() -> None:
+def test_progress_after_a_probe_resets_the_probe_backoff() -> None:
     s = make(chunks=40, max_window=8)
     _grow(s, 6, step=0.01)
-    assert s.window == 6
     t = s.get_timer()
-    assert t is not None and t < s.rto_timer  # type: ignore[operator]
+    assert t is not None and s.probe_timer == t
     s.handle_timer(t)
-    assert s.window == 3
-    s.datagrams_to_send(t)
-    t2 = s.get_timer()
-    assert t2 is not None
-    s.handle_timer(t2)
-    assert s.window == 3 and len(events(s, LossProbe)) == 2
-    s.on_ack(s.base, t2 + 0.001)
-    assert s.window == 4
-    s.datagrams_to_send(t2 + 0.001)
-    t3 = s.get_timer()
-    assert t3 is not None and t3 < s.rto_timer  # type: ignore[operator]
-    s.handle_timer(t3)
-    assert s.window == 2
+    assert seqs(s.datagrams_to_send(t)) == [s.base]
+    s.on_ack(s.base, t + 0.005)  # the probe got through
+    assert s.failures == 0 and s.window == 7
+    s.datagrams_to_send(t + 0.005)
+    pto = s.estimator.pto
+    assert pto is not None
+    assert s.probe_timer == pytest.approx(t + 0.005 + pto)  # not doubled any more
 
 
-def test_old_flight_echoes_after_a_probe_do_not_count_towards_fast_retransmit() -> None:
-    s = make(chunks=40, max_window=8)
-    now = _grow(s, 4, step=0.01)
-    base, top = s.base, s.next_seq - 1
-    t = s.get_timer()
-    assert t is not None and t > now
-    s.handle_timer(t)  # probe: go back to base; base+1 .. top may still echo
-    s.datagrams_to_send(t)
-    srtt = s.estimator.srtt
-    assert srtt is not None
-    for i in range(5):  # within one SRTT: echoes
-        s.on_ack(base - 1, t + srtt * i / 10)
-    later = t + srtt
-    for i in range(top - base):  # then as many as the old flight still holds
-        s.on_ack(base - 1, later + 0.001 * i)
-    assert events(s, FastRetransmit) == []
-    for i in range(3):
-        s.on_ack(base - 1, later + 0.01 + 0.001 * i)
-    assert len(events(s, FastRetransmit)) == 1
+def test_a_vanished_peer_costs_about_three_windows_and_three_probes() -> None:
+    """A fast start to window 64, then silence: the old engine sent 99 probes and 3,249
+    datagrams before the first timeout and never backed its probes off."""
+    options = TransferOptions(chunk_size=CHUNK, max_window=64)
+    s = GbnSender(b"y" * 4000 * CHUNK, options, RttEstimator(), AimdController(64), max_timeouts=12)
+    now = 0.0
+    s.datagrams_to_send(now)
+    while s.window < 64:
+        now += 0.001
+        s.on_ack(s.next_seq - 1, now)
+        s.datagrams_to_send(now)
+    vanished = now
+    sent = 0
+    while s.failed is None:
+        t = s.get_timer()
+        assert t is not None
+        s.handle_timer(t)
+        sent += len(s.datagrams_to_send(t))
+        now = t
+    assert len(events(s, LossProbe)) == 2
+    assert sent <= 2 * 64 + 2 + 12  # the halving windows, two probes, the base per timeout
+    assert sent <= 3 * 64 + 3
+    assert now - vanished < 80.0
 
 
 def test_a_window_of_two_sends_nothing_on_duplicates_and_recovers_by_the_probe() -> None:
     """Two chunks in flight can yield at most two duplicates: no fast retransmit and no
-    chunk beyond the window; the loss probe (well before the RTO) goes back instead."""
+    chunk beyond the window; the loss probe (well before the RTO) resends the base."""
     s = make(chunks=40, max_window=2)
     s.datagrams_to_send(0.0)
     now = 0.0
@@ -429,9 +476,9 @@ def test_a_window_of_two_sends_nothing_on_duplicates_and_recovers_by_the_probe()
         s.datagrams_to_send(now)
     assert (s.window, s.in_flight) == (2, 2)
     base = s.base
-    est = s.estimator
-    assert est.srtt is not None and est.rttvar is not None
-    probe_at = now + est.srtt + max(4 * est.rttvar, est.granularity)
+    pto = s.estimator.pto
+    assert pto is not None
+    probe_at = now + pto
     assert s.probe_timer == pytest.approx(probe_at)
     assert s.rto_timer == pytest.approx(now + s.rto) and probe_at < now + s.rto
     # the base is lost; the next chunk answers ack = base - 1, and the network duplicates it
@@ -441,18 +488,12 @@ def test_a_window_of_two_sends_nothing_on_duplicates_and_recovers_by_the_probe()
     assert s.datagrams_to_send(now + 0.11) == []
     assert s.in_flight == 2 and s.next_seq == base + 2
     assert events(s, FastRetransmit) == [] and events(s, GoBack) == []
-    s.handle_timer(probe_at - 0.001)  # not due yet
-    assert events(s, LossProbe) == []
     rto_before = s.rto
     s.handle_timer(probe_at)
     assert events(s, LossProbe) == [LossProbe(probe_at, base, 1)]
-    assert events(s, GoBack)[-1].reason == "probe"
-    # halved (new data was acknowledged since the last loss): only the base goes again,
-    # without backoff and without counting towards giving up
-    assert s.window == 1
     assert seqs(s.datagrams_to_send(probe_at)) == [base]
-    assert s.in_flight == 1
+    assert (s.window, s.in_flight) == (2, 2)
     assert events(s, Timeout) == [] and s.consecutive_timeouts == 0 and s.rto == rto_before
-    s.on_ack(base, probe_at + 0.1)  # the resent base gets through: the transfer moves on
-    assert s.base == base + 1 and s.window == 2
-    assert seqs(s.datagrams_to_send(probe_at + 0.1)) == [base + 1, base + 2]
+    s.on_ack(base + 1, probe_at + 0.1)  # the resent base filled the hole: both acknowledged
+    assert s.base == base + 2 and s.window == 2
+    assert seqs(s.datagrams_to_send(probe_at + 0.1)) == [base + 2, base + 3]

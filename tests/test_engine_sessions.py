@@ -214,6 +214,28 @@ def test_client_falls_back_when_the_server_ignores_its_options() -> None:
     c.receive_datagram(pack_rudp(0, 101, b"A"), 0.1)  # an original server: empty SYN-ACK
     assert c.options == ORIGINAL
     assert c.datagrams_to_send(0.1) == [pack_rudp(101, 0, b"D", b"FETCH x")]
+    # ... and says so: it asked for integrity and will not get it
+    assert c.downgraded is not None and "original options" in c.downgraded
+    assert c.stats["downgraded"] == 1
+
+
+def test_client_that_requires_integrity_refuses_a_downgrade() -> None:
+    c = ClientSession("FETCH x", STACKLAB_DEFAULT, require_integrity=True)
+    c.start(0.0)
+    c.datagrams_to_send(0.0)
+    c.receive_datagram(pack_rudp(0, 101, b"A"), 0.1)  # original options: no integrity
+    assert c.failed is not None and "integrity is required" in c.failed
+    assert c.datagrams_to_send(0.1) == []  # no command goes out
+    assert any(isinstance(e, GaveUp) for e in drain(c))
+    # a server that grants integrity is fine
+    ok = ClientSession("FETCH x", STACKLAB_DEFAULT, require_integrity=True)
+    ok.start(0.0)
+    ok.datagrams_to_send(0.0)
+    body = encode_options(STACKLAB_DEFAULT)
+    ok.receive_datagram(add_trailer(RUDP_HEADER.pack(9, 101, b"A", len(body) + 4) + body), 0.1)
+    assert ok.failed is None and ok.downgraded is None and ok.state is ClientState.CMD_SENT
+    with pytest.raises(ValueError, match="integrity"):
+        ClientSession("FETCH x", None, require_integrity=True)
 
 
 def test_client_retransmits_its_syn_with_backoff_then_gives_up() -> None:
@@ -412,6 +434,16 @@ def test_most_transfers_survive_thirty_percent_loss_both_ways() -> None:
     assert all(c.done or c.failed for c, _, _ in results)
 
 
+def test_legacy_sessions_survive_thirty_percent_loss_both_ways() -> None:
+    """The original options (window 5, each resend once) at 30% loss each way: every one of
+    30 transfers completes (with the old limits, 4 of these 30 gave up: 8 timeouts, a 30 s
+    silence limit under a 10 s RTO cap, a 30 s wait for the command)."""
+    results = [transfer(CONTENT, None, seed, loss=0.3, limit=3000) for seed in range(30)]
+    failed = [(seed, c.failed) for seed, (c, _, _) in enumerate(results) if not c.done]
+    assert failed == []
+    assert all(c.content == CONTENT for c, _, _ in results)
+
+
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_original_mode_without_integrity_survives_loss_and_reordering(seed: int) -> None:
@@ -423,3 +455,106 @@ def test_dead_network_ends_in_a_clean_failure_on_both_ends() -> None:
     c, _s, _now = transfer(CONTENT, STACKLAB_DEFAULT, seed=3, loss=1.0, limit=10_000)
     assert c.failed is not None and "SYN" in c.failed
     assert not c.done
+
+
+# -- hostile or slow peers -------------------------------------------------------------
+
+
+def test_a_slow_origin_keeps_the_client_waiting_while_the_server_answers() -> None:
+    """The fetch takes 40 s; the client keeps resending its command on its backed-off RTO
+    and the server re-ACKs each one.  Those answers restart the client's silence limit, so
+    it waits for the content instead of failing at 30 s with "the server was silent"."""
+    s = ServerSession()
+    c = ClientSession("FETCH x", None, silence_timeout=30.0)
+    content = b"z" * 1200
+    now = 0.0
+    c.start(now)
+    provided = False
+    for _ in range(10_000):
+        for d in c.datagrams_to_send(now):
+            s.receive_datagram(d, now)
+        drain(s)
+        for d in s.datagrams_to_send(now):
+            c.receive_datagram(d, now)
+        drain(c)
+        if c.done or c.failed:
+            break
+        if not provided and now >= 40.0 and s.state is ServerState.AWAIT_CONTENT:
+            s.provide_content(content, now)
+            provided = True
+            continue
+        deadlines = [t for t in (c.get_timer(), s.get_timer()) if t is not None]
+        if not provided:
+            deadlines.append(40.0)
+        now = max(now, min(deadlines))
+        c.handle_timer(now)
+        s.handle_timer(now)
+    assert c.failed is None, c.failed
+    assert c.done and c.content == content
+    assert c.stats["unexpected"] == 0 and c.stats["command_reacks"] >= 3
+
+
+def _integrity_client_at_fin() -> tuple[ClientSession, ServerSession, float]:
+    """A negotiated transfer whose FIN carries the wrong SHA-256 (the content was altered)."""
+    s = ServerSession()
+    c = ClientSession("FETCH x", TransferOptions(integrity=True))
+    now = 0.0
+    c.start(now)
+    for _ in range(200):
+        for d in c.datagrams_to_send(now):
+            s.receive_datagram(d, now)
+        for e in drain(s):
+            if isinstance(e, CommandReceived):
+                s.provide_content(b"hello", now)
+                assert s.sender is not None
+                s.sender._fin_payload = hashlib.sha256(b"other").digest()  # a lying server
+        for d in s.datagrams_to_send(now):
+            c.receive_datagram(d, now)
+        drain(c)
+        if c.failed or s.failed or s.done:
+            break
+        now += 0.01
+    return c, s, now
+
+
+def test_a_client_that_rejects_the_content_tells_the_server() -> None:
+    c, s, now = _integrity_client_at_fin()
+    assert c.failed is not None and "SHA-256" in c.failed
+    # the client answered the FIN with its refusal, never with an ACK of it
+    for _ in range(3):
+        for d in c.datagrams_to_send(now):
+            s.receive_datagram(d, now)
+    assert not s.done
+    assert s.failed is not None and "rejected the content" in s.failed
+    assert s.state is ServerState.FAILED and s.stats["rejected"] == 1
+    assert any(isinstance(e, GaveUp) and "rejected" in e.reason for e in drain(s))
+
+
+def test_a_lost_refusal_is_repeated_when_the_fin_comes_again() -> None:
+    c, s, now = _integrity_client_at_fin()
+    refusal = c.datagrams_to_send(now)  # lost on the way
+    assert [RUDP_HEADER.unpack_from(d)[2] for d in refusal] == [b"F"]
+    assert s.sender is not None
+    timer = s.get_timer()
+    assert timer is not None
+    s.handle_timer(timer)
+    for d in s.datagrams_to_send(timer):  # the FIN again
+        c.receive_datagram(d, timer)
+    assert c.datagrams_to_send(timer) == refusal
+
+
+def test_only_an_ack_of_a_chunk_sent_proves_a_legacy_address() -> None:
+    """One blind spoofed ACK (0xFFFFFFFF) used to lift the anti-amplification budget."""
+    s = ServerSession()
+    s.adopt(100, ORIGINAL, False, 0, b"", proven=False, now=0.0)
+    s.unproven_budget = 6
+    s.receive_datagram(RUDP_HEADER.pack(101, 0, b"D", len(CMD)) + CMD, 0.0)
+    drain(s)
+    s.provide_content(b"q" * 5000, 0.0)
+    s.datagrams_to_send(0.0)
+    for bogus in (0xFFFFFFFF, 2, 5000, 0):
+        s.receive_datagram(RUDP_HEADER.pack(0, bogus, b"A", 0), 0.1)
+        assert not s.proven
+    assert s.stats["ignored_acks"] == 3  # 0 is base - 1: a duplicate, not out of range
+    s.receive_datagram(RUDP_HEADER.pack(0, 1, b"A", 0), 0.2)
+    assert s.proven

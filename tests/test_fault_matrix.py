@@ -28,8 +28,8 @@ from stacklab.config import RudpSettings
 from stacklab.services.client import ClientError
 from stacklab.services.fetcher import FetchPolicy
 from stacklab.services.origin import OriginServer
+from stacklab.sim.impairment import Blackhole, GilbertElliott, Impairment
 from stacklab.tools.chaos import ChaosProxy
-from stacklab.transport.impairment import Blackhole, GilbertElliott, Impairment
 
 app_rudp = pytest.importorskip("stacklab.services.app_rudp")
 rudp_client = pytest.importorskip("stacklab.services.rudp_client")

@@ -125,6 +125,25 @@ def test_rudp_options_with_tcp_are_refused(tmp_path: Path) -> None:
     assert "--drop: only with --transport rudp" in result.stderr
 
 
+@pytest.mark.parametrize("other", ["--legacy", "--no-integrity"])
+def test_integrity_required_with_a_contradiction_is_refused(other: str) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "fetch",
+            "--transport",
+            "rudp",
+            "--integrity",
+            "required",
+            other,
+            "--server",
+            "127.0.0.1:9",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "--integrity required: not with --no-integrity or --legacy" in result.stderr
+
+
 def test_timeout_bounds_the_wait_for_a_silent_rudp_server(tmp_path: Path) -> None:
     """A bound socket that never answers: without --timeout the SYN is resent for about a minute."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:

@@ -22,8 +22,8 @@ from stacklab.services.app_rudp import RudpAppServer
 from stacklab.services.client import ClientError, ServerError
 from stacklab.services.fetcher import FetchError, FetchPolicy
 from stacklab.services.rudp_client import RudpTransferError, fetch_rudp
+from stacklab.sim.impairment import Impairment
 from stacklab.tools.chaos import ChaosProxy
-from stacklab.transport.impairment import Impairment
 from stacklab.transport.options import ORIGINAL, STACKLAB_DEFAULT
 from stacklab.wire import ERROR_UNKNOWN_COMMAND, RUDP_HEADER, fetch_error_text, pack_rudp
 
@@ -317,6 +317,33 @@ def test_stacklab_client_falls_back_against_an_original_server(drop: float) -> N
     assert original.syn_payloads and original.syn_payloads[0].startswith(b"{")  # it asked
     original.thread.join(5)
     assert original.fin_ack == RUDP_HEADER.pack(0, 41, b"A", 0)
+
+
+def test_a_downgrade_is_reported_or_refused_when_integrity_is_required(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    content = random.Random(5).randbytes(3_000)
+    original = OriginalServer(content)
+    with caplog.at_level("WARNING", logger="stacklab.services.rudp_client"):
+        assert fetch_rudp(original.address, "http://x/", linger=0) == content
+    assert "original options" in caplog.text and "--integrity required" in caplog.text
+    original.thread.join(5)
+    # an original server's empty SYN-ACK, and nothing more: the strict client stops there
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as strict:
+        strict.bind(("127.0.0.1", 0))
+
+        def answer_syn() -> None:
+            strict.settimeout(5)
+            data, client = strict.recvfrom(2048)
+            strict.sendto(
+                RUDP_HEADER.pack(0, RUDP_HEADER.unpack_from(data)[0] + 1, b"A", 0), client
+            )
+
+        thread = threading.Thread(target=answer_syn, daemon=True)
+        thread.start()
+        with pytest.raises(RudpTransferError, match="integrity is required"):
+            fetch_rudp(strict.getsockname(), "http://x/", require_integrity=True, linger=0)
+        thread.join(5)
 
 
 # -- through the chaos proxy ----------------------------------------------------------------

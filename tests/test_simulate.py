@@ -10,17 +10,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
-from functools import partial
 
 import pytest
 from click.testing import CliRunner
 
 from stacklab.cli import cli
-from stacklab.transport import aimd, receiver, rto, sender, simulate
-from stacklab.transport.impairment import Blackhole, Impairment
-from stacklab.transport.options import ORIGINAL, TransferOptions
-from stacklab.transport.server import ServerSession
-from stacklab.transport.simulate import (
+from stacklab.sim import runner as simulate
+from stacklab.sim.impairment import Blackhole, Impairment
+from stacklab.sim.runner import (
     Outcome,
     Scenario,
     Summary,
@@ -29,6 +26,9 @@ from stacklab.transport.simulate import (
     run_many,
     run_scenario,
 )
+from stacklab.transport import aimd, receiver, recovery, sender
+from stacklab.transport.options import ORIGINAL, TransferOptions
+from stacklab.transport.server import ServerSession
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -174,26 +174,20 @@ OUTAGE = Impairment(delay_min=0.01, delay_max=0.02, blackholes=(Blackhole(0.3, 1
 
 
 def test_catches_rto_without_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rto.RttEstimator, "backoff", lambda self: None)
+    monkeypatch.setattr(recovery.RttEstimator, "backoff", lambda self: None)
     outcome = run_scenario(scenario(100_000, up=OUTAGE, down=OUTAGE))
     assert violation_of(outcome) == "RTO doubles on expiry"
 
 
 def test_catches_karn_violation(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = sender.GbnSender._go_back
-
-    def keeps_timing(self: sender.GbnSender, now: float, reason: str) -> None:
-        timed = (self._timed_seq, self._timed_at)
-        original(self, now, reason)
-        self._timed_seq, self._timed_at = timed  # sample a chunk that is being resent
-
-    monkeypatch.setattr(sender.GbnSender, "_go_back", keeps_timing)
+    # sample a chunk that is being resent
+    monkeypatch.setattr(recovery.Recovery, "cancel_timing", lambda self, up_to=None: None)
     outcome = run_scenario(scenario(100_000, up=LOSSY, down=LOSSY))
     assert violation_of(outcome) in ("Karn's rule", "RTT sample")
 
 
 def test_catches_fast_retransmit_on_the_wrong_duplicate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sender, "DUP_ACK_THRESHOLD", 2)
+    monkeypatch.setattr(recovery, "DUP_ACK_THRESHOLD", 2)
     outcome = run_scenario(scenario(100_000, up=LOSSY, down=LOSSY))
     assert violation_of(outcome) == "fast retransmit on the third duplicate ACK only"
 
@@ -219,9 +213,7 @@ def test_catches_a_chunk_beyond_the_window(monkeypatch: pytest.MonkeyPatch) -> N
 def test_catches_a_legacy_session_that_doubles_the_base(monkeypatch: pytest.MonkeyPatch) -> None:
     """An original client served with the negotiated sessions' doubled base is caught."""
     doubling = replace(ORIGINAL, duplicate_base_on_timeout=True)
-    monkeypatch.setattr(
-        simulate, "ServerSession", partial(ServerSession, original_options=doubling)
-    )
+    monkeypatch.setattr(simulate, "ORIGINAL", doubling)  # what the handshake hands out
     outcome = run_scenario(scenario(100_000, options=None, up=OUTAGE, down=OUTAGE))
     assert violation_of(outcome) == "a legacy session sends each resend once"
     # ... and the same outage with the real legacy options is clean
@@ -363,3 +355,87 @@ def test_replay_no_retransmission_storm_under_duplication() -> None:
     """Seed 1, scenario 2238: 20% duplication both ways blew up to 12,000 datagrams in flight."""
     outcome = run_scenario(draw_scenario(1, 2238))
     assert_clean(outcome)
+
+
+# -- the production server path and hostile peers -------------------------------------
+
+
+def test_runs_the_production_handshake_cookies_and_unproven_budget() -> None:
+    """A negotiated client echoes its SYN cookie and gets a proven session; an original
+    client gets an unproven legacy session whose budget is lifted by its first ACK of data."""
+    negotiated = run_scenario(scenario(20_000))
+    assert_clean(negotiated)
+    assert negotiated.status == "completed"
+    assert negotiated.server_stats["syn_answered"] >= 1
+    legacy = run_scenario(scenario(20_000, options=None))
+    assert_clean(legacy)
+    assert legacy.status == "completed" and legacy.server_stats["syn_answered"] >= 1
+
+
+@pytest.mark.parametrize("peer", ["vanish", "dupacks"])
+@pytest.mark.parametrize("options", [STACKLAB, None], ids=["negotiated", "legacy"])
+def test_a_peer_that_vanishes_or_only_repeats_its_ack_is_given_up(
+    peer: str, options: TransferOptions | None
+) -> None:
+    delay = Impairment(delay_min=0.01, delay_max=0.01)
+    outcome = run_scenario(
+        scenario(150_000, options=options, up=delay, down=delay, peer=peer, peer_at=0.1)
+    )
+    assert_clean(outcome)
+    assert outcome.status == "aborted"
+    assert outcome.server_error is not None and "consecutive failures" in outcome.server_error
+    assert outcome.fast_retransmits <= 1
+
+
+def test_bogus_acks_are_ignored_counted_and_prove_nothing() -> None:
+    delay = Impairment(delay_min=0.01, delay_max=0.01)
+    outcome = run_scenario(
+        scenario(30_000, options=None, up=delay, down=delay, peer="bogus", peer_at=200.0)
+    )
+    assert_clean(outcome)
+    assert outcome.status == "completed"
+    assert outcome.server_stats.get("ignored_acks", 0) > 10
+
+
+def test_a_slow_receiver_like_the_original_client_completes() -> None:
+    outcome = run_scenario(scenario(10_000, options=None, peer="slow"))
+    assert_clean(outcome)
+    assert outcome.status == "completed"
+    assert outcome.virtual_time > 20 * 0.1  # 20 chunks, at least 0.1 s each
+
+
+def test_catches_a_probe_that_goes_back_over_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    def old_probe(self: sender.GbnSender, now: float) -> None:
+        self._recovery.on_probe()
+        self._go_back(now, "probe")
+
+    monkeypatch.setattr(sender.GbnSender, "_probe", old_probe)
+    outcome = run_scenario(scenario(100_000, up=LOSSY, down=LOSSY))
+    assert violation_of(outcome) == "go-back only on a timeout or a fast retransmit"
+
+
+def test_catches_any_ack_proving_an_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = ServerSession.receive_datagram
+
+    def gullible(self: ServerSession, data: bytes, now: float) -> None:
+        if self.sender is not None and data[8:9] == b"A":
+            self.proven = True  # what the engine did for ack >= 1, 0xFFFFFFFF included
+        original(self, data, now)
+
+    monkeypatch.setattr(ServerSession, "receive_datagram", gullible)
+    slow_down = Impairment(delay_min=0.05, delay_max=0.05)
+    outcome = run_scenario(
+        scenario(30_000, options=None, up=slow_down, down=slow_down, peer="bogus", peer_at=500.0)
+    )
+    assert violation_of(outcome) == "only an ACK of a chunk sent proves an address"
+
+
+def test_catches_a_sender_that_never_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    def uncounted(self: recovery.Recovery) -> None:
+        self.timeouts += 1  # ... but not a failure: the give-up count never grows
+        self.probe_at = None
+
+    monkeypatch.setattr(recovery.Recovery, "on_timeout", uncounted)
+    delay = Impairment(delay_min=0.01, delay_max=0.01)
+    outcome = run_scenario(scenario(100_000, up=delay, down=delay, peer="vanish", peer_at=0.1))
+    assert violation_of(outcome) == "give-up limit"

@@ -4,7 +4,7 @@ Clients send to the proxy's listening address; for each client address the
 proxy opens its own socket to the upstream server (so the server sees one
 peer per client, and replies find their way back), and every datagram in
 either direction goes through one direction of an impaired link
-(:class:`stacklab.transport.impairment.Link`): "up" is client -> server, "down"
+(:class:`stacklab.sim.impairment.Link`): "up" is client -> server, "down"
 is server -> client.  Each direction is a shared link, like a netem qdisc on
 an interface: its loss chain, rate queue and outage windows apply to all
 clients together.
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO
 
 from stacklab.services.base import Service, bind_error, family_for
-from stacklab.transport.impairment import Decision, Impairment, Link, derive_rng
+from stacklab.sim.impairment import Decision, Impairment, Link, derive_rng
 from stacklab.wire import looks_like_rudp, unpack_rudp
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class ChaosProxy(Service):
     """An impairing UDP relay between clients and one upstream server.
 
     ``seed`` makes every decision reproducible: each direction draws from its
-    own stream (:func:`~stacklab.transport.impairment.derive_rng`).  With
+    own stream (:func:`~stacklab.sim.impairment.derive_rng`).  With
     ``log_path`` each decision is appended as one JSON line.  ``stats``
     counts per direction (``up.received``, ``up.delivered``, ``up.loss``,
     ``down.corrupt``, ...) plus ``clients``, ``expired`` and ``send_errors``.

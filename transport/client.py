@@ -3,8 +3,10 @@
 States: ``IDLE -> SYN_SENT -> CMD_SENT -> RECEIVING -> DONE`` (or ``FAILED``).
 :meth:`ClientSession.start` queues the SYN — empty when ``options`` is None
 (exactly the original client), else a JSON options offer with a CRC32C
-trailer.  An empty SYN-ACK means an original server: the client falls back
-to :data:`~stacklab.transport.options.ORIGINAL`.  The SYN and the command are
+trailer.  An empty SYN-ACK means an original server (or a stacklab server whose
+option table is full): the client falls back to
+:data:`~stacklab.transport.options.ORIGINAL` and says so in ``downgraded``
+when it asked for integrity, or fails when ``require_integrity`` is set.  The SYN and the command are
 retransmitted on an RFC 6298 timer until answered, at most ``max_timeouts``
 times, and for at most ``handshake_timeout`` seconds without an answer when
 given; once data flows, ``silence_timeout`` seconds without a valid datagram
@@ -48,13 +50,14 @@ from stacklab.transport.options import (
     encode_options,
 )
 from stacklab.transport.receiver import GbnReceiver, ReceiverOverflow
-from stacklab.transport.rto import RttEstimator
+from stacklab.transport.recovery import MAX_FAILURES, SILENCE_TIMEOUT, RttEstimator
 from stacklab.transport.session import ACK, DATA, FIN, SYN, SessionBase
 from stacklab.wire import (
     ORIGINAL_ISN,
     RUDP_CRC_TRAILER_LEN,
     RUDP_HEADER,
     RUDP_HEADER_LEN,
+    RUDP_REJECT_PAYLOAD,
     RUDP_SHA256_LEN,
 )
 
@@ -83,13 +86,18 @@ class ClientSession(SessionBase):
         initial_rto: float = 1.0,
         min_rto: float = 0.2,
         max_rto: float = 10.0,
-        max_timeouts: int = 8,
-        silence_timeout: float = 30.0,
+        max_timeouts: int = MAX_FAILURES,
+        silence_timeout: float = SILENCE_TIMEOUT,
         handshake_timeout: float | None = None,
         max_bytes: int | None = None,
+        require_integrity: bool = False,
         trace: bool = True,
     ) -> None:
         super().__init__(trace)
+        if require_integrity and (options is None or not options.integrity):
+            raise ValueError("require_integrity needs options that ask for integrity")
+        self.require_integrity = require_integrity
+        self.downgraded: str | None = None  # why the server granted less than we asked
         self.command = command
         self._command_bytes = command.encode("utf-8")
         self.requested = options
@@ -110,6 +118,7 @@ class ClientSession(SessionBase):
         self._probe: float | None = None  # command re-send while no data has come yet
         self._pending_sent_at = 0.0
         self._answer_deadline: float | None = None  # handshake: give up at this time
+        self._rejection: bytes | None = None  # our FIN refusing the content, resent on request
 
     # -- public API ------------------------------------------------------------
 
@@ -138,6 +147,8 @@ class ClientSession(SessionBase):
         if state is ClientState.RECEIVING and self._receive_data_fast(data, now):
             return
         if state is ClientState.FAILED or state is ClientState.IDLE:
+            if self._rejection is not None and data[8:9] == FIN:
+                self._out.append(self._rejection)  # our refusal was lost: say it again
             return
         integrity = self.options.integrity and state is not ClientState.SYN_SENT
         parsed = self._parse(data, integrity)
@@ -168,6 +179,17 @@ class ClientSession(SessionBase):
                 # else: a duplicate SYN-ACK with options, not the command ACK
             else:
                 self.stats["unexpected"] += 1
+        elif (
+            flag == ACK
+            and state is ClientState.RECEIVING
+            and self._probe is not None
+            and ack
+            in (self.command_seq, (self.command_seq + len(self._command_bytes)) & 0xFFFFFFFF)
+        ):
+            # The server answers our command resends while its fetch runs: it is
+            # alive and working, so its answer restarts the silence limit.
+            self.stats["command_reacks"] = self.stats.get("command_reacks", 0) + 1
+            self._timer = now + self.silence_timeout
         else:
             self.stats["unexpected"] += 1
 
@@ -290,6 +312,18 @@ class ClientSession(SessionBase):
             original = False
         else:
             self.options = ORIGINAL
+        requested = self.requested
+        if requested is not None and requested.integrity and not self.options.integrity:
+            why = (
+                "the server answered with the original options"
+                if original
+                else "the server refused integrity"
+            )
+            self.downgraded = f"{why}: no CRC32C per datagram and no SHA-256 in the FIN"
+            self.stats["downgraded"] = 1
+            if self.require_integrity:
+                self._fail(now, f"integrity is required but {self.downgraded}")
+                return
         o = self.options
         self._events.append(
             OptionsNegotiated(now, o.chunk_size, o.max_window, o.integrity, o.ack_every, original)
@@ -345,6 +379,15 @@ class ClientSession(SessionBase):
 
     def _fail_integrity(self, now: float, expected: str, actual: str) -> None:
         self._events.append(IntegrityFailure(now, expected, actual))
+        # Never ACK a FIN whose content we refuse: answer it with a FIN of our own
+        # whose payload says why, so the server records a failure, not a transfer.
+        receiver = self.receiver
+        if receiver is not None:
+            receiver.take_acks()
+            fin_seq = receiver.fin_seq if receiver.fin_seq is not None else 0
+            self._rejection = self._queue(
+                now, 0, fin_seq, FIN, RUDP_REJECT_PAYLOAD, self.options.integrity
+            )
         self._fail(now, "the content's SHA-256 does not match the one the server sent in its FIN")
 
     def _fail(self, now: float, reason: str) -> None:

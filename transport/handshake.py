@@ -9,10 +9,15 @@ Cookies.  A plain SYN (the original client's) is answered exactly as in
 WIRE.md, ``seq=0``.  A SYN carrying a stacklab options offer gets a cookie in
 the SYN-ACK's ``seq`` field: ``profile (8 bits) | MAC (24 bits)`` where the
 MAC is a keyed BLAKE2b of the time slot, the client's address and port, its
-ISN and the profile.  The profile indexes a small, bounded, append-only table
-of accepted option sets (at most :data:`MAX_PROFILES`; when it is full a new
-combination is answered with the original options, i.e. an empty SYN-ACK,
-which a stacklab client takes as "fall back to the original options").  A
+ISN, the profile and the option set it names.  The profile indexes a small,
+bounded table of accepted option sets (at most :data:`MAX_PROFILES`).  A
+profile unused for two cookie slots (no valid cookie can name it any more)
+is evicted to make room for a new set, least recently used first; so a burst
+of distinct offers cannot fill the table for good.  Only when every profile
+was used in the last two slots is a new combination answered with the
+original options (an empty SYN-ACK), which a stacklab client reports as a
+downgrade (or refuses, when it requires integrity).  Because the MAC covers
+the option set, a cookie can never be read against a slot reused since.  A
 stacklab client echoes the cookie in the ``ack`` field of its command, which
 proves it receives at its address; the original client sends ``ack=0``.
 
@@ -82,6 +87,8 @@ class HandshakeStats:
     legacy: int = 0
     proven: int = 0
     shrunk: int = 0  # negotiated SYN-ACKs replaced by the empty one (3x bound, full table)
+    evicted: int = 0  # profiles reused for a new option set (unused for two cookie slots)
+    table_full: int = 0  # new option sets answered with the original ones: no profile free
 
 
 class SynCookies:
@@ -93,22 +100,26 @@ class SynCookies:
         self._secret = secret[:64]
         self.slot_seconds = slot_seconds
 
-    def _mac(self, slot: int, addr: Address, isn: int, profile: int) -> int:
+    def _mac(self, slot: int, addr: Address, isn: int, profile: int, tag: bytes) -> int:
         h = hashlib.blake2b(key=self._secret, digest_size=4)
-        h.update(f"{slot}|{addr[0]}|{addr[1]}|{isn}|{profile}".encode())
+        h.update(f"{slot}|{addr[0]}|{addr[1]}|{isn}|{profile}|".encode())
+        h.update(tag)
         return int.from_bytes(h.digest(), "big") & _MAC_MASK
 
-    def make(self, addr: Address, isn: int, profile: int, now: float) -> int:
+    def make(self, addr: Address, isn: int, profile: int, now: float, tag: bytes = b"") -> int:
+        """The cookie; ``tag`` binds it to what the profile means now (its option set)."""
         slot = int(now // self.slot_seconds)
-        return (profile << 24) | self._mac(slot, addr, isn, profile)
+        return (profile << 24) | self._mac(slot, addr, isn, profile, tag)
 
-    def check(self, cookie: int, addr: Address, isn: int, now: float) -> int | None:
-        """The profile of a valid cookie for this address and ISN, else None."""
+    def check(
+        self, cookie: int, addr: Address, isn: int, now: float, tag: bytes = b""
+    ) -> int | None:
+        """The profile of a valid cookie for this address, ISN and tag, else None."""
         profile = cookie >> 24
         mac = cookie & _MAC_MASK
         slot = int(now // self.slot_seconds)
         for s in (slot, slot - 1):
-            if self._mac(s, addr, isn, profile) == mac:
+            if self._mac(s, addr, isn, profile, tag) == mac:
                 return profile
         return None
 
@@ -127,15 +138,36 @@ class Handshake:
         self.cookies = cookies
         self.profiles: list[TransferOptions] = [original]
         self._profile_index: dict[TransferOptions, int] = {original: 0}
+        self._last_used: list[float] = [0.0]
         self.stats = HandshakeStats()
 
-    def _profile(self, options: TransferOptions) -> int | None:
+    def _tag(self, profile: int) -> bytes:
+        return b"" if profile == 0 else encode_options(self.profiles[profile])
+
+    def _profile(self, options: TransferOptions, now: float) -> int | None:
+        """The profile of ``options``: found, added, or in an evicted slot; None when full."""
         index = self._profile_index.get(options)
-        if index is None and len(self.profiles) <= MAX_PROFILES:
-            index = len(self.profiles)
-            self.profiles.append(options)
+        if index is None:
+            if len(self.profiles) <= MAX_PROFILES:
+                index = len(self.profiles)
+                self.profiles.append(options)
+                self._last_used.append(now)
+            else:
+                index = self._evictable(now)
+                if index is None:
+                    return None
+                self.stats.evicted += 1
+                del self._profile_index[self.profiles[index]]
+                self.profiles[index] = options
             self._profile_index[options] = index
+        self._last_used[index] = now
         return index
+
+    def _evictable(self, now: float) -> int | None:
+        """The least recently used profile that no valid cookie can name, if any."""
+        stale = now - 2 * self.cookies.slot_seconds
+        index = min(range(1, len(self.profiles)), key=self._last_used.__getitem__)
+        return index if self._last_used[index] < stale else None
 
     def answer_syn(self, data: bytes | memoryview, addr: Address, now: float) -> bytes | None:
         """The SYN-ACK for a well-formed SYN, or None (malformed: dropped)."""
@@ -160,9 +192,11 @@ class Handshake:
             self.stats.bad_syns += 1
             return None
         accepted = self.limits.clamp(requested)
-        profile = self._profile(accepted)
+        profile = self._profile(accepted, now)
+        if profile is None:
+            self.stats.table_full += 1
         payload = b"" if profile is None or profile == 0 else encode_options(accepted)
-        cookie = self.cookies.make(addr, seq, profile or 0, now)
+        cookie = self.cookies.make(addr, seq, profile or 0, now, self._tag(profile or 0))
         if payload:
             answer = add_trailer(
                 RUDP_HEADER.pack(cookie, ack, ACK, len(payload) + RUDP_CRC_TRAILER_LEN) + payload
@@ -192,11 +226,15 @@ class Handshake:
         if cookie == 0:
             profile, proven = 0, False
         else:
-            checked = self.cookies.check(cookie, addr, isn, now)
-            if checked is None or checked >= len(self.profiles):
+            claimed = cookie >> 24
+            checked = None
+            if claimed < len(self.profiles):
+                checked = self.cookies.check(cookie, addr, isn, now, self._tag(claimed))
+            if checked is None:
                 self.stats.bad_cookies += 1
                 return None
             profile, proven = checked, True
+            self._last_used[profile] = now
         options = self.profiles[profile]
         negotiated = profile != 0
         payload = encode_options(options) if negotiated else b""

@@ -1,41 +1,41 @@
-"""The Go-Back-N data sender: chunks, cumulative ACKs, RTO, fast retransmit, FIN.
+"""The Go-Back-N data sender: chunks, cumulative ACKs, timeouts, fast retransmit, probes, FIN.
 
-Exactly the original's Go-Back-N (WIRE.md) with three improvements that stay
-Go-Back-N on the wire:
+The sender's part of the rulebook (``docs/rulebook.md``; timers and
+duplicate ACKs live in :mod:`stacklab.transport.recovery`, the window in
+:mod:`stacklab.transport.congestion`):
 
-* the timeout follows RFC 6298 (:class:`~stacklab.transport.rto.RttEstimator`)
-  with Karn's rule: one chunk at a time is timed, only on its first
-  transmission, and any go-back cancels the measurement; an ACK of new data
-  undoes the exponential backoff (as Linux does), otherwise under steady loss
-  a Go-Back-N sender rarely gets a clean sample and its RTO creeps to the
-  maximum;
-* the third duplicate ACK (ack == base - 1 while chunks are in flight) goes
-  back at once instead of waiting for the timer.  After a go-back, for one
-  SRTT and for as many duplicates as the old flight can still produce,
-  duplicates are ignored (they echo chunks sent before it, and counting them
-  feeds a retransmission storm); three more then mean the resent flight lost its
-  first chunk too, and the sender goes back again without waiting for a
-  timeout (AIMD does not halve twice for it: no new data was acknowledged);
-* in negotiated sessions only (``TransferOptions.duplicate_base_on_timeout``),
-  the base chunk goes out twice after a timeout: the give-up bound counts
-  rounds, and at 30 % loss each way one copy and its ACK both survive only
-  half the time, so a lossy but live path would otherwise be abandoned.  A
-  legacy session (an original client, :data:`~stacklab.transport.options.ORIGINAL`)
-  resends it once, as the original does;
-* probe timeouts: when the RTO is held up by its floor (200 ms, far above a
-  LAN round trip), a window silent for SRTT + 4 RTTVAR goes back like a fast
-  retransmit, without backoff (see :meth:`GbnSender._probe`);
-* ``max_timeouts`` consecutive timeouts without progress end the transfer with
-  a :class:`~stacklab.transport.events.GaveUp` event instead of retransmitting
-  forever.
+* E1 in flight (highest chunk sent - base + 1) never exceeds the window at
+  any send; nothing beyond it, no limited transmit;
+* E2 the window starts at 1 and grows by 1 per ACK that advances the base,
+  up to the maximum (5 for the original protocol, negotiated otherwise);
+* E3 go-back by timeout: only when the retransmission timer expires, never
+  sooner than the RTO (>= ``min_rto``, 200 ms) after the base's last
+  transmission; the window halves (floor 1) and everything from the base
+  is resent in order;
+* E4 fast retransmit on exactly the third duplicate ACK (ack == base - 1
+  with chunks in flight), at most once per recovery episode (NewReno: the
+  episode ends when an ACK covers the highest chunk sent when it began; a
+  timeout starts or extends one); it halves the window once and goes back;
+* E5 loss probe: the base alone, one datagram, then the sender carries on
+  where it was (no go-back, no window change); it fires no sooner than the
+  probe timeout after the last transmission, the probe timeout doubles per
+  probe without progress, and after two probes only the RTO resends;
+* E6 in negotiated sessions only (``TransferOptions.duplicate_base_on_timeout``)
+  a timeout sends the base twice; a legacy session (an original client)
+  keeps the original's wire behaviour;
+* E7 sequence numbers are 32-bit: a transfer whose FIN would not fit
+  (``first_seq + chunks > 2**32 - 1``) is refused at construction with
+  :class:`SequenceSpaceExhausted`, so nothing ever wraps;
+* give-up: every failure to advance (timeout, probe, fast retransmit)
+  counts; ``max_timeouts`` consecutive ones end the transfer with a
+  :class:`~stacklab.transport.events.GaveUp` event (at a timeout).  When only
+  the FIN is unacknowledged the transfer ends quietly instead: the peer has
+  the whole content.
 
-Sequence numbers: chunks are ``first_seq .. last_seq``, the FIN is
-``last_seq + 1`` and is sent only once every chunk is acknowledged; its ACK
-ends the transfer.  Chunks in flight never exceed the window: a window too
-small to yield three duplicate ACKs recovers by the loss probe or the RTO
-instead (new chunks beyond the window, RFC 3042's limited transmit, would
-break the original's "at most 5 in flight").  Nothing here touches a socket or a clock: ``now`` is
-always given by the caller.
+Karn's rule: only chunks sent once are timed, and an ACK of new data undoes
+the RTO backoff (as Linux does), otherwise under steady loss a Go-Back-N
+sender rarely gets a clean sample and its RTO creeps to the maximum.
+Nothing here touches a socket or a clock: ``now`` is always given by the caller.
 """
 
 from __future__ import annotations
@@ -60,13 +60,18 @@ from stacklab.transport.events import (
 )
 from stacklab.transport.integrity import content_digest
 from stacklab.transport.options import TransferOptions
-from stacklab.transport.rto import RttEstimator
+from stacklab.transport.recovery import DUP_ACK_THRESHOLD, MAX_FAILURES, Recovery, RttEstimator
 from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER, Flag
 
-DUP_ACK_THRESHOLD = 3
+SEQ_LIMIT = 0xFFFFFFFF
+"""The largest sequence number the 32-bit header field holds (the FIN's at most)."""
 _DATA = Flag.DATA.value
 _FIN = Flag.FIN.value
 _pack = RUDP_HEADER.pack
+
+
+class SequenceSpaceExhausted(ValueError):
+    """The content needs more chunks than 32-bit sequence numbers can name without wrapping."""
 
 
 class GbnSender:
@@ -79,7 +84,7 @@ class GbnSender:
         rto: RttEstimator,
         cc: CongestionController,
         first_seq: int = 1,
-        max_timeouts: int = 8,
+        max_timeouts: int = MAX_FAILURES,
         *,
         events: deque[Event] | None = None,
         trace: bool = True,
@@ -91,34 +96,32 @@ class GbnSender:
         self._integrity = options.integrity
         self.options = options
         self._rto = rto
+        self._recovery = Recovery(rto)
         self._cc = cc
         self.max_timeouts = max_timeouts
         self.events: deque[Event] = events if events is not None else deque()
         self.trace = trace
 
         chunks = -(-len(content) // self._chunk)
+        if first_seq < 0 or first_seq + chunks > SEQ_LIMIT:
+            raise SequenceSpaceExhausted(
+                f"{chunks} chunks from sequence number {first_seq} do not fit in 32 bits "
+                f"(the FIN must be at most {SEQ_LIMIT}): refused rather than wrapped"
+            )
         self.first_seq = first_seq
         self.last_seq = first_seq + chunks - 1
         self.fin_seq = self.last_seq + 1
         self.base = first_seq
         self.next_seq = first_seq
         self.max_sent = first_seq - 1  # highest sequence number ever sent (FIN included)
-        self.consecutive_timeouts = 0
         self.done = False
         self.fin_acknowledged = False
         self.failed: str | None = None
         self.retransmissions = 0
+        self.ignored_acks = 0  # ACKs beyond anything sent, or below base - 1
 
-        self._timer: float | None = None
-        self._timed_seq: int | None = None
-        self._timed_at = 0.0
-        self._dup_acks = 0  # duplicates counted towards the next fast retransmit
-        self._dups_at_base = 0  # every duplicate seen since the base last moved
-        self._old_flight = 0  # duplicates still expected from chunks sent before the go-back
-        self._quiet_until = 0.0  # duplicates before this time echo an earlier flight
         self._double_base = False  # the next resend of the base goes out twice (negotiated only)
-        self._probe_at: float | None = None
-        self._probes = 0  # loss probes since the base last moved
+        self._probe_pending = False  # a loss probe is due: the base alone, then carry on
         self._fin_payload = content_digest(content) if self._integrity else b""
 
     # -- introspection -------------------------------------------------------
@@ -143,37 +146,30 @@ class GbnSender:
     def estimator(self) -> RttEstimator:
         return self._rto
 
+    @property
+    def recovery(self) -> Recovery:
+        return self._recovery
+
+    @property
+    def consecutive_timeouts(self) -> int:
+        return self._recovery.timeouts
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failures to advance: timeouts, loss probes and fast retransmits."""
+        return self._recovery.failures
+
     def get_timer(self) -> float | None:
-        probe = self._probe_at
-        if probe is not None and (self._timer is None or probe < self._timer):
-            return probe
-        return self._timer
+        return self._recovery.deadline()
 
     @property
     def rto_timer(self) -> float | None:
         """The retransmission-timeout deadline alone (``get_timer`` may be an earlier probe)."""
-        return self._timer
+        return self._recovery.timer
 
     @property
     def probe_timer(self) -> float | None:
-        return self._probe_at
-
-    def _arm(self, now: float) -> None:
-        """(Re)start the retransmission timer and schedule the next loss probe before it."""
-        self._timer = now + self._rto.rto
-        self._probe_at = self._next_probe(now)
-
-    def _next_probe(self, now: float) -> float | None:
-        est = self._rto
-        if est.srtt is None or est.rttvar is None or self._timer is None or est.backoffs:
-            return None  # no estimate yet, or backing off: the path is in trouble, wait
-        pto = est.srtt + max(4 * est.rttvar, est.granularity)
-        at = now + pto
-        return at if at < self._timer else None
-
-    def _disarm(self) -> None:
-        self._timer = None
-        self._probe_at = None
+        return self._recovery.probe_at
 
     # -- output ----------------------------------------------------------------
 
@@ -193,15 +189,33 @@ class GbnSender:
             return b"".join((header, payload, crc))
         return _pack(seq, 0, flag, len(payload)) + payload
 
+    def _trace_sent(self, now: float, seq: int, datagram: bytes, retransmission: bool) -> None:
+        flag = "F" if seq == self.fin_seq else "D"
+        length = len(datagram) - RUDP_HEADER.size
+        self.events.append(PacketSent(now, seq, flag, length, retransmission))
+
     def datagrams_to_send(self, now: float) -> list[bytes]:
-        """Every chunk the window allows now (new ones, or resends after a go-back)."""
+        """A due loss probe (the base alone), then every chunk the window allows now."""
         if self.done or self.failed is not None:
             return []
         out: list[bytes] = []
+        recovery = self._recovery
+        if self._probe_pending:
+            self._probe_pending = False
+            if self.base <= self.max_sent:
+                datagram = self._build(self.base)
+                out.append(datagram)
+                self.retransmissions += 1
+                self._cc.on_sent(self.base, now)
+                if self.trace:
+                    self._trace_sent(now, self.base, datagram, True)
+                recovery.on_base_resent(now)
         limit = min(self.base + self._cc.window, self.fin_seq)
         if self.base == self.fin_seq:
             limit = self.fin_seq + 1  # everything acknowledged: the FIN may go
         seq = self.next_seq
+        first_new: int | None = None
+        resent_base = False
         cc_sent = self._cc.on_sent
         trace = self.trace
         while seq < limit:
@@ -216,38 +230,47 @@ class GbnSender:
             retransmission = seq <= self.max_sent
             if retransmission:
                 self.retransmissions += 1
+                if seq == self.base:
+                    resent_base = True
             else:
                 self.max_sent = seq
-                if self._timed_seq is None:
-                    self._timed_seq = seq
-                    self._timed_at = now
+                if first_new is None:
+                    first_new = seq
             cc_sent(seq, now)
             if trace:
                 # Every datagram on the wire gets its event, the doubled base's copy
                 # included: the log is the ground truth a capture is checked against.
-                flag = "F" if seq == self.fin_seq else "D"
-                length = len(datagram) - RUDP_HEADER.size
-                self.events.append(PacketSent(now, seq, flag, length, retransmission))
+                self._trace_sent(now, seq, datagram, retransmission)
                 if copies == 2:
-                    self.events.append(PacketSent(now, seq, flag, length, True))
+                    self._trace_sent(now, seq, datagram, True)
             seq += 1
         self.next_seq = seq
-        if out and self._timer is None:
-            self._arm(now)
+        if out:
+            if resent_base:
+                recovery.on_base_resent(now)
+            recovery.on_sent(now, first_new)
         return out
 
     # -- input -----------------------------------------------------------------
 
-    def on_ack(self, ack: int, now: float) -> None:
-        """A cumulative ACK: everything up to ``ack`` has arrived."""
+    def on_ack(self, ack: int, now: float) -> bool:
+        """A cumulative ACK: everything up to ``ack`` has arrived.
+
+        Returns False for an ACK outside ``base - 1 .. max_sent`` (stale, or
+        of something never sent): ignored and counted in ``ignored_acks``.
+        """
         if self.done or self.failed is not None:
-            return
+            return True
         base = self.base
         if base <= ack <= self.max_sent:
             self._advance(ack, now)
-        elif ack == base - 1 and self.max_sent >= base:
-            self._duplicate(ack, now)
-        # else: stale (below base - 1) or bogus (beyond anything sent): ignored
+        elif ack == base - 1:
+            if self.max_sent >= base:
+                self._duplicate(ack, now)
+        else:
+            self.ignored_acks += 1
+            return False
+        return True
 
     def _advance(self, ack: int, now: float) -> None:
         newly = ack - self.base + 1
@@ -255,129 +278,92 @@ class GbnSender:
             self.events.append(AckReceived(now, ack, False))
         self.base = ack + 1
         self.next_seq = max(self.next_seq, self.base)
-        self.consecutive_timeouts = 0
-        self._dup_acks = 0
-        self._dups_at_base = 0
-        self._old_flight = 0
-        self._probes = 0
-        if self._timed_seq is not None and ack >= self._timed_seq:
-            rtt = now - self._timed_at
-            seq = self._timed_seq
-            self._timed_seq = None
-            self._rto.on_sample(rtt)
-            self.events.append(RttSample(now, rtt, seq))
+        self._probe_pending = False
+        backed_off = self._rto.backoffs
+        sample = self._recovery.on_advance(ack, now, outstanding=self.base <= self.max_sent)
+        if sample is not None:
+            self.events.append(RttSample(now, sample[0], sample[1]))
             self.events.append(RtoChanged(now, self._rto.rto, self._rto.srtt, self._rto.rttvar))
-        elif self._rto.backoffs:
-            # New data got through: the path works again, so drop the backoff
-            # (keeping it until a Karn-clean sample starves a lossy Go-Back-N).
-            self._rto.reset_backoff()
+        elif backed_off:
             self.events.append(RtoChanged(now, self._rto.rto, self._rto.srtt, self._rto.rttvar))
         if ack >= self.fin_seq:
             self.done = True
             self.fin_acknowledged = True
-            self._disarm()
+            self._recovery.stop()
             return
         old = self._cc.window
         self._cc.on_acked(newly, now)
         if self._cc.window != old:
             self.events.append(WindowChanged(now, old, self._cc.window, "ack"))
-        # RFC 6298 5.2/5.3: stop the timer when nothing is outstanding, else restart it.
-        if self.base > self.max_sent:
-            self._disarm()
-        else:
-            self._arm(now)
 
     def _duplicate(self, ack: int, now: float) -> None:
-        self._dups_at_base += 1
-        if now < self._quiet_until:
-            # Less than a round trip since the last go-back: this duplicate was
-            # caused by something sent before it, not by what we resent.
-            if self.trace:
-                self.events.append(AckReceived(now, ack, True, False))
-            return
-        if self._old_flight > 0:
-            # An echo of a chunk sent before the last go-back (or of a loss
-            # probe): it says nothing about what was resent since, so it does
-            # not count.
-            self._old_flight -= 1
-            if self.trace:
-                self.events.append(AckReceived(now, ack, True, False))
-            return
+        recovery = self._recovery
+        counted = not recovery.in_recovery
+        fast = recovery.on_duplicate()
         if self.trace:
-            self.events.append(AckReceived(now, ack, True, True))
-        self._dup_acks += 1
-        if self._dup_acks == DUP_ACK_THRESHOLD:
-            self.events.append(FastRetransmit(now, self.base, self._dup_acks))
+            self.events.append(AckReceived(now, ack, True, counted))
+        if fast:
+            recovery.on_fast_retransmit()
+            self.events.append(FastRetransmit(now, self.base, recovery.dup_acks))
             self._go_back(now, "dupack")
-            self._arm(now)
 
     def _go_back(self, now: float, reason: str) -> None:
         old = self._cc.window
         self._cc.on_loss(now, reason)
         if self._cc.window != old:
             self.events.append(WindowChanged(now, old, self._cc.window, reason))
-        srtt = self._rto.srtt
-        quiet = srtt if srtt is not None else self._rto.rto
-        self._quiet_until = now + quiet
-        self.events.append(GoBack(now, self.next_seq - 1, self.base, reason, quiet))
-        # Chunks base+1 .. next_seq-1 of the old flight may each still produce one
-        # duplicate; those already seen are subtracted.  Only duplicates beyond
-        # that come from the resent flight and may trigger the next fast retransmit.
-        self._old_flight = max(0, self.next_seq - 1 - self.base - self._dups_at_base)
-        self._dups_at_base = 0
+        self.events.append(GoBack(now, self.next_seq - 1, self.base, reason, 0.0))
+        self._recovery.start_episode(self.max_sent)
+        self._recovery.cancel_timing()  # Karn: nothing resent is ever timed
+        self._probe_pending = False
         self.next_seq = self.base
-        self._timed_seq = None  # Karn: nothing resent is ever timed
-        self._dup_acks = 0
 
     def handle_timer(self, now: float) -> None:
         """Run whichever timer is due: a loss probe, or the retransmission timeout."""
         if self.done or self.failed is not None:
             return
-        if self._timer is not None and now >= self._timer:
+        recovery = self._recovery
+        if recovery.timer is not None and now >= recovery.timer:
             self._timeout(now)
-        elif self._probe_at is not None and now >= self._probe_at:
+        elif recovery.probe_at is not None and now >= recovery.probe_at:
             self._probe(now)
 
     def _probe(self, now: float) -> None:
-        # The RTO floor (200 ms) is far above a loopback or LAN round trip.  When
-        # the window has been silent for a whole round trip and its variation
-        # (SRTT + 4 RTTVAR), the base is taken as lost and the sender goes back
-        # at once, as on a third duplicate ACK: a Go-Back-N receiver has thrown
-        # away everything after a lost base anyway.  Unlike a timeout this does
-        # not back off the RTO nor count towards giving up, and the window halves
-        # only under the fast-retransmit rule (new data acknowledged since the
-        # last halving).  The RTO timer keeps running: with no progress at all,
-        # the timeout proper still fires.
-        self._probes += 1
-        self.events.append(LossProbe(now, self.base, self._probes))
-        self._go_back(now, "probe")
-        self._probe_at = self._next_probe(now)
+        # The RTO floor (200 ms) is far above a loopback or LAN round trip: a
+        # window silent for a probe timeout gets its base resent alone, which a
+        # Go-Back-N receiver that lost the base needs before anything else.  No
+        # go-back, no window change, no backoff of the RTO; the RTO restarts
+        # (the base was just sent) and the next probe waits twice as long.
+        self._recovery.on_probe()
+        self._recovery.cancel_timing(self.base)
+        self.events.append(LossProbe(now, self.base, self._recovery.probes))
+        self._probe_pending = True
 
     def _timeout(self, now: float) -> None:
-        self.consecutive_timeouts += 1
+        recovery = self._recovery
+        recovery.on_timeout()
         fired_rto = self._rto.rto
-        self.events.append(Timeout(now, self.base, fired_rto, self.consecutive_timeouts))
-        if self.consecutive_timeouts >= self.max_timeouts and self.base == self.fin_seq:
+        self.events.append(Timeout(now, self.base, fired_rto, recovery.timeouts))
+        if recovery.failures >= self.max_timeouts and self.base == self.fin_seq:
             # Every chunk is acknowledged, only our FIN is not: the peer has the
             # whole content (it may have left after ACKing a FIN whose ACK was lost).
             self.done = True
             self.fin_acknowledged = False
-            self._disarm()
+            recovery.stop()
             return
-        if self.consecutive_timeouts >= self.max_timeouts:
+        if recovery.failures >= self.max_timeouts:
             self.failed = (
-                f"gave up after {self.consecutive_timeouts} consecutive timeouts "
-                f"waiting for the ACK of {self.base}"
+                f"gave up after {recovery.failures} consecutive failures to advance "
+                f"({recovery.timeouts} timeouts) waiting for the ACK of {self.base}"
             )
             self.events.append(GaveUp(now, self.failed))
-            self._disarm()
+            recovery.stop()
             return
         self._rto.backoff()
         self.events.append(RtoChanged(now, self._rto.rto, self._rto.srtt, self._rto.rttvar))
         self._go_back(now, "timeout")
         self._double_base = self.options.duplicate_base_on_timeout
-        self._probes = 0
-        self._arm(now)
+        recovery.on_base_resent(now)
 
 
-__all__ = ["DUP_ACK_THRESHOLD", "GbnSender"]
+__all__ = ["DUP_ACK_THRESHOLD", "SEQ_LIMIT", "GbnSender", "SequenceSpaceExhausted"]

@@ -47,10 +47,10 @@ from stacklab.transport.options import (
     decode_options,
     encode_options,
 )
-from stacklab.transport.rto import RttEstimator
+from stacklab.transport.recovery import HANDSHAKE_TIMEOUT, MAX_FAILURES, RttEstimator
 from stacklab.transport.sender import GbnSender
-from stacklab.transport.session import ACK, DATA, SYN, SessionBase
-from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER_LEN
+from stacklab.transport.session import ACK, DATA, FIN, SYN, SessionBase
+from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER_LEN, RUDP_REJECT_PAYLOAD
 
 
 class ServerState(Enum):
@@ -72,13 +72,13 @@ class ServerSession(SessionBase):
     def __init__(
         self,
         limits: OptionLimits | None = None,
-        max_timeouts: int = 8,
+        max_timeouts: int = MAX_FAILURES,
         *,
         original_options: TransferOptions = ORIGINAL,
         initial_rto: float = 1.0,
         min_rto: float = 0.2,
         max_rto: float = 10.0,
-        handshake_timeout: float = 30.0,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         congestion: CongestionFactory = AimdController,
         trace: bool = True,
     ) -> None:
@@ -120,16 +120,28 @@ class ServerSession(SessionBase):
             return
         seq, ack, flag, payload = parsed
         if flag == ACK:
-            if self.sender is not None:
-                if not self.proven and ack >= self.sender.first_seq:
-                    self.proven = True  # it saw our data: its address is real
-                self.sender.on_ack(ack, now)
+            sender = self.sender
+            if sender is not None:
+                # Only an ACK of a chunk actually sent proves the address (it saw our
+                # data); anything beyond what was sent is a guess, ignored and counted.
+                if not self.proven and sender.first_seq <= ack <= sender.max_sent:
+                    self.proven = True
+                if not sender.on_ack(ack, now):
+                    self.stats["ignored_acks"] = self.stats.get("ignored_acks", 0) + 1
                 self._check_sender(now)
             return
         if flag == SYN:
             self._on_syn(seq, data, now)
         elif flag == DATA:
             self._on_command(seq, payload, now)
+        elif (
+            flag == FIN
+            and self.sender is not None
+            and ack == self.sender.fin_seq
+            and bytes(payload) == RUDP_REJECT_PAYLOAD
+        ):
+            self.stats["rejected"] = self.stats.get("rejected", 0) + 1
+            self._fail(now, "the client rejected the content: its SHA-256 differs from our FIN's")
         else:
             self.stats["unexpected"] += 1
 

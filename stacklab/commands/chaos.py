@@ -23,7 +23,7 @@ import click
 from stacklab import wire
 from stacklab.errors import UserError
 from stacklab.params import FINITE_FLOAT
-from stacklab.transport.impairment import Blackhole, GilbertElliott, Impairment
+from stacklab.sim.impairment import Blackhole, GilbertElliott, Impairment
 
 DIRECTIONS = ("up", "down")
 

@@ -208,6 +208,14 @@ def _load_rudp() -> Callable[..., bytes]:
     help="RUDP: no CRC32C per datagram and no SHA-256 in the FIN.",
 )
 @click.option(
+    "--integrity",
+    "require_integrity",
+    type=click.Choice(["required"]),
+    callback=lambda ctx, param, value: value == "required",
+    help="RUDP: `--integrity required` fails instead of falling back when the server "
+    "does not grant integrity (by default the fallback is only reported).",
+)
+@click.option(
     "--legacy",
     is_flag=True,
     help="RUDP: behave exactly like the original client (empty SYN, 500-byte chunks, window 5).",
@@ -264,6 +272,10 @@ def fetch(
             rudp_options["events"] = resolve_output(events, replace_by_default=True).target
         except UserError as exc:
             raise UserError(f"cannot write the events file {events!r}: {exc}") from None
+    if rudp_options.get("require_integrity") and (
+        rudp_options.get("legacy") or rudp_options.get("integrity") is False
+    ):
+        raise UserError("--integrity required: not with --no-integrity or --legacy")
     if transport != "rudp" and rudp_options:
         names = ", ".join("--" + k.replace("_", "-") for k in sorted(rudp_options))
         raise UserError(f"{names}: only with --transport rudp")

@@ -22,6 +22,8 @@ import click
 from stacklab.commands.chaos import build_impairments, impairment_options
 from stacklab.errors import UserError
 from stacklab.params import FINITE_FLOAT
+from stacklab.sim.scenarios import PEERS
+from stacklab.transport.recovery import INITIAL_RTO, MAX_FAILURES, MAX_RTO, MIN_RTO, SILENCE_TIMEOUT
 
 
 @click.command("simulate")
@@ -48,14 +50,27 @@ from stacklab.params import FINITE_FLOAT
 @click.option(
     "--original", is_flag=True, help="Behave as the original client (no options in the SYN)."
 )
-@click.option("--initial-rto", type=FINITE_FLOAT, default=1.0, show_default=True)
-@click.option("--min-rto", type=FINITE_FLOAT, default=0.2, show_default=True)
-@click.option("--max-rto", type=FINITE_FLOAT, default=10.0, show_default=True)
-@click.option("--max-timeouts", type=int, default=8, show_default=True)
+@click.option("--initial-rto", type=FINITE_FLOAT, default=INITIAL_RTO, show_default=True)
+@click.option("--min-rto", type=FINITE_FLOAT, default=MIN_RTO, show_default=True)
+@click.option("--max-rto", type=FINITE_FLOAT, default=MAX_RTO, show_default=True)
+@click.option(
+    "--max-timeouts",
+    type=int,
+    default=MAX_FAILURES,
+    show_default=True,
+    help="Consecutive failures to advance (timeouts, probes, fast retransmits) before giving up.",
+)
+@click.option(
+    "--peer",
+    type=click.Choice(PEERS),
+    default="normal",
+    show_default=True,
+    help="The client's behaviour: vanish or repeat its ACK (after 0.1 s), forge ACKs, be slow.",
+)
 @click.option(
     "--silence-timeout",
     type=FINITE_FLOAT,
-    default=30.0,
+    default=SILENCE_TIMEOUT,
     show_default=True,
     help="Seconds without data before the client gives up.",
 )
@@ -75,6 +90,7 @@ def simulate(
     min_rto: float,
     max_rto: float,
     max_timeouts: int,
+    peer: str,
     silence_timeout: float,
     as_json: bool,
     **impairment: tuple[str, ...],
@@ -82,7 +98,7 @@ def simulate(
     """Run the RUDP engine over a simulated network in virtual time, checking invariants."""
     from rich.console import Console
 
-    from stacklab.transport.simulate import (
+    from stacklab.sim.runner import (
         MAX_SIZE,
         Scenario,
         Summary,
@@ -153,6 +169,8 @@ def simulate(
             max_rto=max_rto,
             max_timeouts=max_timeouts,
             silence_timeout=silence_timeout,
+            peer=peer,
+            peer_at={"normal": 0.0, "bogus": 50.0, "slow": 0.0}.get(peer, 0.1),
         )
     outcome = run_scenario(scenario, keep_trace=True)
     if as_json:

@@ -8,7 +8,7 @@ same sequence of offers always give the same decisions.
 
 This is the single source of truth for impairment in stacklab: the
 ``stacklab chaos`` UDP relay (:mod:`stacklab.tools.chaos`) and the
-deterministic simulator (:mod:`stacklab.transport.simnet`) both build on it,
+deterministic simulator (:mod:`stacklab.sim.network`) both build on it,
 so a network setting means exactly the same thing in a simulation and on real
 sockets.
 

@@ -1,7 +1,7 @@
 """A simulated network in virtual time: two impaired links and an event queue.
 
 Built from the same impairment model as ``stacklab chaos``
-(:class:`stacklab.transport.impairment.Link`), so a setting such as
+(:class:`stacklab.sim.impairment.Link`), so a setting such as
 ``loss=0.1, delay 20-40 ms`` means the same in a simulation as through the
 real relay.  Nothing here reads a clock or touches a socket: the simulator
 asks for the time of the next delivery and pops deliveries that are due.
@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
-from stacklab.transport.impairment import Impairment, Link, RandomSource
+from stacklab.sim.impairment import Impairment, Link, RandomSource
 
 C2S: Final = "c2s"
 """Client -> server (``up`` in ``stacklab chaos`` terms)."""
