@@ -82,7 +82,7 @@ _RECENT_CLOSED = 4096
 """Finished sessions remembered for late duplicates (FIN, its ACK)."""
 _TIMER_SLACK = 0.95
 """Timestamps are taken at the capture, not at the sender's timer: 5 % of slack."""
-_AT_ONCE = 0.05
+_AT_ONCE = 0.005
 """Copies of a chunk closer than this share of the minimum RTO went out together."""
 
 _TRAILER = RUDP_CRC_TRAILER_LEN
@@ -135,11 +135,12 @@ def set_digest(pending: PendingDigest) -> None:
 class _Sent:
     """A chunk recently sent: its payload (to compare resends) and its copies."""
 
-    __slots__ = ("copies", "first", "frame", "good", "kind", "payload", "time", "why")
+    __slots__ = ("copies", "first", "frame", "good", "kind", "payload", "time", "times", "why")
 
     def __init__(self, payload: bytes, time: float, frame: int, kind: int, why: str) -> None:
         self.payload = payload
         self.time = time  # of the latest copy
+        self.times = [time]  # of the first few copies
         self.first = time
         self.frame = frame  # of the latest copy
         self.copies = 1
@@ -164,6 +165,7 @@ class _Resend:
         "frame",
         "highest",
         "last",
+        "acks_seen",
         "probes",
         "silence",
         "time",
@@ -191,8 +193,9 @@ class _Resend:
         self.acked = acked  # highest ACK in the capture at the resend
         self.waited = waited  # since the chunk's previous copy
         self.silence = silence  # since the sender's previous DATA
-        self.dups = dups  # duplicate ACKs of chunk - 1 since its previous copy
+        self.dups = dups  # duplicate ACKs of chunk - 1 so far
         self.probes = 0  # loss probes in a row before this resend
+        self.acks_seen = 0  # client ACKs in the capture before its latest copy
 
 
 class RudpSession:
@@ -254,6 +257,7 @@ class RudpSession:
         self._burst_max = 0
         self._synack: int | None = None
         self._probes_in_row = 0
+        self._acks_seen = 0
         # The lower bound: the advancing ACK not acted on yet, the most chunks
         # in flight since the last advancing ACK, the stretch of ACKs judged,
         # and the stretches that fell short (confirmed at the end).
@@ -322,6 +326,7 @@ class RudpSession:
 
     def chunk_ack(self, number: int, time: float, ack: int) -> None:
         """A client ACK: cumulative for chunks, or the ACK of the FIN."""
+        self._acks_seen += 1
         acked = self.acked_seen
         f = self.f
         if ack > acked:
@@ -393,31 +398,43 @@ class RudpSession:
         """A Go-Back-N receiver keeps chunks only in order (rule R1).
 
         The ACK moved from ``acked`` to ``ack``: the receiver had every chunk
-        in between, in order.  A duplicate ACK of ``acked`` says that when
-        the receiver sent it, chunk ``acked + 1`` was still missing, so every
-        later chunk that had reached it by then was thrown away.  A chunk
-        whose last copy went out more than a retransmission timeout's worth
-        of round trip (SRTT + 4 RTTVAR, from the capture) before such a
-        duplicate had surely arrived by then: acknowledging it now means the
-        receiver kept it out of order.  The margin covers copies delayed or
-        reordered by the network, so that none is ever taken for one kept.
+        in between, in order.  The last duplicate ACK of ``acked`` says that
+        when the receiver sent it, chunk ``acked + 1`` had not arrived, so
+        every copy of it sent well before (more than twice the longest round
+        trip of the capture) was lost, and the copy it accepted went out
+        after that duplicate.  A later chunk whose last copy went out well
+        before that accepted copy arrived ahead of it and was thrown away by a
+        Go-Back-N receiver: acknowledging it now means the receiver kept it
+        out of order.  The margins cover copies delayed or reordered by the
+        network, so that none is ever taken for one kept (rule O4).
         """
         dup_time, dup_frame = self.dups.last(acked)
         rtt = self.rtt
-        if dup_frame == 0 or rtt.samples == 0:
+        if dup_frame == 0 or rtt.samples < 3:
             return
-        margin = rtt.srtt + 4 * rtt.rttvar
         pending = self._pending
+        gap = pending.get(acked + 1)
+        if gap is None:
+            return
+        margin = 2 * rtt.max_rtt
+        accepted = -1.0  # the first copy of the missing chunk sent after the duplicate
+        for t in gap.times:
+            if dup_time - margin < t <= dup_time:
+                return  # a copy may have been on its way: the capture cannot tell
+            if t > dup_time and accepted < 0.0:
+                accepted = t
+        if accepted < 0.0:
+            return
         for chunk in range(acked + 2, min(ack, acked + 64) + 1):
             sent = pending.get(chunk)
-            if sent is not None and sent.time + margin < dup_time:
+            if sent is not None and sent.time + margin < accepted:
                 self.find(
                     "rudp.gbn",
                     number,
                     f"selective repeat at the receiver: ACK {ack} covers chunk {chunk}, whose "
-                    f"last copy (frame {sent.frame}) had arrived before the receiver reported "
-                    f"chunk {acked + 1} missing (duplicate ACK, frame {dup_frame}); a Go-Back-N "
-                    "receiver discards out-of-order chunks",
+                    f"last copy (frame {sent.frame}) arrived before the copy of chunk "
+                    f"{acked + 1} the receiver accepted (it still reported it missing at "
+                    f"frame {dup_frame}); a Go-Back-N receiver discards out-of-order chunks",
                 )
                 return
 
@@ -527,27 +544,42 @@ class RudpSession:
         sent = pending.get(chunk)
         again = False
         if held is not None:
-            if chunk == held.chunk and time - held.copy_time < self.min_rto * _AT_ONCE:
+            if (
+                chunk == held.chunk
+                and time - held.copy_time < self.min_rto * _AT_ONCE
+                and self._acks_seen == held.acks_seen
+            ):
                 again = True  # the base sent twice at once (negotiated go-backs do)
                 held.copy_time = time
             elif chunk == held.chunk:
                 self._settle_lone(held, number, carried_on=False)
-            elif chunk == held.chunk + 1 and chunk <= held.highest:
-                if self._trigger(held) == "" and self.acked_seen >= held.chunk:
-                    # The resend alone was acknowledged, then the next chunk
-                    # went out again: a probe, then a probe of the new base.
-                    self._settle_lone(held, number)
-                    held.last = max(held.last, chunk)
-                else:
-                    self._settle_go_back(held)
+                last = held.last
+            elif (
+                chunk == held.chunk + 1
+                and chunk <= held.highest
+                and (self.acked_seen < held.chunk or self._go_back_allowed(held))
+            ):
+                self._settle_go_back(held)  # the resend continues in order
+                last = held.chunk
             elif chunk == held.last + 1:
                 self._settle_lone(held, number)
+                last = held.last
+            elif (
+                held.chunk < chunk <= self.acked_seen + 1
+                and self.acked_seen >= held.chunk
+                and not self._go_back_allowed(held)
+            ):
+                # The resend alone was acknowledged, then the (new) base went
+                # out again: a go-back with a window of one, or a probe and
+                # then a probe of the new base.  Where the go-back would
+                # break a rule, the probes keep them all.
+                self._settle_lone(held, number)
+                last = held.last
             else:
                 self._settle_go_back(held)
+                last = held.chunk
             if not again:
                 self._held = None
-                same_place = chunk in (held.last + 1, held.chunk)  # carried on, or resent again
-                last = held.last if same_place else held.chunk
         is_new = chunk > self.highest_sent
         if not again:
             if chunk <= last and not is_new:
@@ -595,8 +627,10 @@ class RudpSession:
         if flight > self.max_flight:
             self.max_flight = flight
             self.f.frames["max_flight"] = number
-        if flight > self._peak:  # noqa: PLR1730 - hot path, no call
-            self._peak = flight
+        # What the sender has outstanding (it cannot know which of it was lost).
+        outstanding = (chunk if chunk > self.highest_sent else self.highest_sent) - acked
+        if outstanding > self._peak:  # noqa: PLR1730 - hot path, no call
+            self._peak = outstanding
         if self._burst_start < 0.0:
             self._burst_start = time
             self._burst_max = flight
@@ -628,6 +662,8 @@ class RudpSession:
                 sent.time = time
                 sent.frame = number
                 sent.copies += 1
+                if len(sent.times) < 16:
+                    sent.times.append(time)
                 sent.kind = kind
                 if kind == _GOOD:
                     if not sent.good:
@@ -697,7 +733,7 @@ class RudpSession:
             self._burst_start = -1.0
         previous = sent.time if sent is not None else self.last_data_time
         silence = time - self.last_data_time if self.last_data_time >= 0.0 else 0.0
-        dups = self.dups.since(chunk - 1, previous)
+        dups = self.dups.counts.get(chunk - 1, 0)  # since the ACK of chunk - 1 first came
         self._held = _Resend(
             number,
             time,
@@ -710,6 +746,7 @@ class RudpSession:
             dups,
         )
         self._held.probes = self._probes_in_row
+        self._held.acks_seen = self._acks_seen
 
     def _trigger(self, held: _Resend) -> str:
         """Why the sender went back: "timeout", "dupack", or "" when nothing explains it."""
@@ -718,6 +755,15 @@ class RudpSession:
         if held.waited >= self.min_rto * _TIMER_SLACK:
             return "timeout"
         return ""
+
+    def _go_back_allowed(self, held: _Resend) -> bool:
+        """Whether a go-back at ``held`` would keep the rules (S6): a trigger, in its episode."""
+        trigger = self._trigger(held)
+        if trigger == "dupack":
+            bounds = self.bounds
+            in_episode = bounds.in_episode and held.chunk <= bounds.recover
+            return not in_episode or held.waited >= self.min_rto * _TIMER_SLACK
+        return trigger != ""
 
     def _settle_go_back(self, held: _Resend) -> None:
         """The resend continued in order: a go-back (rules S5, S6)."""
@@ -795,15 +841,23 @@ class RudpSession:
                 f"{held.acked + 1} (selective repeat)",
             )
             return
-        nothing_else = chunk >= held.highest or self.acked_seen >= held.last or not carried_on
-        timeout = self.rtt.rto() * _TIMER_SLACK
+        nothing_else = (
+            chunk >= held.highest
+            or chunk >= held.last  # carrying on with chunk + 1 skips nothing
+            or self.acked_seen >= held.last
+            or not carried_on
+        )
+        # A probe fires before the sender's own timeout, whose estimate from a
+        # capture may be a little off: only a silence of twice the capture's
+        # RTO is surely a timeout.
+        timeout = 2 * self.rtt.rto()
         if not nothing_else and held.silence >= timeout and held.dups < 3:
             f.go_backs += 1
             self.find(
                 "rudp.gbn",
                 held.frame,
                 f"selective repeat: chunk {chunk} resent alone after {held.silence:.3f} s of "
-                f"silence (a timeout: the capture's RTO is {self.rtt.rto():.3f} s), then new "
+                f"silence (a timeout: twice the capture's RTO of {self.rtt.rto():.3f} s), then new "
                 f"chunk {held.last + 1} (frame {frame}) while chunks {chunk + 1}..{held.last} "
                 "were unacknowledged; Go-Back-N resends them all",
             )
@@ -854,8 +908,9 @@ class RudpSession:
         """Rule S4: with data left, the sender fills the window it demonstrably has.
 
         Judged over stretches of :data:`STRETCH` advancing ACKs with no
-        go-back: the most chunks in flight during the stretch must come
-        within one of the smallest lower-bound window ``lo`` of the stretch
+        go-back: the most chunks outstanding during the stretch (highest sent
+        minus highest acknowledged: the sender cannot know which of them were
+        lost) must come within one of the smallest lower-bound window ``lo``
         (one: an ACK counted by mistake makes ``lo`` one too high).  Over a
         whole stretch, a sender whose responses merely lag behind a burst of
         ACKs still shows its window at some point; one that never fills it
@@ -863,7 +918,11 @@ class RudpSession:
         chunk is known.
         """
         hist = self._stretch
-        hist.append((self._peak, self.bounds.lo, acked, number))
+        # Outstanding as the ACK came back counts too: ACKs may arrive in a burst.
+        peak = self.highest_sent - acked
+        if self._peak > peak:  # noqa: PLR1730 - compiled, no call
+            peak = self._peak
+        hist.append((peak, self.bounds.lo, acked, number))
         self._peak = 0
         if len(hist) > STRETCH:
             del hist[0]
@@ -888,7 +947,7 @@ class RudpSession:
                 )
             else:
                 head = (
-                    f"sends less than its window allows: at most {peak} chunks in flight "
+                    f"sends less than its window allows: at most {peak} chunks outstanding "
                     f"while the window was at least {lo}"
                 )
             self.find(

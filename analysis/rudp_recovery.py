@@ -9,16 +9,14 @@ apart needs two measurements from the capture itself:
 * the retransmission timeout a sender would use, estimated as RFC 6298 does
   (SRTT + 4 RTTVAR, at least the minimum RTO) from the capture's own round
   trips, sampled on chunks sent once only (Karn's rule);
-* the duplicate ACKs of each value, with their times and frames, so that a
-  go-back can be matched with the duplicates that preceded it.
+* the duplicate ACKs of each value, counted, with the time and frame of the
+  latest, so that a go-back can be matched with the duplicates before it.
 
 Compiled with mypyc together with :mod:`~stacklab.analysis.rudp`.
 """
 
 from __future__ import annotations
 
-_DUP_KEEP: int = 64
-"""Duplicate ACKs remembered per value (their count keeps going)."""
 _VALUES_KEEP: int = 256
 """ACK values whose duplicates are remembered."""
 
@@ -31,11 +29,14 @@ class RttEstimate:
         self.srtt = -1.0
         self.rttvar = 0.0
         self.samples = 0
+        self.max_rtt = 0.0
 
     def sample(self, rtt: float) -> None:
         if rtt < 0.0:
             return
         self.samples += 1
+        if rtt > self.max_rtt:  # noqa: PLR1730 - compiled, no call
+            self.max_rtt = rtt
         if self.srtt < 0.0:
             self.srtt = rtt
             self.rttvar = rtt / 2
@@ -52,53 +53,25 @@ class RttEstimate:
 
 
 class DupAcks:
-    """Duplicate ACKs per value: ``ack == highest ack`` while chunks above it were sent."""
+    """Duplicate ACKs per value (``ack == highest ack`` while chunks above it were sent).
+
+    A value is duplicated only while it is the highest ACK, so its count is
+    the count since the ACK first came, as TCP counts them.
+    """
 
     def __init__(self) -> None:
-        self.times: dict[int, list[float]] = {}
-        self.frames: dict[int, list[int]] = {}
         self.counts: dict[int, int] = {}
         self.latest: dict[int, tuple[float, int]] = {}
 
     def add(self, value: int, time: float, frame: int) -> None:
-        times = self.times.get(value)
-        if times is None:
-            if len(self.times) >= _VALUES_KEEP:
-                oldest = min(self.times)
-                del self.times[oldest]
-                del self.frames[oldest]
-                self.counts.pop(oldest, None)
-                self.latest.pop(oldest, None)
-            times = self.times[value] = []
-            self.frames[value] = []
-        self.counts[value] = self.counts.get(value, 0) + 1
+        counts = self.counts
+        if value not in counts and len(counts) >= _VALUES_KEEP:
+            oldest = min(counts)
+            del counts[oldest]
+            del self.latest[oldest]
+        counts[value] = counts.get(value, 0) + 1
         self.latest[value] = (time, frame)
-        if len(times) < _DUP_KEEP:
-            times.append(time)
-            self.frames[value].append(frame)
-
-    def since(self, value: int, time: float) -> int:
-        """Duplicates of ``value`` seen at or after ``time``."""
-        times = self.times.get(value)
-        if times is None:
-            return 0
-        n = 0
-        for t in times:
-            if t >= time:
-                n += 1
-        return n
 
     def last(self, value: int) -> tuple[float, int]:
         """(time, frame) of the latest duplicate of ``value``, or (-1.0, 0)."""
         return self.latest.get(value, (-1.0, 0))
-
-    def first_after(self, value: int, time: float) -> int:
-        """The frame of the first duplicate of ``value`` at or after ``time`` (0: none)."""
-        times = self.times.get(value)
-        if times is None:
-            return 0
-        frames = self.frames[value]
-        for i, t in enumerate(times):
-            if t >= time:
-                return frames[i]
-        return 0
