@@ -876,17 +876,21 @@ class RudpSession:
             )
             self.bounds.go_back(chunk, held.highest)
             return
-        if nothing_else and held.waited >= self.min_rto * _TIMER_SLACK:
-            # A timeout with nothing after the base to resend: a go-back of one.
+        fast = held.dups >= 3 and not in_episode
+        if nothing_else and (held.waited >= self.min_rto * _TIMER_SLACK or fast):
+            # A timeout, or the third duplicate ACK, with nothing after the base
+            # to resend (or a window of one): a go-back of one chunk.
+            kind = "dupack" if fast else "timeout"
             f.go_backs += 1
-            f.go_back_kinds["timeout"] += 1
+            f.go_back_kinds[kind] += 1
             f.timeouts.append(_r(held.waited))
             self.bounds.lone_resend(chunk)
             self._probes_in_row = 0
             if self.keep_notes:
-                self.note(held.frame, "go_back.timeout", f"go-back to chunk {chunk} (timeout)")
+                what = "fast retransmit" if fast else "timeout"
+                self.note(held.frame, f"go_back.{kind}", f"go-back to chunk {chunk} ({what})")
             if self.keep_trace or len(f.go_back_frames) < MAX_FINDINGS_PER_CHECK:
-                f.go_back_frames.append((held.frame, "timeout"))
+                f.go_back_frames.append((held.frame, kind))
             return
         f.probes += 1
         run = held.probes + 1  # counted as of the resend, not of its verdict
