@@ -166,7 +166,6 @@ class _Resend:
         "highest",
         "last",
         "acks_seen",
-        "probes",
         "silence",
         "time",
         "waited",
@@ -194,7 +193,6 @@ class _Resend:
         self.waited = waited  # since the chunk's previous copy
         self.silence = silence  # since the sender's previous DATA
         self.dups = dups  # duplicate ACKs of chunk - 1 so far
-        self.probes = 0  # loss probes in a row before this resend
         self.acks_seen = 0  # client ACKs in the capture before its latest copy
 
 
@@ -257,6 +255,8 @@ class RudpSession:
         self._burst_max = 0
         self._synack: int | None = None
         self._probes_in_row = 0
+        self._probe_chunk = 0  # the chunk the current run of probes resends
+        self._progress_time = 0.0  # of the last advancing ACK, or the first DATA
         self._acks_seen = 0
         # The lower bound: the advancing ACK not acted on yet, the most chunks
         # in flight since the last advancing ACK, the stretch of ACKs judged,
@@ -379,7 +379,7 @@ class RudpSession:
         self.bounds.advanced(ack)
         self._judge_lower_bound(number, acked)
         self._ack_wait = ack
-        self._probes_in_row = 0
+        self._progress_time = time
         # Keep acknowledged chunks for a while: a go-back that raced an ACK
         # on the wire resends them, and its timing is judged from them.
         hi = ack - 2 * self.max_window
@@ -536,6 +536,8 @@ class RudpSession:
         negotiated CRC32C trailer matched.
         """
         self.data_packets += 1
+        if self.data_packets == 1:
+            self._progress_time = time
         if self.data_packets == 1 and "command_ack" not in self.f.frames:
             self.find("rudp.handshake", number, "DATA before the command was acknowledged")
         last = self.last_sent
@@ -745,7 +747,6 @@ class RudpSession:
             silence,
             dups,
         )
-        self._held.probes = self._probes_in_row
         self._held.acks_seen = self._acks_seen
 
     def _trigger(self, held: _Resend) -> str:
@@ -865,17 +866,6 @@ class RudpSession:
             return
         bounds = self.bounds
         in_episode = bounds.in_episode and chunk <= bounds.recover
-        if not nothing_else and held.dups >= 3 and not in_episode:
-            f.go_backs += 1
-            self.find(
-                "rudp.gbn",
-                held.frame,
-                f"selective repeat: chunk {chunk} resent alone after {held.dups} duplicate "
-                f"ACKs, then new chunk {held.last + 1} (frame {frame}) while chunks "
-                f"{chunk + 1}..{held.last} were unacknowledged; Go-Back-N resends them all",
-            )
-            self.bounds.go_back(chunk, held.highest)
-            return
         fast = held.dups >= 3 and not in_episode
         if nothing_else and (held.waited >= self.min_rto * _TIMER_SLACK or fast):
             # A timeout, or the third duplicate ACK, with nothing after the base
@@ -892,9 +882,22 @@ class RudpSession:
             if self.keep_trace or len(f.go_back_frames) < MAX_FINDINGS_PER_CHECK:
                 f.go_back_frames.append((held.frame, kind))
             return
+        if held.time - self._progress_time >= self.min_rto * _TIMER_SLACK:
+            # A minimum RTO after the last progress: the timer may have run out
+            # (probes do not restart it), and with a window of one a timeout
+            # resends the base alone too.  Either way no probe run goes on.
+            f.probes += 1
+            self._probes_in_row = 0
+            self.bounds.lone_resend(chunk)
+            if self.keep_notes:
+                self.note(held.frame, "loss_probe", f"loss probe or timeout: chunk {chunk} alone")
+            return
         f.probes += 1
-        run = held.probes + 1  # counted as of the resend, not of its verdict
-        self._probes_in_row = run if self.acked_seen <= held.acked else 0
+        # A sender probes its base: a probe of another chunk means the base
+        # moved (progress the capture may not show where the sender saw it).
+        run = self._probes_in_row + 1 if chunk == self._probe_chunk else 1
+        self._probes_in_row = run
+        self._probe_chunk = chunk
         self.bounds.lone_resend(chunk)
         if self.keep_notes:
             self.note(held.frame, "loss_probe", f"loss probe: chunk {chunk} alone")
@@ -1006,7 +1009,7 @@ class RudpSession:
         held = self._held
         if held is not None:
             self._held = None
-            self._settle_lone(held, held.frame)
+            self._settle_lone(held, held.frame, carried_on=False)
         last_chunk = f.fin_seq - 1 if f.fin_seq is not None else self.highest_sent
         self._confirm_lower_bound(last_chunk)
         self.finished = True
