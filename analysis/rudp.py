@@ -1180,8 +1180,12 @@ class RudpTracker(HotSink):
         if entry is None:
             entry = self._new(key, to_port, number, time)
         elif flag == _SYN and entry[1] and ("command" in entry[0].f.frames or entry[0].finished):
-            self._finish(entry[0])
-            entry = self._new(key, True, number, time)
+            old = entry[0]
+            if old.finished or old.fin_seen or seq != old.f.isn:
+                # Client port reuse: a new session.  (The same SYN again while
+                # the session runs is a late or duplicated copy of its SYN.)
+                self._finish(old)
+                entry = self._new(key, True, number, time)
         session, from_client = entry
         session.packets += 1
         session.last_frame = number
