@@ -74,8 +74,6 @@ MAX_NOTES = 200_000
 """Per-packet notes kept per session when notes are asked for."""
 MAX_PROBES_IN_A_ROW = 2
 """Loss probes a sender may send without progress before its timeout takes over."""
-STRETCH = 8
-"""Advancing ACKs over which the lower-bound window must be filled at least once."""
 _MAX_PENDING = 4096
 """Unacknowledged chunks whose payload is kept for comparison."""
 _RECENT_CLOSED = 4096
@@ -159,13 +157,13 @@ class _Resend:
 
     __slots__ = (
         "acked",
+        "acks_seen",
         "chunk",
         "copy_time",
         "dups",
         "frame",
         "highest",
         "last",
-        "acks_seen",
         "silence",
         "time",
         "waited",
@@ -262,9 +260,8 @@ class RudpSession:
         # in flight since the last advancing ACK, the stretch of ACKs judged,
         # and the stretches that fell short (confirmed at the end).
         self._ack_wait = 0
-        self._peak = 0
-        self._stretch: list[tuple[int, int, int, int]] = []  # (peak, lo, ack, frame)
-        self._short: list[tuple[int, int, int, int, int]] = []
+        self._peak = 0  # most chunks ever outstanding (highest sent - highest ACK)
+        self._lo_marks: dict[int, tuple[int, int]] = {}  # lo -> (ACK, frame) where first reached
 
     # -- bookkeeping --------------------------------------------------------
 
@@ -377,7 +374,9 @@ class RudpSession:
                 self.find(check, number, f"{copy.why}, and the client acknowledged it (ACK {ack})")
         self.acked_seen = ack
         self.bounds.advanced(ack)
-        self._judge_lower_bound(number, acked)
+        outstanding = self.highest_sent - acked  # as the ACK came back
+        if outstanding > self._peak:  # noqa: PLR1730 - compiled, no call
+            self._peak = outstanding
         self._ack_wait = ack
         self._progress_time = time
         # Keep acknowledged chunks for a while: a go-back that raced an ACK
@@ -604,6 +603,7 @@ class RudpSession:
         # sender had that ACK; the response it starts is judged at its end.
         if self._ack_wait and self._held is None and not again:
             self.bounds.acted(self._ack_wait)
+            self._mark_lower_bound(number)
         self._ack_wait = 0
         # The upper bounds: the Go-Back-N limit, then the AIMD window.
         acked = self.acked_seen
@@ -728,7 +728,6 @@ class RudpSession:
     ) -> None:
         """A chunk sent again: judged once the next datagram shows what followed."""
         self._ack_wait = 0
-        self._stretch.clear()  # a loss: the window starts again
         if self._burst_start >= 0.0:  # a resend starts a new burst
             if self.keep_series:
                 self.series.append((self._burst_start, self._burst_max))
@@ -911,59 +910,48 @@ class RudpSession:
 
     # -- the lower bound ----------------------------------------------------------------
 
-    def _judge_lower_bound(self, number: int, acked: int) -> None:
-        """Rule S4: with data left, the sender fills the window it demonstrably has.
-
-        Judged over stretches of :data:`STRETCH` advancing ACKs with no
-        go-back: the most chunks outstanding during the stretch (highest sent
-        minus highest acknowledged: the sender cannot know which of them were
-        lost) must come within one of the smallest lower-bound window ``lo``
-        (one: an ACK counted by mistake makes ``lo`` one too high).  Over a
-        whole stretch, a sender whose responses merely lag behind a burst of
-        ACKs still shows its window at some point; one that never fills it
-        does not.  Whether data was left is settled at the end, when the last
-        chunk is known.
-        """
-        hist = self._stretch
-        # Outstanding as the ACK came back counts too: ACKs may arrive in a burst.
-        peak = self.highest_sent - acked
-        if self._peak > peak:  # noqa: PLR1730 - compiled, no call
-            peak = self._peak
-        hist.append((peak, self.bounds.lo, acked, number))
-        self._peak = 0
-        if len(hist) > STRETCH:
-            del hist[0]
-        if len(hist) < STRETCH or len(self._short) >= 4:
-            return
-        lo = min(h[1] for h in hist)
-        peak = max(h[0] for h in hist)
-        if lo >= 3 and peak < lo - 1:
-            first = hist[0]
-            self._short.append((first[3], number, lo, peak, first[2]))
-            hist.clear()
+    def _mark_lower_bound(self, number: int) -> None:
+        """Remember where the lower-bound window first reached each size (rule S4)."""
+        lo = self.bounds.lo
+        if lo not in self._lo_marks:
+            self._lo_marks[lo] = (self.acked_seen, number)
 
     def _confirm_lower_bound(self, last_chunk: int) -> None:
-        """Report the first stretch that fell short while data was left."""
-        for first_frame, frame, lo, peak, acked in self._short:
-            if acked + lo - 1 > last_chunk:
-                continue  # the data ran out: nothing more to send
-            if self.max_flight <= 1:
-                head = (
-                    "stop-and-wait: never more than 1 chunk in flight, although the window "
-                    f"was at least {lo}"
-                )
-            else:
-                head = (
-                    f"sends less than its window allows: at most {peak} chunks outstanding "
-                    f"while the window was at least {lo}"
-                )
-            self.find(
-                "rudp.aimd",
-                frame,
-                f"{head}, over {STRETCH} advancing ACKs in a row with data left (frames "
-                f"{first_frame}..{frame}); AIMD fills the window: +1 per advancing ACK",
-            )
+        """Rule S4, judged on the whole session: the sender filled its window at least once.
+
+        The largest window the sender demonstrably had while data was left
+        (``lo`` reached it at an ACK ``a`` with ``a + lo - 1 <= last chunk``)
+        must be matched, within one chunk, by the most chunks it ever had
+        outstanding.  A capture on a fast path may show the receiver's ACKs
+        well ahead of the sender's answers, so a correct sender can look
+        short for a while; over a whole transfer it fills its window at some
+        point, while a stop-and-wait sender, or one capped below its window,
+        never does.
+        """
+        best = 0
+        where = 0
+        for lo, (acked, frame) in self._lo_marks.items():
+            if acked + lo - 1 <= last_chunk and lo > best:
+                best = lo
+                where = frame
+        peak = self._peak
+        if best < 3 or peak >= best - 1:
             return
+        if peak <= 1:
+            head = (
+                "stop-and-wait: never more than 1 chunk outstanding, although the window "
+                f"reached at least {best}"
+            )
+        else:
+            head = (
+                f"sends less than its window allows: never more than {peak} chunks "
+                f"outstanding, although the window reached at least {best}"
+            )
+        self.find(
+            "rudp.aimd",
+            where,
+            f"{head} (frame {where}) with data left; AIMD fills the window: +1 per advancing ACK",
+        )
 
     # -- teardown -----------------------------------------------------------------------
 
