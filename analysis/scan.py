@@ -56,6 +56,17 @@ from stacklab.analysis.pcapio import (
     Packet,
     parse_packet,
 )
+from stacklab.wire import (
+    RUDP_ACK_AT,
+    RUDP_ACK_SIZE,
+    RUDP_FLAG_AT,
+    RUDP_FLAG_SIZE,
+    RUDP_HEADER_LEN,
+    RUDP_LEN_AT,
+    RUDP_LEN_SIZE,
+    RUDP_SEQ_AT,
+    RUDP_SEQ_SIZE,
+)
 
 _READ_SIZE: Final = 1 << 22
 _PAD: Final = 128  # zero bytes after the last read: the fast path never reads past the buffer
@@ -93,6 +104,10 @@ def flow_endpoints(key: FlowKey) -> tuple[str, int, str, int]:
         _ipv4(key[4:8]),
         (key[10] << 8) | key[11],
     )
+
+
+# The fast path reads the header's integers byte by byte at the wire module's offsets.
+assert RUDP_SEQ_SIZE == RUDP_ACK_SIZE == 4 and RUDP_FLAG_SIZE == 1 and RUDP_LEN_SIZE == 2
 
 
 def packet_key(packet: Packet) -> FlowKey:
@@ -340,22 +355,19 @@ class CaptureScan:
             stop = ip + 20 + ulen
         key = buf[ip + 12 : ip + 24]
         start = ip + 28
-        if stop - start >= 11:
+        if stop - start >= RUDP_HEADER_LEN:
+            seq = start + RUDP_SEQ_AT
+            ack = start + RUDP_ACK_AT
+            length = start + RUDP_LEN_AT
             self.sink.fields(
                 number,
                 time,
                 key,
                 to_port,
-                (buf[start] << 24)
-                | (buf[start + 1] << 16)
-                | (buf[start + 2] << 8)
-                | buf[start + 3],
-                (buf[start + 4] << 24)
-                | (buf[start + 5] << 16)
-                | (buf[start + 6] << 8)
-                | buf[start + 7],
-                buf[start + 8],
-                (buf[start + 9] << 8) | buf[start + 10],
+                (buf[seq] << 24) | (buf[seq + 1] << 16) | (buf[seq + 2] << 8) | buf[seq + 3],
+                (buf[ack] << 24) | (buf[ack + 1] << 16) | (buf[ack + 2] << 8) | buf[ack + 3],
+                buf[start + RUDP_FLAG_AT],
+                (buf[length] << 8) | buf[length + 1],
                 buf,
                 start,
                 stop,
