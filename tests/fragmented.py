@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Final
 
 from stacklab.analysis.synth import (
+    IPV4_MF,
     Packet,
     dhcp_exchange,
     dns_exchange,
+    ipv4,
     merge,
     simulate_transfer,
     write_capture,
@@ -101,4 +103,31 @@ def write_lossy(path: Path, version: int, whole: bool, datagram: int = 4) -> Pat
     """The transfer with one DATA datagram's middle fragment lost (``whole``: all of them)."""
     hook = losing(datagram, (lambda f: []) if whole else (lambda f: [f[0], *f[2:]]))
     write_capture(path, transfer(version), fmt="pcapng", mtu=MTU, fragments=hook)
+    return path
+
+
+def _overlapping(fragments: list[bytes]) -> list[bytes]:
+    """IPv4: the tail first, then a fragment overlapping it with other bytes, then the rest."""
+    second = fragments[1]
+    offset = (int.from_bytes(second[6:8], "big") & 0x1FFF) * 8
+    src, dst = (".".join(str(b) for b in second[i : i + 4]) for i in (12, 16))
+    ident = int.from_bytes(second[4:6], "big")
+    liar = ipv4(src, dst, 17, b"Z" * 64, ident, IPV4_MF | (offset - 8) // 8)
+    return [*fragments[1:], liar, fragments[0]]
+
+
+ADVERSARIAL: Final[dict[str, Callable[[list[bytes]], list[bytes]]]] = {
+    # A lone copy of one fragment after its datagram completed: a new datagram, never complete.
+    "late-duplicate": lambda f: [*f, f[1]],
+    # The whole datagram twice at the IP level: reassembled and handed over twice.
+    "twice": lambda f: f + f,
+    # Overlapping fragments with different bytes: the lower offset wins.
+    "overlap": _overlapping,
+}
+"""Unusual fragment sequences (IPv4) on which the two engines must still agree."""
+
+
+def write_adversarial(path: Path, name: str) -> Path:
+    """The transfer with every fragmented datagram sent as :data:`ADVERSARIAL` ``name`` says."""
+    write_capture(path, transfer(4), fmt="pcapng", mtu=MTU, fragments=ADVERSARIAL[name])
     return path
