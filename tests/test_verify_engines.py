@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import fragmented
 import pytest
 from click.testing import CliRunner
 
@@ -33,6 +32,7 @@ from stacklab.analysis.synth import (
 from stacklab.analysis.verify import analyze_capture
 from stacklab.cli import cli
 
+import fragmented
 from conftest import REPO, SEED_DIR, requires_tshark, seed_capture
 
 pytestmark = [requires_tshark, pytest.mark.tshark, pytest.mark.timeout(120)]

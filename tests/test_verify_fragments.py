@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
-import fragmented
 import pytest
 from click.testing import CliRunner
-from fragmented import CHUNK, CONTENT, VARIANTS
 
 from stacklab.analysis.decode import decode_capture
 from stacklab.analysis.synth import write_capture
+from stacklab.analysis.tshark_engine import write_dissector
 from stacklab.analysis.verify import analyze_capture
 from stacklab.cli import cli
+from stacklab.wire import Ports
+
+import fragmented
+from conftest import requires_tshark
+from fragmented import CHUNK, CONTENT, VARIANTS
 
 CHUNKS = -(-len(CONTENT) // CHUNK)
 
@@ -109,3 +115,31 @@ def test_cli_decode_and_verify_of_a_fragmented_capture(tmp_path: Path) -> None:
     verified = runner.invoke(cli, ["verify", str(path)])
     assert verified.exit_code == 0, verified.output
     assert "[fd00::1]:41000 -> [fd00::3]:2122: complete" in verified.stdout
+
+
+@requires_tshark
+@pytest.mark.tshark
+@pytest.mark.parametrize(("version", "order"), [(4, "shuffled"), (6, "reversed")])
+def test_the_lua_dissector_sees_the_datagrams_decode_reassembles(
+    tmp_path: Path, version: int, order: str
+) -> None:
+    path = fragmented.write(tmp_path / "lua.pcapng", version, order)
+    script = Path(write_dissector(Ports(), str(tmp_path)))
+    fields = ("frame.number", "slrudp.seq", "slrudp.ack", "slrudp.len", "slrudp.payload")
+    cmd = ["tshark", "-n", "-r", str(path), "-X", f"lua_script:{script}", "-Y", "slrudp"]
+    cmd += ["-T", "fields", "-E", "occurrence=f"]
+    for name in fields:
+        cmd += ["-e", name]
+    env = dict(os.environ, WIRESHARK_CONFIG_DIR=str(tmp_path))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    seen = {}
+    for line in out.splitlines():
+        number, seq, ack, length, payload = line.split("\t")
+        seen[int(number)] = (int(seq), int(ack), int(length), len(bytes.fromhex(payload)))
+    expected = {
+        r.frame: (r.info["seq"], r.info["ack"], r.info["len"], r.info["payload_len"])
+        for r in decode_capture(path)
+        if r.proto == "rudp" and r.info
+    }
+    assert seen == expected
+    assert any(value[2] == CHUNK for value in seen.values())
