@@ -33,9 +33,12 @@ The rules, chosen to match Wireshark's (``ip.defragment``, ``ipv6.defragment``,
   receiving host: an IP-level duplicate of a whole datagram is handed over a
   second time, and a lone late copy of one fragment starts a datagram that
   never completes.
-* Memory is bounded: at most ``max_datagrams`` datagrams and ``max_bytes``
-  bytes of fragment data wait at once (beyond that the oldest is dropped and
-  counted as evicted), and a datagram still incomplete ``timeout`` seconds of
+* Memory and time are bounded: at most ``max_datagrams`` datagrams and
+  ``max_bytes`` bytes of fragment data wait at once (beyond that the oldest is
+  dropped and counted as evicted), a datagram gets at most
+  :data:`MAX_FRAGMENTS` fragments (duplicates included; a 64 KiB datagram at
+  the 576-byte MTU every IPv4 host accepts needs 119; FreeBSD stops at 16),
+  and a datagram still incomplete ``timeout`` seconds of
   capture time after its first fragment is dropped and counted (30 s for
   IPv4 as Linux's ``ipfrag_time``, 60 s for IPv6 as RFC 8200 says).  Wireshark
   has no such limits; they only matter for captures that would exhaust them.
@@ -62,6 +65,8 @@ IPV4_TIMEOUT: Final = 30.0
 """Seconds of capture time an IPv4 datagram may wait for its fragments (Linux ``ipfrag_time``)."""
 IPV6_TIMEOUT: Final = 60.0
 """Seconds of capture time an IPv6 datagram may wait (RFC 8200, section 4.5)."""
+MAX_FRAGMENTS: Final = 128
+"""Fragments one datagram may have; past that it is dropped (each fragment costs a pass)."""
 MAX_DATAGRAM: Final = 65535
 """Largest reassembled payload: IPv4 total length, IPv6 payload length (no jumbograms)."""
 EXAMPLE_FRAMES: Final = 5
@@ -120,6 +125,7 @@ class FragmentStats:
     truncated: int = 0  # cut by the snapshot length, not used
     timed_out: int = 0  # datagrams dropped incomplete after the timeout
     evicted: int = 0  # datagrams dropped incomplete to stay within the memory bounds
+    excess: int = 0  # datagrams dropped for having more than MAX_FRAGMENTS fragments
     incomplete: int = 0  # datagrams still incomplete at the end of the capture
     examples: dict[str, list[int]] = field(default_factory=dict)
 
@@ -135,6 +141,7 @@ class FragmentStats:
             ("incomplete", self.incomplete, "IP datagram(s) missing a fragment, not reassembled"),
             ("timed_out", self.timed_out, "IP datagram(s) still incomplete after the timeout"),
             ("evicted", self.evicted, "IP datagram(s) dropped incomplete (memory bound)"),
+            ("excess", self.excess, f"IP datagram(s) dropped after {MAX_FRAGMENTS} fragments"),
             ("truncated", self.truncated, "IP fragment(s) cut by the snapshot length, not used"),
             ("invalid", self.invalid, "IP fragment(s) beyond 65,535 bytes or past the end"),
             ("conflicts", self.conflicts, "overlapping IP fragment(s) with different bytes"),
@@ -214,6 +221,10 @@ class Reassembler:
             if timeout is None:
                 timeout = IPV4_TIMEOUT if fragment.version == 4 else IPV6_TIMEOUT
             entry = self._pending[key] = _Pending(time, timeout)
+        elif len(entry.pieces) >= MAX_FRAGMENTS:
+            self._drop(key, "excess")
+            stats.excess += 1
+            return None
         if not fragment.more:
             if entry.length < 0:
                 entry.length = end

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from stacklab.analysis.ipfrag import (
     MAX_DATAGRAM,
+    MAX_FRAGMENTS,
     Datagram,
     Fragment,
     Reassembler,
@@ -58,7 +59,7 @@ def _feed(
 @settings(max_examples=150, deadline=None)
 @given(
     data=st.binary(min_size=1, max_size=5000),
-    step8=st.integers(1, 200),
+    step8=st.integers(8, 200),  # at most 79 fragments, and 6 duplicates
     version=st.sampled_from([4, 6]),
     seed=st.integers(0, 2**32),
     duplicates=st.integers(0, 6),
@@ -200,6 +201,19 @@ def test_memory_is_bounded_by_datagrams_and_bytes() -> None:
     big = Reassembler(max_bytes=1000)
     assert big.add(Fragment(4, *V4, 1, 17, 0, True, b"q" * 1500), 1, 0.0) is None
     assert big.pending == 0 and big.stats.evicted == 1
+
+
+def test_a_datagram_of_too_many_fragments_is_dropped() -> None:
+    reassembler = Reassembler()
+    pieces = _cut(b"m" * 8 * (MAX_FRAGMENTS + 1), 8)
+    assert _feed(reassembler, pieces) == []
+    assert reassembler.stats.excess == 1 and reassembler.pending == 0
+    assert reassembler.stats.problems() == [
+        f"1 IP datagram(s) dropped after {MAX_FRAGMENTS} fragments (frames 1)"
+    ]
+    just_enough = _cut(b"m" * 8 * MAX_FRAGMENTS, 8)
+    ((number, _),) = _feed(Reassembler(), just_enough)
+    assert number == MAX_FRAGMENTS
 
 
 def test_nothing_past_64_kib() -> None:
