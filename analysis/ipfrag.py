@@ -11,7 +11,11 @@ The rules, chosen to match Wireshark's (``ip.defragment``, ``ipv6.defragment``,
 ``epan/reassemble.c``) as far as a bounded, streaming reader can:
 
 * IPv4 fragments belong together when their (source, destination,
-  identification, protocol) agree.  IPv6 fragments carry a Fragment extension
+  identification, protocol) agree, as RFC 791 and the receiving host say.
+  (Wireshark keys on the protocol XOR the identification: between the same
+  two hosts, a TCP fragment with identification 0x000a and a UDP one with
+  0x001d meet there, 6 ^ 0x0a == 17 ^ 0x1d, and when one of them waits
+  incomplete Wireshark splices them; here they stay apart.)  IPv6 fragments carry a Fragment extension
   header (next header 44) with a 32-bit identification; they belong together
   when (source, destination, identification) agree, and the protocol is the
   Fragment header's next header in the fragment at offset 0 (RFC 8200,

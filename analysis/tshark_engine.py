@@ -15,7 +15,11 @@ does.  When Wireshark cannot reassemble (a fragment cut by the snapshot
 length, or a fragment missing), it still dissects a lone first fragment as a
 partial datagram; such rows are skipped and counted, because the verifier's
 rule is that no partial datagram is ever judged (see
-:mod:`stacklab.analysis.ipfrag`).
+:mod:`stacklab.analysis.ipfrag`).  One known difference remains: Wireshark
+keys IPv4 fragments on protocol XOR identification, so a fragment left
+incomplete can be spliced into a datagram of another protocol between the
+same hosts whose identification collides that way; the native engine keeps
+the protocol apart, as the receiving host does.
 """
 
 from __future__ import annotations

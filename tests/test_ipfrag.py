@@ -158,6 +158,18 @@ def test_the_key_is_source_destination_identification_and_protocol() -> None:
     assert datagram.data == b"u" * 8 + b"e" * 8
 
 
+def test_protocols_stay_apart_where_wireshark_would_splice_them() -> None:
+    # Wireshark keys on protocol XOR identification: 6 ^ 0x0a == 17 ^ 0x1d.  A
+    # receiving host keeps a waiting TCP fragment out of the UDP datagram.
+    reassembler = Reassembler()
+    lone_tcp = Fragment(4, *V4, 0x0A, 6, 0, True, b"T" * 16)
+    udp = _cut(b"U" * 40, 16, ident=0x1D)
+    assert reassembler.add(lone_tcp, 1, 0.0) is None
+    ((_, datagram),) = _feed(reassembler, udp, 2)
+    assert datagram.data == b"U" * 40 and datagram.frames == (2, 3, 4)
+    assert reassembler.stats.conflicts == 0
+
+
 def test_ipv6_takes_the_protocol_from_the_fragment_at_offset_zero() -> None:
     # RFC 8200: the Next Header values of later fragments may differ; only the
     # first fragment's counts, and it is not part of the key.
