@@ -11,6 +11,10 @@ agree field for field.
 
 Every decoded record is a :class:`DecodedPacket` with ``to_json()`` (the
 ``--json`` line) and ``summary()`` (the protocol part of the text line).
+
+IP fragments are reassembled (:mod:`stacklab.analysis.ipfrag`): each fragment
+gets an ``ipfrag`` line, and the datagram is decoded at the fragment that
+completes it, naming every fragment's frame (``ip_fragments`` in JSON).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from stacklab.analysis.ipfrag import Fragment, Reassembler
 from stacklab.analysis.pcapio import (
     LINKTYPE_NAMES,
     TCP_FIN,
@@ -47,7 +52,7 @@ from stacklab.wire import (
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS: Final = ("rudp", "dhcp", "dns", "app", "udp", "tcp", "other")
+PROTOCOLS: Final = ("rudp", "dhcp", "dns", "app", "udp", "tcp", "ipfrag", "other")
 """Every value ``DecodedPacket.proto`` takes; ``--only`` picks among them."""
 
 TEXT_LIMIT: Final = 200
@@ -231,6 +236,40 @@ def app_summary(length: int, body: bytes) -> str:
     return f"APP frame len={length} {shown}{more}".rstrip()
 
 
+_IP_PROTOCOL_NAMES: Final = {6: "TCP", 17: "UDP"}
+
+
+def fragment_info(fragment: Fragment) -> dict[str, Any]:
+    """The ``--json`` form of an IP fragment that does not (yet) complete a datagram."""
+    info: dict[str, Any] = {
+        "version": fragment.version,
+        "id": fragment.ident,
+        "offset": fragment.offset,
+        "len": len(fragment.data),
+        "more": fragment.more,
+        "proto": fragment.proto,
+    }
+    if fragment.cut:
+        info["cut"] = fragment.cut
+    return info
+
+
+def fragment_summary(fragment: Fragment) -> str:
+    """``IPv4 fragment id=0x002a offset=1480 len=1480 MF proto=UDP``, and why it is unusable."""
+    width = 4 if fragment.version == 4 else 8
+    proto = _IP_PROTOCOL_NAMES.get(fragment.proto, str(fragment.proto))
+    text = (
+        f"IPv{fragment.version} fragment id=0x{fragment.ident:0{width}x} "
+        f"offset={fragment.offset} len={len(fragment.data)}"
+    )
+    text += " MF" if fragment.more else ""
+    if fragment.offset == 0 or fragment.version == 4:
+        text += f" proto={proto}"
+    if fragment.cut:
+        text += f" (cut by the snapshot length, {fragment.cut} bytes missing: not reassembled)"
+    return text
+
+
 _TCP_FLAG_LETTERS: Final = "FSRPAUEC"
 
 
@@ -260,6 +299,7 @@ class DecodedPacket:
     proto: str
     text: str | None
     info: dict[str, Any] | None = field(default=None)
+    fragments: tuple[int, ...] = ()  # reassembled from the IP fragments of these frames
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` object: frame, time, src, dst, proto and the protocol part."""
@@ -272,12 +312,17 @@ class DecodedPacket:
         }
         if self.info is not None:
             out[self.proto] = self.info
+        if self.fragments:
+            out["ip_fragments"] = list(self.fragments)
         return out
 
     def summary(self) -> str:
         """The protocol part of the line, e.g. ``RUDP D seq=3 ack=0 len=500``."""
         if self.text is None:
             self.text = rudp_info_summary(self.info or {})
+        if self.fragments:
+            frames = ", ".join(str(n) for n in self.fragments)
+            return f"{self.text} [{len(self.fragments)} IP fragments: frames {frames}]"
         return self.text
 
     def line(self) -> str:
@@ -429,6 +474,7 @@ class _Decoder:
         self.ports = ports
         self.heuristic = heuristic
         self.app = AppStreams()
+        self.fragments = Reassembler()
         self.t0: float | None = None
         # RUDP flows (the two endpoints) whose SYN-ACK accepted integrity: on
         # those, a datagram without a valid CRC32C trailer is a damaged one.
@@ -448,7 +494,7 @@ class _Decoder:
         if self.t0 is None:
             self.t0 = frame.time
         rel = frame.time - self.t0
-        packet = parse_packet(frame)
+        packet = parse_packet(frame, self.fragments)
         if packet is None:
             what = (
                 f"link type {frame.linktype} is not supported"
@@ -460,9 +506,23 @@ class _Decoder:
             )
             return
         if packet.proto == "udp":
-            yield self._udp(packet, rel)
+            record = self._udp(packet, rel)
+            record.fragments = packet.fragments
+            yield record
         elif packet.proto == "tcp":
-            yield from self._tcp(packet, rel)
+            for record in self._tcp(packet, rel):
+                record.fragments = packet.fragments
+                yield record
+        elif packet.fragment is not None:
+            yield DecodedPacket(
+                packet.number,
+                rel,
+                packet.src,
+                packet.dst,
+                "ipfrag",
+                fragment_summary(packet.fragment),
+                fragment_info(packet.fragment),
+            )
         else:
             yield DecodedPacket(
                 packet.number, rel, packet.src, packet.dst, "other", "IP, not UDP/TCP"
@@ -566,3 +626,5 @@ def _decode(
                     yield record
         if reader.truncated:
             log.warning("%s: the capture ends in the middle of a record", reader.path)
+        for problem in decoder.fragments.finish().problems():
+            log.warning("%s: %s", reader.path, problem)

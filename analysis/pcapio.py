@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Final
 
+from stacklab.analysis.ipfrag import Datagram, Fragment, Reassembler
+
 log = logging.getLogger(__name__)
 
 # Link types (https://www.tcpdump.org/linktypes.html)
@@ -78,6 +80,9 @@ _BYTE_ORDER_MAGIC: Final = 0x1A2B3C4D
 
 IPPROTO_TCP: Final = 6
 IPPROTO_UDP: Final = 17
+IPPROTO_FRAGMENT: Final = 44
+_IPV6_EXTENSIONS: Final = frozenset({0, 43, 44, 51, 60, 135, 139, 140})
+"""Hop-by-hop, routing, fragment, AH, destination options, mobility, HIP, shim6."""
 
 
 class CaptureError(Exception):
@@ -105,11 +110,13 @@ class Packet:
     dst: str
     sport: int
     dport: int
-    proto: str  # "udp", "tcp" or "other"
+    proto: str  # "udp", "tcp", "fragment" (an IP fragment, see ``fragment``) or "other"
     payload: bytes
     tcp_seq: int = 0
     tcp_ack: int = 0
     tcp_flags: int = 0
+    fragment: Fragment | None = None  # proto "fragment": the fragment, not (yet) a datagram
+    fragments: tuple[int, ...] = ()  # reassembled from IP fragments: their frame numbers
 
     @property
     def src_ep(self) -> str:
@@ -389,47 +396,128 @@ def _ipv4(raw: bytes) -> str:
     return text
 
 
-def parse_packet(frame: Frame) -> Packet | None:
+def parse_packet(frame: Frame, fragments: Reassembler | None = None) -> Packet | None:
     """Decode a frame down to UDP or TCP.  Returns None for non-IP frames.
 
-    IPv4 fragments other than the first are returned with ``proto="other"``.
-    Truncated headers give ``None`` rather than an exception.
+    An IP fragment (IPv4, or IPv6 with a Fragment header) is returned with
+    ``proto="fragment"`` and its :class:`~stacklab.analysis.ipfrag.Fragment`;
+    given the capture's ``fragments`` reassembler, the fragment that
+    completes a datagram returns the whole datagram instead, with this
+    frame's number and time and ``fragments`` naming every fragment's frame.
+    A partial datagram is never returned.  Truncated headers give ``None``
+    rather than an exception.
     """
     data = frame.data
     located = network_offset(frame.linktype, data)
     if located is None:
         return None
     off, version = located
+    fragment: Fragment | None = None
     if version == 4:
         if len(data) < off + 20:
             return None
         ihl = (data[off] & 0x0F) * 4
         total = int.from_bytes(data[off + 2 : off + 4], "big")
         proto_num = data[off + 9]
-        frag = int.from_bytes(data[off + 6 : off + 8], "big") & 0x1FFF
+        flags_offset = int.from_bytes(data[off + 6 : off + 8], "big")
         src = _ipv4(data[off + 12 : off + 16])
         dst = _ipv4(data[off + 16 : off + 20])
         l4 = off + ihl
         end = off + total if total >= ihl else len(data)
-        if frag:
+        if flags_offset & 0x3FFF and total >= ihl >= 20:
+            ident = int.from_bytes(data[off + 4 : off + 6], "big")
+            fragment = Fragment(
+                4,
+                src,
+                dst,
+                ident,
+                proto_num,
+                (flags_offset & 0x1FFF) * 8,
+                bool(flags_offset & 0x2000),
+                data[l4:end],
+                max(0, end - len(data)),
+            )
+        elif flags_offset & 0x3FFF:
             proto_num = -1
     elif version == 6:
         if len(data) < off + 40:
             return None
-        proto_num = data[off + 6]
         src = str(ipaddress.IPv6Address(data[off + 8 : off + 24]))
         dst = str(ipaddress.IPv6Address(data[off + 24 : off + 40]))
-        l4 = off + 40
-        end = l4 + int.from_bytes(data[off + 4 : off + 6], "big")
+        end = off + 40 + int.from_bytes(data[off + 4 : off + 6], "big")
+        proto_num, l4, fragment = _ipv6_walk(data, data[off + 6], off + 40, end, src, dst)
     else:
         return None
-    end = min(end, len(data))
+    if fragment is not None:
+        if fragments is None:
+            return _fragment_packet(frame, src, dst, fragment)
+        datagram = fragments.add(fragment, frame.number, frame.time)
+        if datagram is None:
+            return _fragment_packet(frame, src, dst, fragment)
+        return reassembled_packet(frame.number, frame.time, datagram)
+    return _transport(frame.number, frame.time, src, dst, proto_num, data, l4, min(end, len(data)))
+
+
+def _ipv6_walk(
+    data: bytes, nh: int, pos: int, end: int, src: str, dst: str
+) -> tuple[int, int, Fragment | None]:
+    """Follow IPv6 extension headers from ``pos``: (upper protocol, its offset, fragment or None).
+
+    The protocol is -1 when a header runs past the data.  A Fragment header
+    with offset 0 and no More Fragments (an atomic fragment, RFC 6946) is
+    stepped over like any extension header.
+    """
+    while nh in _IPV6_EXTENSIONS:
+        if pos + 8 > len(data):
+            return -1, pos, None
+        if nh == IPPROTO_FRAGMENT:
+            field = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            if field & 0xFFF9:  # an offset, or More Fragments
+                ident = int.from_bytes(data[pos + 4 : pos + 8], "big")
+                payload = data[pos + 8 : end]
+                cut = max(0, end - len(data))
+                return (
+                    nh,
+                    pos,
+                    Fragment(
+                        6, src, dst, ident, data[pos], field & 0xFFF8, bool(field & 1), payload, cut
+                    ),
+                )
+            size = 8
+        elif nh == 51:  # AH counts 4-byte words
+            size = (data[pos + 1] + 2) * 4
+        else:
+            size = (data[pos + 1] + 1) * 8
+        nh = data[pos]
+        pos += size
+    return nh, pos, None
+
+
+def _fragment_packet(frame: Frame, src: str, dst: str, fragment: Fragment) -> Packet:
+    return Packet(frame.number, frame.time, src, dst, 0, 0, "fragment", b"", fragment=fragment)
+
+
+def reassembled_packet(number: int, time: float, datagram: Datagram) -> Packet:
+    """The UDP/TCP packet of a reassembled datagram, numbered as its last fragment."""
+    data = datagram.data
+    proto_num, l4 = datagram.proto, 0
+    if datagram.version == 6:
+        proto_num, l4, _ = _ipv6_walk(data, proto_num, 0, len(data), datagram.src, datagram.dst)
+    packet = _transport(number, time, datagram.src, datagram.dst, proto_num, data, l4, len(data))
+    packet.fragments = datagram.frames
+    return packet
+
+
+def _transport(
+    number: int, time: float, src: str, dst: str, proto_num: int, data: bytes, l4: int, end: int
+) -> Packet:
+    """The UDP or TCP packet at ``data[l4:end]``, or an "other" packet."""
     if proto_num == IPPROTO_UDP and end - l4 >= 8:
         sport = int.from_bytes(data[l4 : l4 + 2], "big")
         dport = int.from_bytes(data[l4 + 2 : l4 + 4], "big")
         ulen = int.from_bytes(data[l4 + 4 : l4 + 6], "big")
         stop = l4 + ulen if 8 <= ulen <= end - l4 else end
-        return Packet(frame.number, frame.time, src, dst, sport, dport, "udp", data[l4 + 8 : stop])
+        return Packet(number, time, src, dst, sport, dport, "udp", data[l4 + 8 : stop])
     if proto_num == IPPROTO_TCP and end - l4 >= 20:
         sport = int.from_bytes(data[l4 : l4 + 2], "big")
         dport = int.from_bytes(data[l4 + 2 : l4 + 4], "big")
@@ -438,8 +526,8 @@ def parse_packet(frame: Frame) -> Packet | None:
         doff = (data[l4 + 12] >> 4) * 4
         flags = data[l4 + 13]
         return Packet(
-            frame.number,
-            frame.time,
+            number,
+            time,
             src,
             dst,
             sport,
@@ -450,14 +538,19 @@ def parse_packet(frame: Frame) -> Packet | None:
             ack,
             flags,
         )
-    return Packet(frame.number, frame.time, src, dst, 0, 0, "other", b"")
+    return Packet(number, time, src, dst, 0, 0, "other", b"")
 
 
 def read_packets(path: str | os.PathLike[str]) -> Iterator[Packet]:
-    """Convenience: the transport-level packets of a capture (non-IP frames skipped)."""
+    """Convenience: the transport-level packets of a capture, IP fragments reassembled.
+
+    Non-IP frames are skipped; a fragment that does not complete a datagram
+    comes as ``proto="fragment"``.
+    """
+    fragments = Reassembler()
     with CaptureReader(path) as reader:
         for frame in reader:
-            packet = parse_packet(frame)
+            packet = parse_packet(frame, fragments)
             if packet is not None:
                 yield packet
 

@@ -11,14 +11,19 @@ whose ports are not watched are skipped before any object is built.
 Everything unusual (VLAN tags, IPv6, IP options, fragments, other link
 types, TCP) goes through the general decoder
 :func:`stacklab.analysis.pcapio.parse_packet`, so correctness never depends
-on the shortcut.
+on the shortcut.  IP fragments are reassembled there
+(:class:`~stacklab.analysis.ipfrag.Reassembler`, :attr:`CaptureScan.fragments`):
+the datagram is handed over once, with the frame number of the fragment that
+completes it, and a datagram missing a fragment is never handed over.
 
 The *hot port* (RUDP) is handed straight to a :class:`HotSink`:
 :meth:`HotSink.fields` when the whole RUDP header is there (the datagram is
 ``buf[start:stop]``), else :meth:`HotSink.raw`.  ``key`` identifies the flow
 and its direction: the 12 raw bytes of IPv4 source, destination and ports,
-or a ``(src, sport, dst, dport)`` tuple from the general path;
-:func:`flow_endpoints` decodes either.
+or, for IPv6, a ``(src, sport, dst, dport)`` tuple from the general path
+(which gives IPv4 flows the same 12 bytes as the fast path, so a flow whose
+datagrams take both paths stays one flow); :func:`flow_endpoints` decodes
+either.
 
 Iterating a :class:`CaptureScan` yields the other watched packets in frame
 order: UDP as ``(number, time, key, sport, dport, payload)``, TCP as
@@ -29,6 +34,7 @@ order: UDP as ``(number, time, key, sport, dport, payload)``, TCP as
 from __future__ import annotations
 
 import os
+import socket
 import struct
 from collections.abc import Iterator
 from operator import truediv as _exact_div
@@ -36,6 +42,7 @@ from typing import BinaryIO, Final, Union
 
 from mypy_extensions import mypyc_attr
 
+from stacklab.analysis.ipfrag import Reassembler
 from stacklab.analysis.pcapio import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
@@ -48,6 +55,17 @@ from stacklab.analysis.pcapio import (
     Frame,
     Packet,
     parse_packet,
+)
+from stacklab.wire import (
+    RUDP_ACK_AT,
+    RUDP_ACK_SIZE,
+    RUDP_FLAG_AT,
+    RUDP_FLAG_SIZE,
+    RUDP_HEADER_LEN,
+    RUDP_LEN_AT,
+    RUDP_LEN_SIZE,
+    RUDP_SEQ_AT,
+    RUDP_SEQ_SIZE,
 )
 
 _READ_SIZE: Final = 1 << 22
@@ -85,6 +103,21 @@ def flow_endpoints(key: FlowKey) -> tuple[str, int, str, int]:
         (key[8] << 8) | key[9],
         _ipv4(key[4:8]),
         (key[10] << 8) | key[11],
+    )
+
+
+# The fast path reads the header's integers byte by byte at the wire module's offsets.
+assert RUDP_SEQ_SIZE == RUDP_ACK_SIZE == 4 and RUDP_FLAG_SIZE == 1 and RUDP_LEN_SIZE == 2
+
+
+def packet_key(packet: Packet) -> FlowKey:
+    """The flow key of a general-path packet: the fast path's 12 bytes for IPv4."""
+    if ":" in packet.src:
+        return (packet.src, packet.sport, packet.dst, packet.dport)
+    return (
+        socket.inet_aton(packet.src)
+        + socket.inet_aton(packet.dst)
+        + bytes((packet.sport >> 8, packet.sport & 0xFF, packet.dport >> 8, packet.dport & 0xFF))
     )
 
 
@@ -172,6 +205,8 @@ class CaptureScan:
         self.frames = 0
         self.truncated = False
         self.linktypes: list[int] = []
+        # IP fragments, reassembled on the general path (see ipfrag for the rules).
+        self.fragments = Reassembler()
         self._found: list[UdpItem | Packet] = []
         # The fast path's view of the (first) interface.
         self._fast = False
@@ -239,6 +274,7 @@ class CaptureScan:
                         if not pcap and not self._seen_block:
                             raise CaptureError(f"{self.path}: truncated pcapng section header")
                         self.truncated = True
+                    self.fragments.finish()
                     return
                 # A record bigger than a whole block: read more at once.
                 size = size * 2 if pos == 0 else _READ_SIZE
@@ -248,11 +284,11 @@ class CaptureScan:
     # -- the slow, general path --------------------------------------------------
 
     def _general(self, number: int, time: float, linktype: int, data: bytes) -> None:
-        packet = parse_packet(Frame(number, time, linktype, data))
+        packet = parse_packet(Frame(number, time, linktype, data), self.fragments)
         if packet is None:
             return
         if packet.proto == "udp":
-            key = (packet.src, packet.sport, packet.dst, packet.dport)
+            key = packet_key(packet)
             if self.hot in (packet.dport, packet.sport):
                 to_port = packet.dport == self.hot
                 client_port = packet.sport if to_port else packet.dport
@@ -319,22 +355,19 @@ class CaptureScan:
             stop = ip + 20 + ulen
         key = buf[ip + 12 : ip + 24]
         start = ip + 28
-        if stop - start >= 11:
+        if stop - start >= RUDP_HEADER_LEN:
+            seq = start + RUDP_SEQ_AT
+            ack = start + RUDP_ACK_AT
+            length = start + RUDP_LEN_AT
             self.sink.fields(
                 number,
                 time,
                 key,
                 to_port,
-                (buf[start] << 24)
-                | (buf[start + 1] << 16)
-                | (buf[start + 2] << 8)
-                | buf[start + 3],
-                (buf[start + 4] << 24)
-                | (buf[start + 5] << 16)
-                | (buf[start + 6] << 8)
-                | buf[start + 7],
-                buf[start + 8],
-                (buf[start + 9] << 8) | buf[start + 10],
+                (buf[seq] << 24) | (buf[seq + 1] << 16) | (buf[seq + 2] << 8) | buf[seq + 3],
+                (buf[ack] << 24) | (buf[ack + 1] << 16) | (buf[ack + 2] << 8) | buf[ack + 3],
+                buf[start + RUDP_FLAG_AT],
+                (buf[length] << 8) | buf[length + 1],
                 buf,
                 start,
                 stop,

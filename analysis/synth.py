@@ -9,7 +9,9 @@ straight to disk, streaming, so a large capture costs no memory.
 It has three layers:
 
 * :class:`CaptureWriter` writes link-layer records (pcap or pcapng, link type
-  Ethernet, BSD NULL or raw IPv4) of UDP datagrams and TCP segments;
+  Ethernet, BSD NULL or raw IP) of UDP datagrams and TCP segments over IPv4
+  or IPv6 (by the packet's addresses), optionally fragmented at an MTU, with
+  a hook that reorders, duplicates or drops the fragments;
 * :class:`Conversation` scripts a RUDP exchange packet by packet (for
   hand-made rule breakers) and :func:`simulate_transfer` runs a small seeded
   Go-Back-N / AIMD sender against a Go-Back-N receiver with loss, with knobs
@@ -21,10 +23,11 @@ It has three layers:
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import os
 import random
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final, Literal
 
@@ -50,8 +53,21 @@ LINK_NULL: Final = 0
 LINK_RAW: Final = 101
 
 _ETH_HEADER: Final = b"\x00" * 12 + b"\x08\x00"
+_ETH_HEADER6: Final = b"\x00" * 12 + b"\x86\xdd"
 _NULL_HEADER: Final = struct.pack("<I", 2)
+_NULL_HEADER6: Final = struct.pack("<I", 24)  # AF_INET6 of the BSDs
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
+_IPV6_FRAGMENT = struct.Struct("!BBHI")
+IPV4_DF: Final = 0x4000
+IPV4_MF: Final = 0x2000
+IPPROTO_FRAGMENT: Final = 44
+
+FragmentHook = Callable[[list[bytes]], list[bytes]]
+"""Given the IP packets of one fragmented datagram in order, return the ones to write.
+
+Reorder, duplicate or drop them to script an unusual path (see :class:`CaptureWriter`).
+"""
 _UDP = struct.Struct("!HHHH")
 _TCP = struct.Struct("!HHIIBBHHH")
 _PCAP_RECORD = struct.Struct("<IIII")
@@ -106,17 +122,103 @@ def _checksum(header: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def ipv4(src: str, dst: str, proto: int, l4: bytes, ident: int = 0) -> bytes:
-    """An IPv4 header (with a correct checksum) followed by ``l4``."""
+def _internet_checksum(data: bytes) -> int:
+    """The ones' complement checksum of RFC 1071 over ``data`` (padded to even length)."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ipv4(
+    src: str, dst: str, proto: int, l4: bytes, ident: int = 0, flags_offset: int = IPV4_DF
+) -> bytes:
+    """An IPv4 header (with a correct checksum) followed by ``l4``.
+
+    ``flags_offset`` is the header's flags and fragment offset field (by
+    default Don't Fragment, as Linux sends UDP and TCP).
+    """
     header = _IPV4.pack(
-        0x45, 0, 20 + len(l4), ident & 0xFFFF, 0x4000, 64, proto, 0, _addr(src), _addr(dst)
+        0x45, 0, 20 + len(l4), ident & 0xFFFF, flags_offset, 64, proto, 0, _addr(src), _addr(dst)
     )
     return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + l4
+
+
+def ipv6(src: str, dst: str, next_header: int, payload: bytes) -> bytes:
+    """A fixed IPv6 header (no extension headers) followed by ``payload``."""
+    return (
+        _IPV6.pack(
+            6 << 28,
+            len(payload),
+            next_header,
+            64,
+            ipaddress.IPv6Address(src).packed,
+            ipaddress.IPv6Address(dst).packed,
+        )
+        + payload
+    )
+
+
+def ipv4_fragments(src: str, dst: str, proto: int, l4: bytes, ident: int, mtu: int) -> list[bytes]:
+    """``l4`` in IPv4 packets of at most ``mtu`` bytes: one whole packet, or its fragments.
+
+    Each fragment but the last carries a multiple of 8 bytes and More
+    Fragments, as RFC 791 cuts them; fragmented packets do not carry Don't
+    Fragment.
+    """
+    if 20 + len(l4) <= mtu:
+        return [ipv4(src, dst, proto, l4, ident)]
+    step = (mtu - 20) // 8 * 8
+    if step <= 0:
+        raise ValueError(f"MTU {mtu} leaves no room for IPv4 fragment data")
+    out = []
+    for start in range(0, len(l4), step):
+        piece = l4[start : start + step]
+        more = IPV4_MF if start + step < len(l4) else 0
+        out.append(ipv4(src, dst, proto, piece, ident, more | start // 8))
+    return out
+
+
+def ipv6_fragments(
+    src: str, dst: str, next_header: int, l4: bytes, ident: int, mtu: int
+) -> list[bytes]:
+    """``l4`` in IPv6 packets of at most ``mtu`` bytes, with Fragment headers when it must be cut.
+
+    The Fragment extension header (next header 44, RFC 8200 section 4.5)
+    carries the 32-bit identification, the offset in 8-byte units and the M
+    flag.
+    """
+    if 40 + len(l4) <= mtu:
+        return [ipv6(src, dst, next_header, l4)]
+    step = (mtu - 48) // 8 * 8
+    if step <= 0:
+        raise ValueError(f"MTU {mtu} leaves no room for IPv6 fragment data")
+    out = []
+    for start in range(0, len(l4), step):
+        piece = l4[start : start + step]
+        more = 1 if start + step < len(l4) else 0
+        header = _IPV6_FRAGMENT.pack(next_header, 0, start | more, ident & 0xFFFFFFFF)
+        out.append(ipv6(src, dst, IPPROTO_FRAGMENT, header + piece))
+    return out
 
 
 def udp_segment(sport: int, dport: int, payload: bytes) -> bytes:
     """A UDP header (checksum 0: optional in IPv4) and payload."""
     return _UDP.pack(sport, dport, 8 + len(payload), 0) + payload
+
+
+def udp6_segment(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
+    """A UDP header with the checksum IPv6 requires (RFC 8200 section 8.1) and payload."""
+    length = 8 + len(payload)
+    pseudo = (
+        ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + struct.pack("!IxxxB", length, 17)
+    )
+    checksum = _internet_checksum(pseudo + _UDP.pack(sport, dport, length, 0) + payload) or 0xFFFF
+    return _UDP.pack(sport, dport, length, checksum) + payload
 
 
 def tcp_segment(sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes) -> bytes:
@@ -133,7 +235,15 @@ class CaptureWriter:
     ``fmt`` is ``"pcap"`` (microsecond timestamps) or ``"pcapng"`` (one
     interface, microsecond resolution).  ``link`` chooses the link header:
     Ethernet with zero MAC addresses (Linux loopback), BSD NULL (macOS and
-    Npcap loopback, like the seed captures) or raw IPv4.
+    Npcap loopback, like the seed captures) or raw IP.  A packet whose
+    addresses are IPv6 goes out over IPv6, otherwise over IPv4.
+
+    ``mtu`` fragments every IP packet bigger than that, as a sending host
+    does (IPv4: RFC 791 fragments; IPv6: Fragment extension headers); all the
+    fragments of a datagram get the datagram's time.  ``fragments`` (see
+    :data:`FragmentHook`) may reorder, duplicate or drop them before they are
+    written.  ``snaplen`` cuts every record to that many bytes, as a capture
+    with a snapshot length does.
     """
 
     def __init__(
@@ -142,13 +252,22 @@ class CaptureWriter:
         *,
         fmt: Literal["pcap", "pcapng"] = "pcap",
         link: int = LINK_ETHERNET,
+        mtu: int | None = None,
+        fragments: FragmentHook | None = None,
+        snaplen: int | None = None,
     ) -> None:
         if link not in (LINK_ETHERNET, LINK_NULL, LINK_RAW):
             raise ValueError(f"unsupported link type {link}")
+        if mtu is not None and mtu < 68:
+            raise ValueError(f"MTU {mtu} is below the IPv4 minimum of 68")
         self.fmt = fmt
         self.link = link
+        self.mtu = mtu
+        self.fragments = fragments
+        self.snaplen = snaplen
         self.count = 0
         self._prefix = {LINK_ETHERNET: _ETH_HEADER, LINK_NULL: _NULL_HEADER, LINK_RAW: b""}[link]
+        self._prefix6 = {LINK_ETHERNET: _ETH_HEADER6, LINK_NULL: _NULL_HEADER6, LINK_RAW: b""}[link]
         self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._ident = 0
         if fmt == "pcap":
@@ -175,31 +294,43 @@ class CaptureWriter:
         """Write one link-layer frame (``data`` already carries the link header)."""
         micros = round(time * 1_000_000)
         self.count += 1
+        size = len(data)
+        if self.snaplen is not None:
+            data = data[: self.snaplen]
         if self.fmt == "pcap":
             sec, usec = divmod(micros, 1_000_000)
-            self._file.write(_PCAP_RECORD.pack(sec, usec, len(data), len(data)) + data)
+            self._file.write(_PCAP_RECORD.pack(sec, usec, len(data), size) + data)
         else:
             pad = -len(data) % 4
             total = 32 + len(data) + pad
-            head = _EPB_HEAD.pack(
-                6, total, 0, micros >> 32, micros & 0xFFFFFFFF, len(data), len(data)
-            )
+            head = _EPB_HEAD.pack(6, total, 0, micros >> 32, micros & 0xFFFFFFFF, len(data), size)
             self._file.write(head + data + b"\x00" * pad + struct.pack("<I", total))
 
     def ip(self, time: float, src: str, dst: str, proto: int, l4: bytes) -> None:
+        """One IP packet (IPv6 when ``src`` is an IPv6 address), fragmented beyond the MTU."""
         self._ident += 1
-        self.frame(time, self._prefix + ipv4(src, dst, proto, l4, self._ident))
+        mtu = self.mtu if self.mtu is not None else 1 << 20
+        if ":" in src:
+            prefix = self._prefix6
+            packets = ipv6_fragments(src, dst, proto, l4, self._ident, mtu)
+        else:
+            prefix = self._prefix
+            packets = ipv4_fragments(src, dst, proto, l4, self._ident, mtu)
+        if len(packets) > 1 and self.fragments is not None:
+            packets = self.fragments(packets)
+        for packet in packets:
+            self.frame(time, prefix + packet)
 
     def write(self, packet: Packet) -> None:
         """Write a :class:`UdpPacket` or :class:`TcpPacket`."""
         if isinstance(packet, UdpPacket):
-            self.ip(
-                packet.time,
-                packet.src,
-                packet.dst,
-                17,
-                udp_segment(packet.sport, packet.dport, packet.payload),
-            )
+            if ":" in packet.src:
+                datagram = udp6_segment(
+                    packet.src, packet.sport, packet.dst, packet.dport, packet.payload
+                )
+            else:
+                datagram = udp_segment(packet.sport, packet.dport, packet.payload)
+            self.ip(packet.time, packet.src, packet.dst, 17, datagram)
         else:
             segment = tcp_segment(
                 packet.sport, packet.dport, packet.seq, packet.ack, packet.flags, packet.payload
@@ -217,9 +348,17 @@ def write_capture(
     *,
     fmt: Literal["pcap", "pcapng"] = "pcap",
     link: int = LINK_ETHERNET,
+    mtu: int | None = None,
+    fragments: FragmentHook | None = None,
+    snaplen: int | None = None,
 ) -> int:
-    """Write ``packets`` (in the order given) to ``path``; return how many."""
-    with CaptureWriter(path, fmt=fmt, link=link) as writer:
+    """Write ``packets`` (in the order given) to ``path``; return how many frames.
+
+    ``mtu``, ``fragments`` and ``snaplen`` are :class:`CaptureWriter`'s.
+    """
+    with CaptureWriter(
+        path, fmt=fmt, link=link, mtu=mtu, fragments=fragments, snaplen=snaplen
+    ) as writer:
         writer.write_all(packets)
         return writer.count
 

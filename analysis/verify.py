@@ -162,6 +162,7 @@ def _scan_inner(
         result.warnings.append(
             f"capture is truncated: analysed the {scan.frames} complete frames before the cut"
         )
+    result.warnings.extend(scan.fragments.stats.problems())
     return result, rudp, dhcp, dns, app
 
 

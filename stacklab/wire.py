@@ -125,8 +125,38 @@ RUDP_HEADER_FIELDS: Final = (
 )
 RUDP_HEADER_FORMAT: Final = "!" + "".join(f.struct_code for f in RUDP_HEADER_FIELDS)
 RUDP_HEADER = struct.Struct(RUDP_HEADER_FORMAT)
-RUDP_HEADER_LEN: Final = RUDP_HEADER.size
-assert RUDP_HEADER_FORMAT == "!IIcH" and RUDP_HEADER_LEN == 11
+RUDP_HEADER_LEN: Final = 11
+assert RUDP_HEADER_FORMAT == "!IIcH" and RUDP_HEADER.size == RUDP_HEADER_LEN
+
+# Where each field starts and how long it is.  Written as literals so that
+# compiled readers (the capture scan, built with mypyc) fold them into
+# constants; the assertion ties them to the table above.
+RUDP_SEQ_AT: Final = 0
+RUDP_SEQ_SIZE: Final = 4
+RUDP_ACK_AT: Final = 4
+RUDP_ACK_SIZE: Final = 4
+RUDP_FLAG_AT: Final = 8
+RUDP_FLAG_SIZE: Final = 1
+RUDP_LEN_AT: Final = 9
+RUDP_LEN_SIZE: Final = 2
+
+
+def rudp_field_layout() -> dict[str, tuple[int, int]]:
+    """``{field name: (offset, size)}`` of the RUDP header, computed from the table."""
+    layout = {}
+    offset = 0
+    for spec in RUDP_HEADER_FIELDS:
+        layout[spec.name] = (offset, spec.size)
+        offset += spec.size
+    return layout
+
+
+assert rudp_field_layout() == {
+    "seq": (RUDP_SEQ_AT, RUDP_SEQ_SIZE),
+    "ack": (RUDP_ACK_AT, RUDP_ACK_SIZE),
+    "flag": (RUDP_FLAG_AT, RUDP_FLAG_SIZE),
+    "len": (RUDP_LEN_AT, RUDP_LEN_SIZE),
+}
 
 RUDP_MAX_SEQ: Final = 2**32 - 1
 RUDP_MAX_LEN: Final = 2**16 - 1

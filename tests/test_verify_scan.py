@@ -124,16 +124,21 @@ def _reference(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[object,
     packets=st.lists(st.one_of(udp_packets, tcp_packets), max_size=30),
     fmt=st.sampled_from(["pcap", "pcapng"]),
     link=st.sampled_from([LINK_ETHERNET, LINK_NULL, LINK_RAW]),
+    mtu=st.sampled_from([None, None, 68, 100]),
+    reverse=st.booleans(),
 )
-def test_fast_scan_matches_the_general_decoder(packets: list[Packet], fmt: str, link: int) -> None:
+def test_fast_scan_matches_the_general_decoder(
+    packets: list[Packet], fmt: str, link: int, mtu: int | None, reverse: bool
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"x.{fmt}"
-        with CaptureWriter(path, fmt=fmt, link=link) as writer:  # type: ignore[arg-type]
+        hook = (lambda fragments: fragments[::-1]) if reverse else None
+        with CaptureWriter(path, fmt=fmt, link=link, mtu=mtu, fragments=hook) as writer:  # type: ignore[arg-type]
             writer.write_all(packets)
         scan = CaptureScan(path, WATCHED, TCP_WATCHED)
         assert _scan(path) == _reference(path)
         list(scan)
-        assert scan.frames == len(packets)
+        assert scan.frames == writer.count
 
 
 def _eth(l3: bytes, ethertype: bytes = b"\x08\x00", vlan: bool = False) -> bytes:

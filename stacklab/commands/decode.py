@@ -22,6 +22,7 @@ STYLES: Final = {
     "app": "bold yellow",
     "udp": "white",
     "tcp": "dim",
+    "ipfrag": "dim",
     "other": "dim",
 }
 

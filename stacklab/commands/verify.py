@@ -245,10 +245,12 @@ def _frames(frames: list[int]) -> str:
 
 def _print_human(analyses: list[CaptureAnalysis], ports: Ports) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from stacklab.analysis.explain import explain_failure
 
+    # Text from the capture is escaped: "[fd00::1]:41000" would read as markup.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
     for analysis in analyses:
         trunc = " [yellow](truncated)[/]" if analysis.truncated else ""
@@ -263,13 +265,13 @@ def _print_human(analyses: list[CaptureAnalysis], ports: Ports) -> None:
             if len(s.timeouts) > 6:
                 timeouts += ", ..."
             console.print(
-                f"  RUDP {s.client} -> {s.server}: {state}, ISN {s.isn}, {s.chunks} chunk(s), "
+                f"  RUDP {escape(s.client)} -> {escape(s.server)}: {state}, ISN {s.isn}, {s.chunks} chunk(s), "
                 f"{s.bytes} bytes, {s.data_packets} DATA, {s.retransmissions} retransmitted, "
                 f"{s.go_backs} go-back(s)" + (f" after {timeouts} s" if timeouts else "") + ", "
                 f"max in flight {s.max_flight}, longest ACK wait {s.max_ack_delay:.3f} s"
             )
             if s.command:
-                console.print(f"       command {s.command!r}, sha256 {s.sha256 or '-'}")
+                console.print(f"       command {escape(repr(s.command))}, sha256 {s.sha256 or '-'}")
         if len(sessions) > _MAX_SESSIONS_SHOWN:
             done = sum(1 for s in sessions if s.complete)
             console.print(
@@ -278,12 +280,12 @@ def _print_human(analyses: list[CaptureAnalysis], ports: Ports) -> None:
             )
         for t in analysis.tcp_sessions[:_MAX_SESSIONS_SHOWN]:
             console.print(
-                f"  app {t.client} -> {t.server}: request {t.request!r}, "
+                f"  app {escape(t.client)} -> {escape(t.server)}: request {escape(repr(t.request))}, "
                 f"response {t.response_length} bytes"
             )
         exchanges = [ex for ex in (*analysis.dhcp, *analysis.dns) if ex.problem != "ignored"]
         for ex in exchanges[:_MAX_SESSIONS_SHOWN]:
-            console.print(f"  {ex.kind} {ex.client} -> {ex.server}: {ex.reply}")
+            console.print(f"  {ex.kind} {ex.client} -> {ex.server}: {ex.reply}", markup=False)
         table = Table(show_header=True, header_style="bold", expand=False)
         table.add_column("status")
         table.add_column("check")
@@ -296,8 +298,8 @@ def _print_human(analyses: list[CaptureAnalysis], ports: Ports) -> None:
             table.add_row(
                 "[bold red]FAIL[/]",
                 check.id,
-                check.session.split("->")[0],
-                check.detail,
+                escape(check.session.split("->")[0]),
+                escape(check.detail),
                 _frames(check.frames),
             )
         if len(failures) > _MAX_ROWS:
@@ -310,8 +312,8 @@ def _print_human(analyses: list[CaptureAnalysis], ports: Ports) -> None:
                 table.add_row(
                     f"[{style}]{check.status.upper()}[/]",
                     check.id,
-                    check.session.split("->")[0],
-                    check.detail,
+                    escape(check.session.split("->")[0]),
+                    escape(check.detail),
                     _frames(check.frames),
                 )
         else:  # many sessions: one row per check and status
