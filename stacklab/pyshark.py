@@ -10,7 +10,8 @@ A display filter naming a field that does not exist raises
 
 pyshark drives tshark with asyncio and cannot iterate inside a running event
 loop (a notebook cell, ``asyncio.run``): there, use :func:`packets`, which
-runs the capture in a worker thread with its own loop.
+runs tshark as a plain child process and parses its JSON with pyshark's own
+parser, with no event loop at all.
 
 For bulk work (verdicts, series, millions of packets) ``stacklab.decode`` and
 ``stacklab.verify`` are far faster; pyshark is for everything else Wireshark
@@ -32,6 +33,10 @@ from stacklab.wire import Ports
 
 _FAKE_LAYERS = frozenset({"_ws.lua.fake", "fake-field-wrapper", "DATA"})
 """Wireshark's Lua wrapper item, which pyshark would show as an empty extra layer."""
+
+
+class TsharkError(RuntimeError):
+    """tshark could not read the capture (its own words are in the message)."""
 
 
 class DisplayFilterError(ValueError):
@@ -89,8 +94,22 @@ def check_display_filter(display_filter: str, ports: Ports | None = None) -> Non
         raise DisplayFilterError(f"display filter {display_filter!r}: {words}")
 
 
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The loop a new capture runs on: the running one (for pyshark's async API), else its own.
+
+    Giving pyshark a loop keeps it from installing its own child watcher in
+    the main thread, which would break captures running in other threads.
+    """
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.new_event_loop()
+
+
 def _options(kw: dict[str, Any], ports: Ports | None) -> dict[str, Any]:
     options = dict(kw)
+    if options.get("eventloop") is None:
+        options["eventloop"] = _event_loop()
     custom = list(options.pop("custom_parameters", None) or [])
     options["custom_parameters"] = ["-X", f"lua_script:{dissector_path(ports)}", *custom]
     prefs = preferences(ports)
@@ -133,28 +152,44 @@ def live_capture(interface: str, *, ports: Ports | None = None, **kw: Any) -> An
 
 
 def packets(path: str | os.PathLike[str], *, ports: Ports | None = None, **kw: Any) -> list[Any]:
-    """Every packet of ``path`` as pyshark reads it, in a list; works in a running event loop.
+    """Every packet of ``path`` as pyshark objects, in a list; works in a running event loop.
 
-    The capture runs in a worker thread with its own event loop, so a
-    caller's running loop (a notebook, ``asyncio.run``) is left alone, and
-    pyshark does not replace the main thread's child watcher.
+    tshark runs as a plain child process and its JSON goes through pyshark's
+    own packet parser: no event loop is involved, so this is the call for a
+    notebook cell or a coroutine (where iterating a pyshark capture fails
+    with "This event loop is already running").  Takes the keyword arguments
+    of :func:`file_capture` (``display_filter`` above all).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    import json
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(_read_all, path, ports, kw).result()
+    from pyshark.tshark.output_parser.tshark_json import packet_from_json_packet
 
-
-def _read_all(path: str | os.PathLike[str], ports: Ports | None, kw: dict[str, Any]) -> list[Any]:
-    loop = asyncio.new_event_loop()
+    capture = file_capture(path, ports=ports, **{**kw, "use_json": True})
     try:
-        capture = file_capture(path, ports=ports, eventloop=loop, **kw)
-        try:
-            return list(capture)
-        finally:
-            capture.close()
+        argv = ["tshark", "-n", "-T", "json", *capture.get_parameters(), "--no-duplicate-keys"]
     finally:
-        loop.close()
+        if capture.eventloop is not _running_loop():
+            capture.eventloop.close()
+    done = subprocess.run(argv, capture_output=True, check=False)
+    if done.returncode != 0:
+        lines = [
+            line.strip()
+            for line in done.stderr.decode("utf-8", "replace").splitlines()
+            if line.strip() and "Running as user" not in line
+        ]
+        words = " ".join(lines) or f"exit status {done.returncode}"
+        raise TsharkError(f"tshark failed on {os.fspath(path)}: {words}")
+    return [
+        _without_fake_layers(packet_from_json_packet(json.dumps(item).encode("utf-8")))
+        for item in json.loads(done.stdout or b"[]")
+    ]
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 @functools.cache
