@@ -125,14 +125,14 @@ def live_table(rows: list[LiveRow], frames: int, interface: str) -> Any:
         title=f"stacklab watch on {interface}: {frames} frames (Ctrl-C for the verdicts)",
         header_style="bold",
     )
-    for name in ("session", "state", "packets", "chunks", "retx", "window", "go-backs"):
-        table.add_column(name, justify="left" if name in ("session", "state") else "right")
+    for name in ("client", "state", "packets", "chunks", "retx", "window", "go-backs"):
+        table.add_column(name, justify="left" if name in ("client", "state") else "right")
     table.add_column("checks so far")
     for row in rows[-20:]:
         failed = [check for check, state in row.checks.items() if state == "fail"]
         checks = "[bold red]FAIL " + ", ".join(failed) + "[/]" if failed else "[green]ok so far[/]"
         table.add_row(
-            row.session,
+            row.session.split("->")[0],
             row.state,
             str(row.packets),
             str(row.chunks),
@@ -325,7 +325,7 @@ def _follow(
     from rich.console import Console
     from rich.live import Live
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 100)
     try:
         reader = CaptureReader.from_stream(stream, name)
     except CaptureError:
@@ -351,4 +351,6 @@ def _follow(
                     live_table(live_rows(analysis.rudp), analysis.frames, interface), refresh=True
                 )
         live.update(live_table(live_rows(analysis.rudp), analysis.frames, interface), refresh=True)
+    if not console.is_terminal:
+        console.line()
     return analysis.finish(name, link_type=reader.linktype_name, truncated=reader.truncated)
