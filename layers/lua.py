@@ -9,9 +9,14 @@ suite runs it in real ``tshark`` and compares every field.
 What the script registers (Wireshark 4, Lua 5.2 API):
 
 * ``slrudp`` (Wireshark already has a protocol named ``rudp``): fields
-  ``slrudp.seq``, ``slrudp.ack``, ``slrudp.flag``, ``slrudp.len``,
-  ``slrudp.payload``; on UDP ``rudp`` port both ways, plus an optional strict
-  heuristic on any UDP port;
+  ``slrudp.seq``, ``slrudp.ack``, ``slrudp.flag`` (the letter, a string),
+  ``slrudp.len``, ``slrudp.payload``; stacklab's extensions
+  ``slrudp.crc32c`` and ``slrudp.crc32c.status`` (Good/Bad, like Wireshark's
+  checksum status fields; Bad only in a conversation whose SYN-ACK accepted
+  integrity) and ``slrudp.options`` with ``slrudp.options.*``; Expert Info for
+  a datagram shorter than the header, a length field claiming too much, an
+  unknown flag and a bad trailer; on UDP ``rudp`` port both ways, plus an
+  optional strict heuristic on any UDP port;
 * ``slframe``: the app frames over TCP, ``slframe.len`` and ``slframe.body``,
   reassembled with ``dissect_tcp_pdus``;
 * ``sldhcp`` and ``sldns``: the JSON datagrams, handed to Wireshark's
