@@ -215,3 +215,15 @@ def test_a_stream_that_is_not_a_capture_is_one_clear_error() -> None:
         pytest.raises(stacklab.CaptureError, match="not a pcap"),
     ):
         analyze_stream(stream, name="<pipe>")
+
+
+def test_window_figure_takes_its_ceiling_from_the_session() -> None:
+    from stacklab.analysis import plots
+
+    analysis = stacklab.series(REPO / "captures" / "rudp-negotiated.pcapng")
+    points = analysis.sessions[0].points
+    assert points is not None
+    fig = plots.window_figure(points, "negotiated")  # no max_window needed
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(f"maximum window ({points.window_limit}" in label for label in labels)
+    plots.close(fig)

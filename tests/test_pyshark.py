@@ -9,6 +9,7 @@ import pytest
 
 import stacklab
 import stacklab.pyshark as sp
+from stacklab.wire import Ports
 
 from conftest import REPO, SEED_NAMES, requires_tshark, seed_capture
 
@@ -111,3 +112,19 @@ def test_a_file_tshark_cannot_read_is_one_clear_error(tmp_path: Path) -> None:
         sp.packets(bogus)
     with pytest.raises(FileNotFoundError, match="no such file"):
         sp.packets(tmp_path / "missing.pcapng")
+
+
+def test_live_capture_is_set_up_like_a_file_capture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    capture = sp.live_capture("lo", ports=Ports(rudp=9122), display_filter="slrudp")
+    try:
+        params = capture.get_parameters()
+    finally:
+        capture.eventloop.close()
+    assert f"lua_script:{sp.dissector_path(Ports(rudp=9122))}" in params
+    assert "slrudp.port:9122" in params and "sldns.port:5353" in params
+    assert capture.use_json
+    with pytest.raises(sp.DisplayFilterError, match="neither a field"):
+        sp.live_capture("lo", display_filter="slrudp.nosuch")
