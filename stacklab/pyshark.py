@@ -136,19 +136,12 @@ def file_capture(path: str | os.PathLike[str], *, ports: Ports | None = None, **
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{os.fspath(path)}: no such file")
-    return _file_capture_class()(os.fspath(path), **_options(kw, ports))
+    return _capture_classes()[0](os.fspath(path), **_options(kw, ports))
 
 
 def live_capture(interface: str, *, ports: Ports | None = None, **kw: Any) -> Any:
     """A ``pyshark.LiveCapture`` on ``interface`` with stacklab's dissector and ports."""
-    import pyshark
-
-    class _Live(pyshark.LiveCapture):
-        def _packets_from_tshark_sync(self, *args: Any, **kwargs: Any) -> Any:
-            for packet in super()._packets_from_tshark_sync(*args, **kwargs):
-                yield _without_fake_layers(packet)
-
-    return _Live(interface=interface, **_options(kw, ports))
+    return _capture_classes()[1](interface=interface, **_options(kw, ports))
 
 
 def packets(path: str | os.PathLike[str], *, ports: Ports | None = None, **kw: Any) -> list[Any]:
@@ -192,15 +185,39 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+LOST_EXIT_STATUS = 255
+"""What asyncio reports when it could not collect a child's exit status."""
+
+
 @functools.cache
-def _file_capture_class() -> Any:
+def _capture_classes() -> tuple[Any, Any]:
+    """pyshark's FileCapture and LiveCapture, adjusted for stacklab's dissector.
+
+    Two adjustments: the empty layer of Wireshark's Lua wrapper item is
+    dropped from every packet, and an exit status that asyncio lost is not
+    taken for a crash.  On Python 3.11, asyncio's transport may reap tshark
+    (``Popen.poll``) before its child watcher does, which then reports 255;
+    tshark itself never exits with 255, and its output was complete.
+    """
     import pyshark
+    from pyshark.capture.capture import TSharkCrashException
 
-    class StacklabFileCapture(pyshark.FileCapture):
-        """pyshark's FileCapture without the empty layer of the Lua wrapper item."""
-
+    class StacklabCapture:
         def _packets_from_tshark_sync(self, *args: Any, **kwargs: Any) -> Any:
-            for packet in super()._packets_from_tshark_sync(*args, **kwargs):
+            for packet in super()._packets_from_tshark_sync(*args, **kwargs):  # type: ignore[misc]
                 yield _without_fake_layers(packet)
 
-    return StacklabFileCapture
+        async def _cleanup_subprocess(self, process: Any) -> None:
+            try:
+                await super()._cleanup_subprocess(process)  # type: ignore[misc]
+            except TSharkCrashException:
+                if process.returncode != LOST_EXIT_STATUS:
+                    raise
+
+    class StacklabFileCapture(StacklabCapture, pyshark.FileCapture):
+        """pyshark's FileCapture, adjusted (see :func:`_capture_classes`)."""
+
+    class StacklabLiveCapture(StacklabCapture, pyshark.LiveCapture):
+        """pyshark's LiveCapture, adjusted (see :func:`_capture_classes`)."""
+
+    return StacklabFileCapture, StacklabLiveCapture
