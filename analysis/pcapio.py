@@ -18,7 +18,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, cast
 
 from stacklab.analysis.ipfrag import Datagram, Fragment, Reassembler
 
@@ -163,6 +163,30 @@ class CaptureReader:
             raise CaptureError(f"{self.path}: not a pcap or pcapng capture file")
         self._file.seek(0)
 
+    @classmethod
+    def from_stream(cls, stream: BinaryIO, name: str = "<stream>") -> CaptureReader:
+        """Read a capture while it is being written, e.g. dumpcap's output through a pipe.
+
+        Frames come out as soon as they are whole: the reader takes whatever
+        the pipe holds (``read1``) instead of waiting for a full block, and
+        never seeks.  The end of the stream ends the iteration.
+        """
+        self = cls.__new__(cls)
+        self.path = name
+        self.truncated = False
+        self.linktypes = []
+        self.comments = []
+        head = _read_exactly(stream, 4)
+        if head in _PCAP_MAGICS:
+            self.format = "pcap"
+            head += _read_exactly(stream, 20)  # the rest of the file header, read whole
+        elif len(head) == 4 and struct.unpack("<I", head)[0] == _PCAPNG_SHB:
+            self.format = "pcapng"
+        else:
+            raise CaptureError(f"{name}: not a pcap or pcapng capture stream")
+        self._file = cast(BinaryIO, _Pushback(stream, head))
+        return self
+
     def __enter__(self) -> CaptureReader:
         return self
 
@@ -200,6 +224,7 @@ class CaptureReader:
         if len(header) < 24:
             raise CaptureError(f"{self.path}: truncated pcap header")
         endian, resolution = _PCAP_MAGICS[header[:4]]
+        per_sec = round(1 / resolution)
         linktype = struct.unpack(endian + "I", header[20:24])[0] & 0x0FFFFFFF
         self.linktypes.append(linktype)
         rec = struct.Struct(endian + "IIII")
@@ -230,7 +255,10 @@ class CaptureReader:
                 pos = 0
                 continue
             number += 1
-            yield Frame(number, ts_sec + ts_frac * resolution, linktype, buf[pos + 16 : end])
+            # Integer ticks over ticks per second, correctly rounded: the same
+            # float as the compiled scan's, so that every engine agrees.
+            time = (ts_sec * per_sec + ts_frac) / per_sec
+            yield Frame(number, time, linktype, buf[pos + 16 : end])
             pos = end
 
     def _iter_pcapng(self) -> Iterator[Frame]:
@@ -238,7 +266,7 @@ class CaptureReader:
         pos = 0
         number = 0
         endian = "<"
-        interfaces: list[tuple[int, float]] = []  # (linktype, seconds per tick)
+        interfaces: list[tuple[int, int]] = []  # (linktype, ticks per second)
         seen_header = False
         chunks = self._chunks()
         while True:
@@ -291,7 +319,7 @@ class CaptureReader:
                 opt_start = pos + 28 + ((cap_len + 3) & ~3)
                 if opt_start < end - 4:
                     comment = _pcapng_comment(buf, opt_start, end - 4, endian)
-                yield Frame(number, ((ts_hi << 32) | ts_lo) * tick, linktype, data, comment)
+                yield Frame(number, ((ts_hi << 32) | ts_lo) / tick, linktype, data, comment)
             elif block_type == 1:  # Interface Description Block
                 linktype = struct.unpack_from(endian + "H", buf, pos + 8)[0]
                 tick = _pcapng_tsresol(buf, pos + 16, end - 4, endian)
@@ -312,6 +340,43 @@ class CaptureReader:
             pos = end
 
 
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    """``size`` bytes from a stream (fewer only at its end), however a pipe splits them."""
+    out = b""
+    while len(out) < size:
+        more = stream.read(size - len(out))
+        if not more:
+            break
+        out += more
+    return out
+
+
+class _Pushback:
+    """A stream whose first bytes were already read; ``read`` returns what a pipe holds.
+
+    :meth:`CaptureReader._chunks` calls ``read(n)``: here that is one read of
+    at most ``n`` bytes (``read1``), so a frame is handed on as soon as it
+    arrives rather than when a whole block has filled.
+    """
+
+    def __init__(self, stream: BinaryIO, head: bytes) -> None:
+        self._stream = stream
+        self._head = head
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            cut = len(self._head) if size < 0 else size
+            out, self._head = self._head[:cut], self._head[cut:]
+            return out
+        read1 = getattr(self._stream, "read1", None)
+        if read1 is not None:
+            return bytes(read1(size if size > 0 else _READ_SIZE))
+        return self._stream.read(size)
+
+    def close(self) -> None:
+        self._stream.close()
+
+
 def _pcapng_options(buf: bytes, start: int, stop: int, endian: str) -> Iterator[tuple[int, bytes]]:
     pos = start
     while pos + 4 <= stop:
@@ -322,12 +387,13 @@ def _pcapng_options(buf: bytes, start: int, stop: int, endian: str) -> Iterator[
         pos += 4 + ((length + 3) & ~3)
 
 
-def _pcapng_tsresol(buf: bytes, start: int, stop: int, endian: str) -> float:
+def _pcapng_tsresol(buf: bytes, start: int, stop: int, endian: str) -> int:
+    """Ticks per second of an interface (if_tsresol: 10**n or 2**n; default 10**6)."""
     for code, value in _pcapng_options(buf, start, stop, endian):
         if code == 9 and value:
             raw = value[0]
-            return 2.0 ** -(raw & 0x7F) if raw & 0x80 else 10.0**-raw
-    return 1e-6
+            return 2 ** (raw & 0x7F) if raw & 0x80 else 10**raw
+    return 10**6
 
 
 def _pcapng_comment(buf: bytes, start: int, stop: int, endian: str) -> str | None:

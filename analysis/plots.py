@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from stacklab.files import Output, write_atomically, write_output
+from stacklab.wire import ORIGINAL_MAX_WINDOW
 
 if TYPE_CHECKING:
     from stacklab.analysis.series import SessionSeries
@@ -138,7 +139,12 @@ def data_time_range(series: SessionSeries) -> tuple[float, float | None]:
 def time_sequence_figure(series: SessionSeries, title: str) -> Figure:
     """The tcptrace-style time-sequence graph of one session."""
     fig = new_figure()
-    ax = fig.add_subplot()
+    draw_time_sequence(fig.add_subplot(), series, title)
+    return fig
+
+
+def draw_time_sequence(ax: Axes, series: SessionSeries, title: str) -> Axes:
+    """Draw the time-sequence graph on ``ax`` (a notebook's own axes, or a new figure's)."""
     new = [(t, c) for t, c, retx in series.data if not retx]
     retx = [(t, c) for t, c, r in series.data if r]
     raster = len(series.data) > RASTER_ABOVE
@@ -212,18 +218,35 @@ def time_sequence_figure(series: SessionSeries, title: str) -> Figure:
     if not series.data:
         ax.text(0.5, 0.5, "no DATA in this session", transform=ax.transAxes, ha="center")
     _clip_note(ax, series)
-    return fig
+    return ax
 
 
 def window_figure(
     series: SessionSeries,
     title: str,
-    max_window: int,
+    max_window: int | None = None,
     sender: list[tuple[float, int]] | None = None,
 ) -> Figure:
-    """The window graph: chunks in flight, the AIMD bound of the verifier, the ceiling."""
+    """The window graph: chunks in flight, the AIMD bound of the verifier, the ceiling.
+
+    ``max_window`` defaults to the session's own limit (the window negotiated
+    in its SYN-ACK, else the original 5).
+    """
     fig = new_figure(10.0, 4.2)
-    ax = fig.add_subplot()
+    draw_window(fig.add_subplot(), series, title, max_window, sender)
+    return fig
+
+
+def draw_window(
+    ax: Axes,
+    series: SessionSeries,
+    title: str,
+    max_window: int | None = None,
+    sender: list[tuple[float, int]] | None = None,
+) -> Axes:
+    """Draw the window graph on ``ax``; ``max_window`` as in :func:`window_figure`."""
+    if max_window is None:
+        max_window = series.window_limit or ORIGINAL_MAX_WINDOW
     handles: list[Line2D] = []
     if series.flight:
         xs = [0.0] + [t for t, _f in series.flight]
@@ -285,7 +308,7 @@ def window_figure(
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.9)
     _clip_note(ax, series)
-    return fig
+    return ax
 
 
 def _clip_note(ax: Axes, series: SessionSeries) -> None:

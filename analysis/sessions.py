@@ -13,10 +13,16 @@ engines reading the same file agree exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from stacklab.analysis.series import SessionSeries
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -54,6 +60,39 @@ class VerifyOptions:
     trace_sessions: int = 0  # the first N RUDP sessions keep every DATA and ACK, for charts
     trace_limit: int = 20_000  # points kept per traced session
     jobs: int | None = None  # processes; None: two for big captures with 4+ cores
+
+    def __post_init__(self) -> None:
+        """Refuse what the command line refuses, in its words; accept its short names.
+
+        ``expect`` may be given as ``"handshake,dns"`` or as any collection of
+        names (``{"handshake"}``, ``{"rudp.handshake"}``); it is kept as the
+        full check ids.  A misspelt name raises ``ValueError`` instead of
+        quietly expecting nothing.
+        """
+        from stacklab.analysis.checks import parse_expect  # checks imports this module
+
+        expect: object = self.expect
+        if expect is not None:
+            if isinstance(expect, str):
+                names = [expect]
+            elif isinstance(expect, Iterable):
+                names = [str(name) for name in expect]
+            else:
+                raise ValueError(f"expect must be check names, not {expect!r}")
+            full = parse_expect(",".join(names))
+            object.__setattr__(self, "expect", full if full is not None else frozenset())
+        if not isinstance(self.ports, Ports):
+            raise ValueError(f"ports must be a stacklab.wire.Ports, not {self.ports!r}")
+        for name in ("rudp", "dns", "dhcp", "app"):
+            port = getattr(self.ports, name)
+            if not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ValueError(f"invalid {name} port {port!r}: not in the range 1<=x<=65535")
+        if not isinstance(self.max_window, int) or self.max_window < 1:
+            raise ValueError(f"invalid max_window {self.max_window!r}: must be at least 1")
+        if not 0.0 <= self.min_rto <= 60.0:
+            raise ValueError(f"invalid min_rto {self.min_rto!r}: not in the range 0<=x<=60")
+        if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
+            raise ValueError(f"invalid jobs {self.jobs!r}: must be at least 1")
 
 
 @dataclass(slots=True)
@@ -164,10 +203,38 @@ class RudpSessionFacts:
     trace: list[tuple[int, float, int, int, int, int]] = field(default_factory=list)
     trace_points: int = 0  # DATA and ACKs seen while tracing (more than kept when clipped)
     go_back_frames: list[tuple[int, str]] = field(default_factory=list)  # (frame, kind)
+    points: SessionSeries | None = None  # the graphs' points, when read (stacklab.series)
 
     @property
     def key(self) -> str:
         return f"{self.client}->{self.server}"
+
+    def _points(self) -> SessionSeries:
+        if self.points is None:
+            raise ValueError(
+                f"session {self.key} has no points to draw: "
+                "read the capture with stacklab.series(path) to plot it"
+            )
+        return self.points
+
+    def plot_timeseq(self, ax: Axes | None = None) -> Axes:
+        """Draw this session's time-sequence graph on ``ax`` (a new figure by default)."""
+        from stacklab.analysis import plots
+
+        points = self._points()
+        if ax is None:
+            ax = plots.new_figure().add_subplot()
+        return plots.draw_time_sequence(ax, points, f"RUDP {self.key}: time-sequence")
+
+    def plot_window(self, ax: Axes | None = None) -> Axes:
+        """Draw this session's window graph; the ceiling is the session's own window limit."""
+        from stacklab.analysis import plots
+
+        points = self._points()
+        if ax is None:
+            ax = plots.new_figure(10.0, 4.2).add_subplot()
+        limit = points.window_limit or self.window_limit or None
+        return plots.draw_window(ax, points, f"RUDP {self.key}: window", limit)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -295,7 +362,60 @@ class CaptureAnalysis:
 
     @property
     def passed(self) -> bool:
+        """True when no check failed."""
         return all(check.status != "fail" for check in self.checks)
+
+    @property
+    def sessions(self) -> list[RudpSessionFacts]:
+        """The RUDP sessions, in order of their first frame (TCP ones: ``tcp_sessions``)."""
+        return self.rudp_sessions
+
+    @property
+    def findings(self) -> list[Finding]:
+        """The rule breaks the trackers saw, each with its frame, in frame order."""
+        found = [f for s in self.rudp_sessions for f in s.findings]
+        found += [f for s in self.tcp_sessions for f in s.findings]
+        return sorted(found, key=lambda f: f.frame)
+
+    def check(self, check_id: str) -> list[Check]:
+        """The checks with this id (one per session), e.g. ``check("rudp.gbn")``."""
+        return [c for c in self.checks if c.id == check_id]
+
+    def summary(self) -> str:
+        """One line, as ``stacklab verify`` ends its report."""
+        counts = {s: sum(1 for c in self.checks if c.status == s) for s in ("pass", "fail", "skip")}
+        verdict = "PASS" if self.passed else "FAIL"
+        return (
+            f"{verdict}: {counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<CaptureAnalysis {self.path!r}: {self.packets} frames, "
+            f"{len(self.rudp_sessions)} RUDP session(s), {self.summary()}>"
+        )
+
+    def _repr_html_(self) -> str:
+        """A checks table for notebooks (Jupyter calls this to show the object)."""
+        from html import escape
+
+        rows = "".join(
+            "<tr>"
+            f"<td style='color:{_STATUS_COLOURS[c.status]}'><b>{c.status.upper()}</b></td>"
+            f"<td>{escape(c.id)}</td><td>{escape(c.session)}</td>"
+            f"<td style='text-align:left'>{escape(c.detail)}</td>"
+            f"<td>{escape(', '.join(map(str, c.frames[:8])))}"
+            f"{' …' if len(c.frames) > 8 else ''}</td>"
+            "</tr>"
+            for c in self.checks
+        )
+        warnings = "".join(f"<p>warning: {escape(w)}</p>" for w in self.warnings)
+        return (
+            f"<div><p><b>{escape(self.path)}</b>: {self.packets} frames, "
+            f"link type {escape(self.link_type)}; <b>{escape(self.summary())}</b></p>{warnings}"
+            "<table><thead><tr><th>status</th><th>check</th><th>session</th>"
+            f"<th>detail</th><th>frames</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -311,6 +431,9 @@ class CaptureAnalysis:
             "dhcp": [e.to_json() for e in self.dhcp],
             "dns": [e.to_json() for e in self.dns],
         }
+
+
+_STATUS_COLOURS = {"pass": "green", "fail": "red", "skip": "grey"}
 
 
 def report_json(analyses: list[CaptureAnalysis]) -> dict[str, Any]:

@@ -68,6 +68,18 @@ RUDP_FIELDS: Final = FIELDS[:16]
 """The fields the benchmark asks tshark for (what the RUDP checks need)."""
 
 
+def _flag_byte(text: str) -> bytes:
+    """``slrudp.flag`` as tshark prints it (``S``, or ``\\x07`` for an unprintable byte)."""
+    text = text.strip("'")
+    if len(text) == 1:
+        return text.encode("latin-1")
+    digits = text.lstrip("\\").removeprefix("x")
+    try:
+        return bytes([int(digits, 16)])
+    except ValueError:
+        return b"\x00"
+
+
 class TsharkError(Exception):
     """tshark is missing or failed on the file."""
 
@@ -209,7 +221,7 @@ def analyze_capture(
             key = (src, sport, dst, dport)
             if ports.rudp in (sport, dport):
                 if seq:
-                    flag_byte = flag.strip("'").encode("latin-1")[:1] or b"\x00"
+                    flag_byte = _flag_byte(flag)
                     datagram = pack_rudp(int(seq), int(ack), flag_byte, _hex(payload), int(length))
                     datagram += _hex(padding)
                 else:

@@ -90,14 +90,23 @@ class AppFrame(Packet):
 
 @dataclass(frozen=True, slots=True)
 class ReassembledFrame:
-    """A whole app frame and the packet (index in the input) that completed it."""
+    """A whole app frame and the packet that completed it.
 
-    index: int
+    ``number`` counts the input packets from 1, as ``stacklab decode``,
+    ``verify`` and Wireshark number frames (``index`` is the same from 0).
+    """
+
+    number: int
     direction: str  # "c2s" or "s2c"
     frame: AppFrame
 
+    @property
+    def index(self) -> int:
+        """Position of the completing packet in the input, from 0."""
+        return self.number - 1
 
-def _wire_packet(index: int, pkt: Packet) -> WirePacket | None:
+
+def _wire_packet(number: int, pkt: Packet) -> WirePacket | None:
     """The transport view of a Scapy packet that the reassembler understands."""
     ip = pkt.getlayer(IP) or pkt.getlayer(IPv6)
     tcp = pkt.getlayer(TCP)
@@ -106,7 +115,7 @@ def _wire_packet(index: int, pkt: Packet) -> WirePacket | None:
     # do_build() leaves out link-layer padding, unlike raw().
     payload = tcp.payload.do_build() if tcp.payload else b""
     return WirePacket(
-        index,
+        number,
         float(getattr(pkt, "time", 0.0)),
         str(ip.src),
         str(ip.dst),
@@ -128,13 +137,13 @@ def app_frames(packets: Iterable[Packet], port: int = APP_TCP_PORT) -> Iterator[
     whose framing breaks stops yielding frames.
     """
     streams = AppStreams()
-    for index, pkt in enumerate(packets):
-        wire = _wire_packet(index, pkt)
+    for number, pkt in enumerate(packets, start=1):
+        wire = _wire_packet(number, pkt)
         if wire is None or port not in (wire.sport, wire.dport):
             continue
         direction, frames, _error = streams.feed(wire)
         for _length, body in frames:
-            yield ReassembledFrame(index, direction, AppFrame(encode_frame(body)))
+            yield ReassembledFrame(number, direction, AppFrame(encode_frame(body)))
 
 
 bind_layers(TCP, AppFrame, sport=APP_TCP_PORT)

@@ -21,6 +21,7 @@ other one (JSON first of all) stays ``DNSJson``.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from scapy.fields import StrField
@@ -81,6 +82,30 @@ class JsonMessage(Packet):
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
         return b"", s
+
+    def _show_or_dump(
+        self,
+        dump: bool = False,
+        indent: int = 3,
+        lvl: str = "",
+        label_lvl: str = "",
+        first_call: bool = True,
+    ) -> str | None:
+        """``show()``: the raw ``load``, then each key of the parsed JSON (or the text)."""
+        text = super()._show_or_dump(True, indent, lvl, label_lvl, first_call=False) or ""
+        lines = text.split("\n")
+        info = self.info
+        prefix = f"{label_lvl}{lvl}  "
+        if "json" in info and isinstance(info["json"], dict):
+            parsed = [f"{prefix}{'.' + key:<10}= {value!r}" for key, value in info["json"].items()]
+        else:
+            parsed = [f"{prefix}{'text':<10}= {self.text!r}"]
+        # After the header line and the load line come the parsed keys.
+        text = "\n".join(lines[:2] + parsed + lines[2:])
+        if first_call and not dump:
+            sys.stdout.write(text + "\n")
+            return None
+        return text
 
 
 class DHCPJson(JsonMessage):

@@ -9,9 +9,14 @@ suite runs it in real ``tshark`` and compares every field.
 What the script registers (Wireshark 4, Lua 5.2 API):
 
 * ``slrudp`` (Wireshark already has a protocol named ``rudp``): fields
-  ``slrudp.seq``, ``slrudp.ack``, ``slrudp.flag``, ``slrudp.len``,
-  ``slrudp.payload``; on UDP ``rudp`` port both ways, plus an optional strict
-  heuristic on any UDP port;
+  ``slrudp.seq``, ``slrudp.ack``, ``slrudp.flag`` (the letter, a string),
+  ``slrudp.len``, ``slrudp.payload``; stacklab's extensions
+  ``slrudp.crc32c`` and ``slrudp.crc32c.status`` (Good/Bad, like Wireshark's
+  checksum status fields; Bad only in a conversation whose SYN-ACK accepted
+  integrity) and ``slrudp.options`` with ``slrudp.options.*``; Expert Info for
+  a datagram shorter than the header, a length field claiming too much, an
+  unknown flag and a bad trailer; on UDP ``rudp`` port both ways, plus an
+  optional strict heuristic on any UDP port;
 * ``slframe``: the app frames over TCP, ``slframe.len`` and ``slframe.body``,
   reassembled with ``dissect_tcp_pdus``;
 * ``sldhcp`` and ``sldns``: the JSON datagrams, handed to Wireshark's
@@ -40,7 +45,7 @@ _PROTOFIELD_TYPES: Final = {
     "I": "uint32",
     "H": "uint16",
     "B": "uint8",
-    "c": "char",
+    "c": "string",
 }
 """struct code -> Wireshark ProtoField constructor."""
 
@@ -68,16 +73,22 @@ def _rudp_fields() -> tuple[str, str, str]:
         abbr = f"slrudp.{spec.name}"
         var = f"f_rudp_{spec.name}"
         if spec.struct_code == "c":
-            args = (
-                f"{_lua_string(abbr)}, {_lua_string(spec.description)}, base.HEX, rudp_flag_names"
-            )
+            # A one-character string ("S"), so that pyshark and -Y 'slrudp.flag == "S"' read
+            # the letter itself; the name (SYN...) is appended to the tree text.
+            args = f"{_lua_string(abbr)}, {_lua_string(spec.description)}"
         else:
             args = f"{_lua_string(abbr)}, {_lua_string(spec.description)}, base.DEC"
         declarations.append(f"local {var} = ProtoField.{kind}({args})")
         names.append(var)
         reader = _TVB_READERS[spec.struct_code]
         adds.append(f"    local v_{spec.name} = tvb({offset}, {spec.size}):{reader}()")
-        adds.append(f"    subtree:add({var}, tvb({offset}, {spec.size}))")
+        if spec.struct_code == "c":
+            adds.append(
+                f"    subtree:add({var}, tvb({offset}, {spec.size}), flag_text(v_{spec.name}))"
+                f':append_text(" (" .. (rudp_flag_names[v_{spec.name}] or "unknown") .. ")")'
+            )
+        else:
+            adds.append(f"    subtree:add({var}, tvb({offset}, {spec.size}))")
         offset += spec.size
     assert offset == RUDP_HEADER_LEN
     return "\n".join(declarations), ", ".join(names), "\n".join(adds)
@@ -141,13 +152,85 @@ local slrudp = Proto("slrudp", "stacklab RUDP")
 {declarations}
 local f_rudp_payload = ProtoField.bytes("slrudp.payload", "Payload")
 local f_rudp_padding = ProtoField.bytes("slrudp.padding", "Bytes beyond the length field")
-slrudp.fields = {{ {field_list}, f_rudp_payload, f_rudp_padding }}
+local f_rudp_crc = ProtoField.uint32("slrudp.crc32c", "CRC32C trailer", base.HEX)
+local crc_status_names = {{ [0] = "Bad", [1] = "Good", [2] = "Unverified" }}
+local f_rudp_crc_status = ProtoField.uint8("slrudp.crc32c.status", "CRC32C status", base.DEC, crc_status_names)
+local f_rudp_options = ProtoField.string("slrudp.options", "Options (JSON)")
+local f_rudp_opt_v = ProtoField.uint32("slrudp.options.v", "Options version", base.DEC)
+local f_rudp_opt_chunk = ProtoField.uint32("slrudp.options.chunk", "Chunk size", base.DEC)
+local f_rudp_opt_window = ProtoField.uint32("slrudp.options.window", "Maximum window", base.DEC)
+local f_rudp_opt_integrity = ProtoField.bool("slrudp.options.integrity", "Integrity (CRC32C trailer)")
+local f_rudp_opt_ack_every = ProtoField.uint32("slrudp.options.ack_every", "ACK every", base.DEC)
+local f_rudp_short = ProtoField.bytes("slrudp.truncated", "Datagram shorter than the RUDP header")
+slrudp.fields = {{ {field_list}, f_rudp_payload, f_rudp_padding, f_rudp_crc, f_rudp_crc_status,
+    f_rudp_options, f_rudp_opt_v, f_rudp_opt_chunk, f_rudp_opt_window, f_rudp_opt_integrity,
+    f_rudp_opt_ack_every, f_rudp_short }}
 
 local e_rudp_short = ProtoExpert.new("slrudp.short", "Length field claims more bytes than present",
     expert.group.MALFORMED, expert.severity.WARN)
 local e_rudp_flag = ProtoExpert.new("slrudp.unknown_flag", "Unknown flag byte",
     expert.group.PROTOCOL, expert.severity.WARN)
-slrudp.experts = {{ e_rudp_short, e_rudp_flag }}
+local e_rudp_too_short = ProtoExpert.new("slrudp.too_short",
+    "Datagram shorter than the {header_len}-byte RUDP header",
+    expert.group.MALFORMED, expert.severity.ERROR)
+local e_rudp_bad_crc = ProtoExpert.new("slrudp.crc32c.bad", "Bad CRC32C trailer",
+    expert.group.CHECKSUM, expert.severity.ERROR)
+slrudp.experts = {{ e_rudp_short, e_rudp_flag, e_rudp_too_short, e_rudp_bad_crc }}
+
+-- CRC32C (Castagnoli, reflected polynomial 0x82F63B78), as stacklab.wire computes it
+local band, bxor, rshift = bit32.band, bit32.bxor, bit32.rshift
+local crc_table = {{}}
+for i = 0, 255 do
+    local c = i
+    for _ = 1, 8 do
+        if band(c, 1) == 1 then
+            c = bxor(rshift(c, 1), 0x82F63B78)
+        else
+            c = rshift(c, 1)
+        end
+    end
+    crc_table[i] = c
+end
+local function crc32c(bytes)
+    local c = 0xFFFFFFFF
+    for i = 0, bytes:len() - 1 do
+        c = bxor(crc_table[band(bxor(c, bytes:get_index(i)), 0xFF)], rshift(c, 8))
+    end
+    return bxor(c, 0xFFFFFFFF)
+end
+
+-- Conversations whose SYN-ACK accepted integrity: there a trailer that does not
+-- match is a bad one (elsewhere it is ordinary content).  Keyed by the
+-- conversation, recorded when the SYN-ACK is first dissected.
+local integrity_sessions = {{}}
+local function conversation_key(pinfo)
+    local a = tostring(pinfo.src) .. ":" .. pinfo.src_port
+    local b = tostring(pinfo.dst) .. ":" .. pinfo.dst_port
+    if a < b then
+        return a .. "|" .. b
+    end
+    return b .. "|" .. a
+end
+
+local function add_options(subtree, range)
+    local text = range:string()
+    subtree:add(f_rudp_options, range)
+    local function number(key, field)
+        local value = text:match('"' .. key .. '"%s*:%s*(%d+)')
+        if value ~= nil then
+            subtree:add(field, range, tonumber(value))
+        end
+    end
+    number("v", f_rudp_opt_v)
+    number("chunk", f_rudp_opt_chunk)
+    number("window", f_rudp_opt_window)
+    number("ack_every", f_rudp_opt_ack_every)
+    local integrity = text:match('"integrity"%s*:%s*(%a+)')
+    if integrity ~= nil then
+        subtree:add(f_rudp_opt_integrity, range, integrity == "true")
+    end
+    return integrity == "true"
+end
 
 local rudp_known_flags = {{ {flag_bytes} }}
 local RUDP_HEADER_LEN = {header_len}
@@ -165,16 +248,56 @@ end
 
 function slrudp.dissector(tvb, pinfo, tree)
     local total = tvb:len()
-    if total < RUDP_HEADER_LEN then
-        return 0
-    end
     pinfo.cols.protocol = "SLRUDP"
+    if total < RUDP_HEADER_LEN then
+        local subtree = tree:add(slrudp, tvb())
+        if total > 0 then
+            subtree:add(f_rudp_short, tvb())
+        end
+        subtree:add_proto_expert_info(e_rudp_too_short)
+        pinfo.cols.info = string.format("Malformed: %d bytes, shorter than the RUDP header", total)
+        return total
+    end
     local subtree = tree:add(slrudp, tvb(0, total))
 {tree_adds}
     local present = total - RUDP_HEADER_LEN
-    local payload_len = math.min(v_{len_field}, present)
+    local payload_len = math.min(v_{len_field}, present)  -- slrudp.payload: all of it
+    -- The CRC32C trailer of a session that negotiated integrity: the last 4
+    -- bytes, counted in the length field (see stacklab.wire.rudp_trailer_ok).
+    local crc_status = nil
+    local key = conversation_key(pinfo)
+    if present == v_{len_field} and present >= 4 then
+        local computed = crc32c(tvb(0, total - 4):bytes())
+        if computed == tvb(total - 4, 4):uint() then
+            crc_status = 1
+        elseif integrity_sessions[key] then
+            crc_status = 0
+        end
+    end
+    local content_len = payload_len
+    if crc_status ~= nil then
+        content_len = payload_len - 4
+    end
     if payload_len > 0 then
         subtree:add(f_rudp_payload, tvb(RUDP_HEADER_LEN, payload_len))
+    end
+    -- A stacklab SYN carries its options as JSON; the SYN-ACK (flag A, ack = ISN + 1,
+    -- seq a cookie) the accepted ones.
+    local is_synack = v_{flag_field} == 0x41 and v_seq ~= 0 and v_ack ~= 0 and content_len > 0
+    if content_len > 0 and (v_{flag_field} == 0x53 or is_synack)
+            and tvb(RUDP_HEADER_LEN, 1):uint() == 0x7b then
+        local accepted = add_options(subtree, tvb(RUDP_HEADER_LEN, content_len))
+        if is_synack and accepted and not pinfo.visited then
+            integrity_sessions[key] = true
+        end
+    end
+    if crc_status ~= nil then
+        subtree:add(f_rudp_crc, tvb(total - 4, 4))
+        local status = subtree:add(f_rudp_crc_status, tvb(total - 4, 4), crc_status)
+        status:set_generated()
+        if crc_status == 0 then
+            status:add_proto_expert_info(e_rudp_bad_crc)
+        end
     end
     if present > v_{len_field} then
         subtree:add(f_rudp_padding, tvb(RUDP_HEADER_LEN + v_{len_field}, present - v_{len_field}))

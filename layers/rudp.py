@@ -14,7 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from scapy.fields import ByteField, Field, IntField, ShortField
+from crc32c import crc32c
+from scapy.compat import raw as raw_bytes
+from scapy.fields import (
+    ByteField,
+    ConditionalField,
+    Field,
+    IntField,
+    ShortField,
+    StrLenField,
+    XIntField,
+)
 from scapy.layers.inet import UDP
 from scapy.packet import Packet, bind_layers
 from scapy.volatile import RandBin
@@ -23,6 +33,7 @@ from stacklab.analysis.decode import rudp_summary
 from stacklab.wire import (
     APP_RUDP_PORT,
     FLAG_NAMES,
+    RUDP_CRC_TRAILER_LEN,
     RUDP_HEADER_FIELDS,
     RUDP_HEADER_LEN,
     Flag,
@@ -53,6 +64,31 @@ def flag_byte(value: object) -> bytes:
     raise ValueError(f"not a RUDP flag: {value!r} (use S, A, D, F, a name, or one byte)")
 
 
+class FlagValue(bytes):
+    """A flag byte that also equals its letter, its name and its value: ``flag == "S"``.
+
+    ``pkt[RUDP].flag`` is ``b"S"`` (raw bytes, as before) and compares equal
+    to ``"S"``, ``"SYN"``, ``Flag.SYN`` and ``0x53`` alike; anything that is
+    not a flag compares unequal rather than raising.
+    """
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, bytes | bytearray):
+            return bytes.__eq__(self, bytes(other))
+        if isinstance(other, str | int) and not isinstance(other, bool):
+            try:
+                return bytes.__eq__(self, flag_byte(other))
+            except ValueError:
+                return False
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = bytes.__hash__
+
+
 class RudpFlagField(Field[bytes, bytes]):
     """The one-byte flag: shown as its letter and name; any other byte is kept as unknown."""
 
@@ -60,7 +96,10 @@ class RudpFlagField(Field[bytes, bytes]):
         Field.__init__(self, name, default, "c")
 
     def any2i(self, pkt: Packet | None, x: Any) -> bytes | None:
-        return None if x is None else flag_byte(x)
+        return None if x is None else FlagValue(flag_byte(x))
+
+    def m2i(self, pkt: Packet | None, x: bytes) -> bytes:
+        return FlagValue(x)
 
     def i2repr(self, pkt: Packet | None, x: bytes | None) -> str:
         if x is None:
@@ -81,21 +120,115 @@ def _scapy_field(spec: HeaderField) -> Field[Any, Any]:
     return factory(spec.name, default)
 
 
+def _has_options(pkt: Packet) -> bool:
+    return pkt.getfieldval("options") is not None or bool(getattr(pkt, "_options_len", 0))
+
+
+def _has_trailer(pkt: Packet) -> bool:
+    return pkt.getfieldval("crc32c") is not None or bool(getattr(pkt, "_trailer", False))
+
+
+def is_options_carrier(flag: bytes, seq: int, ack: int) -> bool:
+    """A SYN, or a SYN-ACK (flag A, ack = ISN + 1, seq a cookie): where options may travel."""
+    return flag == Flag.SYN.value or (flag == Flag.ACK.value and seq != 0 and ack != 0)
+
+
 class RUDP(Packet):
-    """The 11-byte RUDP header; bytes beyond ``len`` are Scapy padding."""
+    """The 11-byte RUDP header and stacklab's extensions; bytes beyond ``len`` are padding.
+
+    Two conditional fields, present only when the datagram has them (see the
+    README's "Wire extensions"): ``options``, the JSON of a SYN or SYN-ACK
+    (``RUDP(flag="S", options=b'{"v":1}')``), and ``crc32c``, the trailer of
+    a session that negotiated integrity.  The trailer goes last on the wire
+    and is counted in ``len``; :meth:`seal` fills in its correct value, any
+    other number is written as given (a bad trailer, for a test).
+    """
 
     name = "RUDP"
-    fields_desc = [_scapy_field(spec) for spec in RUDP_HEADER_FIELDS]  # noqa: RUF012
+    fields_desc = [  # noqa: RUF012
+        *(_scapy_field(spec) for spec in RUDP_HEADER_FIELDS),
+        ConditionalField(
+            StrLenField(
+                "options",
+                None,  # type: ignore[arg-type]  # absent unless given or dissected
+                length_from=lambda pkt: pkt._options_len,
+            ),
+            _has_options,
+        ),
+        ConditionalField(XIntField("crc32c", None), _has_trailer),
+    ]
+
+    def pre_dissect(self, s: bytes) -> bytes:
+        """Find the trailer and the options, and put them where ``fields_desc`` reads them.
+
+        On the wire the trailer is last; for dissection it is moved right after
+        the options, so that the content that follows is the payload.
+        """
+        self._options_len = 0
+        self._trailer = False
+        if len(s) < RUDP_HEADER_LEN:
+            return s
+        header, _ = unpack_rudp(s[:RUDP_HEADER_LEN])
+        exact = len(s) - RUDP_HEADER_LEN == header.length
+        trailer = b""
+        body = s[RUDP_HEADER_LEN : RUDP_HEADER_LEN + header.length]
+        rest = s[RUDP_HEADER_LEN + header.length :]
+        if exact and header.length >= RUDP_CRC_TRAILER_LEN and rudp_trailer_ok(s):
+            self._trailer = True
+            body, trailer = body[:-RUDP_CRC_TRAILER_LEN], body[-RUDP_CRC_TRAILER_LEN:]
+        if is_options_carrier(header.flag, header.seq, header.ack) and body[:1] == b"{":
+            self._options_len = len(body)
+        return (
+            s[:RUDP_HEADER_LEN]
+            + body[: self._options_len]
+            + trailer
+            + body[self._options_len :]
+            + rest
+        )
+
+    def post_dissect(self, s: bytes) -> bytes:
+        if getattr(self, "_trailer", False):
+            # The cached bytes have the trailer where pre_dissect moved it:
+            # build from the fields instead, so post_build puts it back last.
+            self.raw_packet_cache = None
+        return s
 
     def post_build(self, p: bytes, pay: bytes) -> bytes:
+        trailer = b""
+        if self.crc32c is not None:
+            p, trailer = p[:-RUDP_CRC_TRAILER_LEN], p[-RUDP_CRC_TRAILER_LEN:]
         if self.len is None:
             offset = RUDP_HEADER_LEN - 2
-            p = p[:offset] + len(pay).to_bytes(2, "big") + p[offset + 2 :]
-        return p + pay
+            length = len(p) - RUDP_HEADER_LEN + len(pay) + len(trailer)
+            p = p[:offset] + length.to_bytes(2, "big") + p[offset + 2 :]
+        return p + pay + trailer
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
-        length = self.len or 0
+        length = (self.len or 0) - getattr(self, "_options_len", 0)
+        if getattr(self, "_trailer", False):
+            length -= RUDP_CRC_TRAILER_LEN
+        length = max(0, length)
         return s[:length], s[length:]
+
+    def seal(self) -> RUDP:
+        """A copy with the correct CRC32C trailer (added if it had none)."""
+        sealed = self.copy()
+        sealed.crc32c = 0
+        built = raw_bytes(sealed)
+        sealed.crc32c = crc32c(built[:-RUDP_CRC_TRAILER_LEN])
+        return sealed
+
+    def options_json(self) -> dict[str, Any] | None:
+        """The options as a dict, or None (no options, or not a JSON object)."""
+        import json
+
+        if self.options is None:
+            return None
+        try:
+            obj = json.loads(bytes(self.options))
+        except ValueError:
+            return None
+        return obj if isinstance(obj, dict) else None
 
     def header(self) -> RudpHeader:
         """The header as :func:`stacklab.wire.unpack_rudp` reads it (``len`` filled in)."""

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run the RUDP engine over a simulated network, checking invariants.",
     ),
     "bench": ("bench", "bench", "Measure transfer goodput: RUDP vs TCP app path vs raw UDP."),
+    "watch": ("watch", "watch", "Verify the stack's traffic live, verdicts on Ctrl-C."),
 }
 
 

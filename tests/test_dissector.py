@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -95,10 +95,12 @@ def _tshark(
 
 
 def _char(text: str) -> bytes:
-    """tshark prints a char field as a C literal: ``'S'``, ``'\\a'``, ``'\\x80'``."""
-    value = ast.literal_eval(text)
-    assert isinstance(value, str) and len(value) == 1
-    return value.encode("latin-1")
+    """The flag is a one-character string: the letter, or ``\\xNN`` for an unprintable byte."""
+    if len(text) == 1:
+        return text.encode("latin-1")
+    match = re.fullmatch(r"\\{1,2}x([0-9a-f]{2})", text)
+    assert match is not None, text
+    return bytes([int(match[1], 16)])
 
 
 def _tshark_rudp(capture: Path, script: Path, *extra: str) -> dict[int, Row]:

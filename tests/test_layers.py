@@ -11,6 +11,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Padding, Raw
 from scapy.utils import rdpcap
 
+from stacklab.analysis.pcapio import read_packets
 from stacklab.layers import (
     RUDP,
     AppFrame,
@@ -22,9 +23,9 @@ from stacklab.layers import (
     scapy_bindings,
 )
 from stacklab.layers.bindings import RUDPGuess
-from stacklab.wire import RUDP_HEADER_FIELDS, Flag, Ports
+from stacklab.wire import RUDP_HEADER_FIELDS, Flag, Ports, rudp_trailer_ok
 
-from conftest import seed_capture
+from conftest import REPO, seed_capture
 
 SYN = b"\x00\x00\x00d\x00\x00\x00\x00S\x00\x00"
 COMMAND = b"FETCH http://127.0.0.1:8080/test_file.txt"
@@ -39,8 +40,64 @@ def _udp(sport: int, dport: int, payload: bytes) -> IP:
 
 
 def test_rudp_fields_follow_the_wire_table() -> None:
-    assert [f.name for f in RUDP.fields_desc] == [f.name for f in RUDP_HEADER_FIELDS]
-    assert [f.sz for f in RUDP.fields_desc] == [f.size for f in RUDP_HEADER_FIELDS]
+    header = RUDP.fields_desc[: len(RUDP_HEADER_FIELDS)]
+    assert [f.name for f in header] == [f.name for f in RUDP_HEADER_FIELDS]
+    assert [f.sz for f in header] == [f.size for f in RUDP_HEADER_FIELDS]
+    # then the extensions, present only when the datagram has them
+    assert [f.name for f in RUDP.fields_desc[len(header) :]] == ["options", "crc32c"]
+
+
+def test_flag_compares_equal_to_letter_name_enum_and_value() -> None:
+    flag = RUDP(SYN).flag
+    for same in ("S", "SYN", Flag.SYN, 0x53, b"S"):
+        assert flag == same, same
+    for other in ("A", "nonsense", 0x41, b"A"):
+        assert flag != other and flag.__eq__(other) is False, other
+    assert RUDP(flag="D").flag == "D" and hash(RUDP(flag="D").flag) == hash(b"D")
+
+
+def test_plain_datagrams_have_no_extension_fields() -> None:
+    pkt = RUDP(raw(RUDP(seq=1, flag="D") / b"abcd"))
+    assert pkt.options is None and pkt.crc32c is None and pkt[Raw].load == b"abcd"
+    assert "crc32c" not in pkt.show(dump=True) and "options" not in pkt.show(dump=True)
+
+
+def test_options_and_crc32c_trailer_as_fields_round_trip() -> None:
+    syn = RUDP(seq=100, flag="S", options=b'{"v":1,"window":256}').seal()
+    data = raw(syn)
+    assert data[11:-4] == b'{"v":1,"window":256}' and len(data) == 11 + 20 + 4
+    assert rudp_trailer_ok(data)  # the codec's own check agrees
+    again = RUDP(data)
+    assert again.options == b'{"v":1,"window":256}' and again.crc32c == syn.crc32c
+    assert again.options_json() == {"v": 1, "window": 256}
+    assert raw(again) == data
+    chunk = raw((RUDP(seq=3, flag="D") / b"hello").seal())
+    assert chunk[11:16] == b"hello" and rudp_trailer_ok(chunk)  # trailer last on the wire
+    dissected = RUDP(chunk)
+    assert dissected[Raw].load == b"hello" and dissected.len == 9 and raw(dissected) == chunk
+    bad = RUDP(seq=3, flag="D", crc32c=0xDEADBEEF) / b"hello"
+    assert raw(bad)[-4:] == bytes.fromhex("deadbeef") and not rudp_trailer_ok(raw(bad))
+
+
+def test_negotiated_capture_dissects_to_extension_fields_and_back() -> None:
+    path = REPO / "captures" / "rudp-negotiated.pcapng"
+    datagrams = [
+        p.payload for p in read_packets(path) if p.proto == "udp" and 2122 in (p.sport, p.dport)
+    ]
+    for datagram in datagrams:
+        pkt = RUDP(datagram)
+        assert raw(pkt) == datagram
+        assert pkt.crc32c is not None  # every datagram of this session carries a trailer
+    syn, synack = RUDP(datagrams[0]), RUDP(datagrams[1])
+    assert syn.flag == "S" and syn.options_json() is not None
+    assert synack.flag == "A" and synack.options_json() == syn.options_json()
+
+
+def test_json_layers_show_their_parsed_fields() -> None:
+    shown = DHCPJson(b'{"type": "OFFER", "assigned_ip": "127.0.0.2"}').show(dump=True)
+    assert ".type     = 'OFFER'" in shown and ".assigned_ip= '127.0.0.2'" in shown
+    assert "text      = 'DISCOVER'" in DHCPJson.discover().show(dump=True)
+    assert ".domain   = 'x.local'" in DNSJson(domain="x.local").show(dump=True)
 
 
 def test_rudp_syn_literal_bytes() -> None:
@@ -225,16 +282,17 @@ def test_app_frames_reassembles_split_and_joined_segments() -> None:
     ]
     pkts.insert(3, pkts[2].copy())  # a retransmission
     got = list(app_frames(pkts))
-    assert [(g.index, g.direction, g.frame.body) for g in got] == [
-        (4, "c2s", COMMAND),
-        (6, "c2s", b"ok"),
+    assert [(g.number, g.direction, g.frame.body) for g in got] == [
+        (5, "c2s", COMMAND),
+        (7, "c2s", b"ok"),
     ]
+    assert [g.index for g in got] == [4, 6]
 
 
 def test_app_frames_of_part1() -> None:
     packets = rdpcap(str(seed_capture("part1_flow")))
     got = list(app_frames(packets))
-    assert [(g.index + 1, g.direction, g.frame.len) for g in got] == [
+    assert [(g.number, g.direction, g.frame.len) for g in got] == [  # frames as decode numbers them
         (8, "c2s", 41),
         (21, "s2c", 65),
     ]
