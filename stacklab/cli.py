@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run the RUDP engine over a simulated network, checking invariants.",
     ),
     "bench": ("bench", "bench", "Measure transfer goodput: RUDP vs TCP app path vs raw UDP."),
+    "grade": ("grade", "grade", "Judge an RUDP server or client over impaired-network scenarios."),
 }
 
 
