@@ -491,7 +491,7 @@ def _run_probe(url: str, seed: int, outcome: _Outcome) -> None:
             PROBE_ALIVE,
             False,
             f"case {first.case.index} ({first.case.kind}: {first.case.detail}): "
-            f"{first.failure_kind or first.outcome}: {first.detail}{more}; replay: stacklab probe "
+            f"{first.detail}{more}; replay: stacklab probe "
             f"{SUBJECT_ADDR[0]}:{SUBJECT_ADDR[1]} --protocol rudp --seed {seed} "
             f"--replay {first.case.index}",
         )
@@ -749,6 +749,10 @@ def _server_run(
 ) -> None:
     if scenario.kind == "probe":
         _run_probe(url, spec.seed, outcome)
+        if not subject.alive():
+            outcome.add(SUBJECT, False, _exited(subject, "during the probe catalogue"))
+            outcome.error = "the server died"
+            return
     driver = threading.Thread(
         target=_drive_server, args=(scenario, url, _within(budget, started), outcome), daemon=True
     )
@@ -764,12 +768,13 @@ def _server_run(
         ok, detail = silent_client(url)
         outcome.add(PROBE_GIVES_UP, ok, detail)
     if not subject.alive():
-        outcome.add(
-            SUBJECT,
-            False,
-            f"the server exited during the run (status {subject.proc and subject.proc.returncode})"
-            f": {subject.tail()}",
-        )
+        outcome.add(SUBJECT, False, _exited(subject, "during the run"))
+
+
+def _exited(subject: Subject, when: str) -> str:
+    status = subject.proc.returncode if subject.proc is not None else None
+    tail = subject.tail()
+    return f"the server exited {when} (status {status})" + (f": {tail}" if tail else "")
 
 
 def _client_run(budget: float, started: float, subject: Subject, outcome: _Outcome) -> None:
