@@ -66,3 +66,19 @@ def test_the_correct_reference_passes_what_the_faults_fail(
         assert innocent not in _failing(result), result.checks
     else:
         assert result.passed, result.checks
+
+
+@pytest.mark.xfail(strict=True, reason="needs the verifier's lower bound")
+def test_a_window_that_never_grows_fails_the_aimd_lower_bound(tmp_path: Path) -> None:
+    result = _grade(tmp_path, "stop-and-wait", "clean")
+    assert "rudp.aimd" in _failing(result), result.checks
+    detail = next(c.detail for c in result.failing if c.id == "rudp.aimd")
+    assert "stop-and-wait" in detail
+
+
+@pytest.mark.xfail(strict=True, reason="needs the verifier's lower bound")
+def test_selective_repeat_fails_go_back_n(tmp_path: Path) -> None:
+    result = _grade(tmp_path, "selective-repeat", "drop-3rd-data")
+    assert "rudp.gbn" in _failing(result), result.checks
+    detail = next(c.detail for c in result.failing if c.id == "rudp.gbn")
+    assert "selective repeat" in detail
