@@ -146,7 +146,9 @@ def test_same_seed_gives_the_same_decision_log(echo: EchoServer, tmp_path: Path)
         finally:
             proxy.stop()
         records = [json.loads(line) for line in path.read_text().splitlines()]
-        logs.append([{k: v for k, v in r.items() if k not in ("t", "client", "via")} for r in records])
+        logs.append(
+            [{k: v for k, v in r.items() if k not in ("t", "client", "via")} for r in records]
+        )
         assert proxy.stats["up.loss"] > 20
     assert logs[0] == logs[1]
     assert {r["verdict"] for r in logs[0]} == {"deliver", "loss"}

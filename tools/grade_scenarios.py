@@ -162,10 +162,6 @@ class GradeScenario:
         return out
 
 
-def _both(imp: Impairment) -> dict[str, Impairment]:
-    return {"up": imp, "down": imp}
-
-
 CATALOGUE: Final[tuple[GradeScenario, ...]] = (
     GradeScenario(
         "handshake",
@@ -198,7 +194,8 @@ CATALOGUE: Final[tuple[GradeScenario, ...]] = (
         "halves) and the bytes are exact",
         budget=240,
         size=40 * ORIGINAL_CHUNK_SIZE,
-        **_both(Impairment(loss=0.02)),
+        up=Impairment(loss=0.02),
+        down=Impairment(loss=0.02),
         weight=2.0,
     ),
     GradeScenario(
@@ -207,7 +204,8 @@ CATALOGUE: Final[tuple[GradeScenario, ...]] = (
         "every RUDP rule holds and the bytes are exact",
         budget=300,
         size=10 * ORIGINAL_CHUNK_SIZE,
-        **_both(Impairment(loss=0.3)),
+        up=Impairment(loss=0.3),
+        down=Impairment(loss=0.3),
         weight=2.0,
     ),
     GradeScenario(
@@ -224,7 +222,8 @@ CATALOGUE: Final[tuple[GradeScenario, ...]] = (
         "out-of-order DATA is discarded and re-ACKed, stale ACKs are ignored; the bytes are exact",
         budget=240,
         size=20 * ORIGINAL_CHUNK_SIZE,
-        **_both(Impairment(reorder=0.2, reorder_gap=0.03)),
+        up=Impairment(reorder=0.2, reorder_gap=0.03),
+        down=Impairment(reorder=0.2, reorder_gap=0.03),
     ),
     GradeScenario(
         "duplicate",
@@ -232,7 +231,8 @@ CATALOGUE: Final[tuple[GradeScenario, ...]] = (
         "duplicates neither grow the window nor corrupt the file",
         budget=240,
         size=20 * ORIGINAL_CHUNK_SIZE,
-        **_both(Impairment(duplicate=0.2)),
+        up=Impairment(duplicate=0.2),
+        down=Impairment(duplicate=0.2),
     ),
     GradeScenario(
         "corrupt",
@@ -241,7 +241,8 @@ CATALOGUE: Final[tuple[GradeScenario, ...]] = (
         "integrity, or a clean failure: never wrong bytes accepted in silence",
         budget=240,
         size=20 * ORIGINAL_CHUNK_SIZE,
-        **_both(Impairment(corrupt=0.05)),
+        up=Impairment(corrupt=0.05),
+        down=Impairment(corrupt=0.05),
         integrity=True,
     ),
     GradeScenario(
@@ -259,7 +260,8 @@ CATALOGUE: Final[tuple[GradeScenario, ...]] = (
         "lost SYNs, SYN-ACKs and commands are retried; the bytes are exact",
         budget=240,
         size=65,
-        **_both(Impairment(loss=0.3)),
+        up=Impairment(loss=0.3),
+        down=Impairment(loss=0.3),
     ),
     GradeScenario(
         "drop-3rd-data",
