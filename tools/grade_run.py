@@ -74,7 +74,11 @@ OUTPUT_DEFAULT: Final = "downloaded_rudp.html"
 LISTEN_TIMEOUT_S: Final = 10.0
 PROBE_RANDOM_CASES: Final = 25
 SILENT_MAX_DATAGRAMS: Final = 30
-"""A server may resend to a silent client this many times before it must have given up."""
+"""A server may resend to a silent client this many times (after the grace) before it must
+have given up."""
+SILENT_GRACE_S: Final = 1.0
+"""Datagrams in the first second of silence are not counted: a burst of loss probes before
+the first timeout is aggressive but not endless."""
 SILENT_WATCH_S: Final = 90.0
 NS_MARGIN_S: Final = 60.0
 LINGER_LOSSY_S: Final = 3.0
@@ -503,8 +507,9 @@ def silent_client(url: str, watch: float = SILENT_WATCH_S) -> tuple[bool, str]:
     """A client that ACKs the first chunk and then goes silent: does the server give up?
 
     Passes once the server has been quiet for three times its longest gap
-    between resends (at least 2 s, at most 15 s); fails when it sends more
-    than :data:`SILENT_MAX_DATAGRAMS` datagrams, or still sends after ``watch`` s.
+    between resends (at least 2 s, at most 15 s); fails when, after the first
+    :data:`SILENT_GRACE_S`, it sends more than :data:`SILENT_MAX_DATAGRAMS`
+    datagrams, or still sends after ``watch`` s.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sel = selectors.DefaultSelector()
@@ -518,7 +523,7 @@ def silent_client(url: str, watch: float = SILENT_WATCH_S) -> tuple[bool, str]:
         acked = False
         sent_command = False
         silent_since: float | None = None
-        count = 0
+        count = late = 0
         last = time.monotonic()
         gap = 0.0
         while True:
@@ -530,7 +535,7 @@ def silent_client(url: str, watch: float = SILENT_WATCH_S) -> tuple[bool, str]:
                         f"gave up: {count} datagram(s) after the client went silent, then quiet "
                         f"for {quiet:.3g} s"
                     )
-                if count > SILENT_MAX_DATAGRAMS:
+                if late > SILENT_MAX_DATAGRAMS:
                     return False, (
                         f"never gives up: {count} datagrams to a client silent for "
                         f"{now - silent_since:.1f} s"
@@ -553,6 +558,7 @@ def silent_client(url: str, watch: float = SILENT_WATCH_S) -> tuple[bool, str]:
             now = time.monotonic()
             if silent_since is not None:
                 count += 1
+                late += now - silent_since > SILENT_GRACE_S
                 gap = max(gap, now - last)
                 last = now
                 continue
