@@ -674,7 +674,7 @@ def run(spec: RunSpec) -> RunResult:
     else:
         belongs = lambda client, server: server == f"{listen[0]}:{listen[1]}"  # noqa: E731
     rudp_ids = tuple(c for c in scenario.checks(spec.role) if c.startswith("rudp."))
-    checks += excuse_network(judge_sessions(analysis, rudp_ids, belongs), decisions)
+    checks += excuse_network(judge_sessions(analysis, rudp_ids, belongs), decisions, spec.role)
     wanted = scenario.checks(spec.role)
     checks = [c for c in checks if c.id in wanted]
     passed = all(c.status != "fail" for c in checks) and {c.id for c in checks} >= set(wanted)
@@ -690,15 +690,54 @@ def run(spec: RunSpec) -> RunResult:
     )
 
 
-def excuse_network(checks: list[CheckResult], decisions: Path) -> list[CheckResult]:
-    """Turn a teardown failure the network caused into a skip that says so.
+CONTENT_FROM_CAPTURE: Final = (
+    "missing from the capture",
+    "resent with different bytes",
+    "the chunks hash to",
+)
+"""How ``rudp.delivery`` says that the content seen on the wire is not the file."""
 
-    A server cannot see an ACK of its FIN that the network dropped: when the
-    only failure of ``rudp.teardown`` is "never acknowledged" and the proxy
-    dropped the client's ACK of that FIN, the check is skipped with the reason.
+
+def excuse_network(
+    checks: list[CheckResult], decisions: Path, role: str = SERVER
+) -> list[CheckResult]:
+    """Turn failures the network caused into skips that say so.
+
+    * A server cannot see an ACK of its FIN that the network dropped: when
+      ``rudp.teardown`` fails with "never acknowledged" and the proxy dropped
+      the client's ACK of that FIN, the check is skipped with the reason.
+    * A client is judged on the frames between itself and the proxy: what the
+      network dropped or corrupted before it (DATA, or a SYN-ACK whose options
+      the content is rebuilt with) leaves the content on that side of the
+      capture incomplete or wrong.  When ``rudp.delivery`` fails only because
+      of that and the proxy did drop or corrupt datagrams on the way down,
+      the check is skipped: the file's SHA-256 (``grade.content``) judges the
+      bytes the client kept.  (A server's side of the proxy shows what it
+      sent, before any harm: there a delivery failure is always its own.)
     """
+    records = list(_records(decisions))
+    harmed_data = [
+        r for r in records if r["dir"] == "down" and (r["verdict"] != "deliver" or r.get("corrupt"))
+    ]
     out: list[CheckResult] = []
     for check in checks:
+        if (
+            role != SERVER
+            and check.id == "rudp.delivery"
+            and check.status == "fail"
+            and harmed_data
+            and any(words in check.detail for words in CONTENT_FROM_CAPTURE)
+        ):
+            out.append(
+                CheckResult(
+                    check.id,
+                    "skip",
+                    f"{check.detail}: the network dropped or corrupted {len(harmed_data)} "
+                    "datagram(s) on the way to the client (the file's SHA-256 judges the bytes)",
+                    check.frames,
+                )
+            )
+            continue
         if (
             check.id == "rudp.teardown"
             and check.status == "fail"
@@ -708,7 +747,7 @@ def excuse_network(checks: list[CheckResult], decisions: Path) -> list[CheckResu
             fin = int(words[1]) if len(words) > 1 and words[1].isdigit() else None
             dropped = [
                 r
-                for r in _records(decisions)
+                for r in records
                 if r["dir"] == "up"
                 and r["verdict"] != "deliver"
                 and r.get("rudp", {}).get("flag") == "A"
