@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from stacklab.tools.grade_outputs import grade_json, gradescope, junit_tree, matrix_html
-from stacklab.tools.grade_run import CheckResult, RunResult, describe_decision, subject_argv
+from stacklab.tools.grade_run import (
+    CheckResult,
+    RunResult,
+    describe_decision,
+    excuse_network,
+    subject_argv,
+)
 from stacklab.tools.grade_scenarios import (
     CATALOGUE,
     CLIENT,
@@ -213,3 +219,28 @@ def test_reproducer_quotes_the_command() -> None:
         reproducer(CLIENT, "a b", "clean", 7)
         == "stacklab grade --client 'a b' --only clean --seed 7"
     )
+
+
+def _decisions(tmp_path: Path, *records: dict[str, object]) -> Path:
+    path = tmp_path / "network.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_the_network_is_blamed_only_for_what_it_did(tmp_path: Path) -> None:
+    dropped_data = {"dir": "down", "verdict": "loss", "rudp": {"flag": "D", "seq": 3, "ack": 0}}
+    dropped_fin_ack = {"dir": "up", "verdict": "loss", "rudp": {"flag": "A", "seq": 0, "ack": 11}}
+    log = _decisions(tmp_path, dropped_data, dropped_fin_ack)
+    missing = CheckResult("rudp.delivery", "fail", "a chunk is missing from the capture: ...")
+    unacked = CheckResult("rudp.teardown", "fail", "FIN 11 never acknowledged", [80])
+    other_fin = CheckResult("rudp.teardown", "fail", "FIN 12 never acknowledged", [80])
+    # A client's side of the proxy lacks what the network dropped: skipped, saying why.
+    (delivery,) = excuse_network([missing], log, CLIENT)
+    assert delivery.status == "skip" and "dropped or corrupted 1 datagram" in delivery.detail
+    # A server's side shows what it sent: the same words are its own failure.
+    assert excuse_network([missing], log, SERVER) == [missing]
+    (teardown,) = excuse_network([unacked], log, SERVER)
+    assert teardown.status == "skip" and "ACK(s) of it dropped by the network" in teardown.detail
+    assert excuse_network([other_fin], log, SERVER) == [other_fin]
+    clean = _decisions(tmp_path, {"dir": "down", "verdict": "deliver"})
+    assert excuse_network([missing, unacked], clean, CLIENT) == [missing, unacked]
