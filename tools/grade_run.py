@@ -707,17 +707,23 @@ def excuse_network(
       ``rudp.teardown`` fails with "never acknowledged" and the proxy dropped
       the client's ACK of that FIN, the check is skipped with the reason.
     * A client is judged on the frames between itself and the proxy: what the
-      network dropped or corrupted before it (DATA, or a SYN-ACK whose options
-      the content is rebuilt with) leaves the content on that side of the
-      capture incomplete or wrong.  When ``rudp.delivery`` fails only because
-      of that and the proxy did drop or corrupt datagrams on the way down,
+      network dropped, corrupted, held back or duplicated before it (DATA, or
+      a SYN-ACK whose options the content is rebuilt with) makes the sender
+      on that side of the capture look like no real sender, and the content
+      rebuilt from it incomplete or wrong.  When ``rudp.delivery`` fails only
+      because of that and the proxy did touch datagrams on the way down,
       the check is skipped: the file's SHA-256 (``grade.content``) judges the
       bytes the client kept.  (A server's side of the proxy shows what it
       sent, before any harm: there a delivery failure is always its own.)
     """
     records = list(_records(decisions))
     harmed_data = [
-        r for r in records if r["dir"] == "down" and (r["verdict"] != "deliver" or r.get("corrupt"))
+        r
+        for r in records
+        if r["dir"] == "down"
+        and (
+            r["verdict"] != "deliver" or any(r.get(k) for k in ("corrupt", "reorder", "duplicate"))
+        )
     ]
     out: list[CheckResult] = []
     for check in checks:
@@ -732,8 +738,8 @@ def excuse_network(
                 CheckResult(
                     check.id,
                     "skip",
-                    f"{check.detail}: the network dropped or corrupted {len(harmed_data)} "
-                    "datagram(s) on the way to the client (the file's SHA-256 judges the bytes)",
+                    f"{check.detail}: the network dropped, corrupted, held back or duplicated "
+                    f"{len(harmed_data)} datagram(s) on the way to the client (the file's SHA-256 judges the bytes)",
                     check.frames,
                 )
             )
