@@ -247,3 +247,11 @@ def test_the_network_is_blamed_only_for_what_it_did(tmp_path: Path) -> None:
     assert excuse_network([other_fin], log, SERVER) == [other_fin]
     clean = _decisions(tmp_path, {"dir": "down", "verdict": "deliver"})
     assert excuse_network([missing, unacked], clean, CLIENT) == [missing, unacked]
+
+
+def test_seeds_count_from_the_first_seed() -> None:
+    from stacklab.tools.grade_matrix import seed_list
+
+    assert seed_list(3, None) == [1, 2, 3]
+    assert seed_list(1, 7) == [7]
+    assert seed_list(2, 7) == [7, 8]

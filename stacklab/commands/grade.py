@@ -58,11 +58,15 @@ def _preflight() -> None:
 @click.option(
     "--seeds",
     type=click.IntRange(1, 1000),
-    default=3,
-    show_default=True,
-    help="Seeds per scenario.",
+    default=None,
+    help="Seeds per scenario [default: 3, or 1 with --seed].",
 )
-@click.option("--seed", type=int, default=None, help="First seed (replays one run with --seeds 1).")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**31),
+    default=None,
+    help="First seed [default: 1]; alone, replays that one run.",
+)
 @click.option(
     "--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Runs at once."
 )
@@ -84,7 +88,7 @@ def grade(
     server_cmd: str | None,
     client_cmd: str | None,
     only: str | None,
-    seeds: int,
+    seeds: int | None,
     seed: int | None,
     jobs: int,
     scheduler: str | None,
@@ -129,7 +133,7 @@ def grade(
                 raise UserError(f"{folder}: no such folder for {path}")
     if scheduler is None:
         _preflight()
-    the_seeds = seed_list(seeds, seed)
+    the_seeds = seed_list(seeds if seeds is not None else (3 if seed is None else 1), seed)
     specs = plan(role, command, scenarios, the_seeds, out)
 
     console = Console(stderr=True)
