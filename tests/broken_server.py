@@ -11,7 +11,7 @@ name exactly the rule the fault breaks:
 * ``stop-and-wait``: the window never grows past 1 (rudp.aimd's lower bound);
 * ``selective-repeat``: after a loss only the lowest unacknowledged chunk is
   resent, not everything after it (rudp.gbn);
-* ``fin-early``: the FIN goes out with the last chunk, before its ACK (rudp.teardown);
+* ``fin-early``: the FIN goes out just before the last chunk, so before its ACK (rudp.teardown);
 * ``crash-malformed``: a datagram shorter than the header kills the process (probe.alive);
 * ``never-give-up``: a silent client is retransmitted to forever (probe.gives-up).
 """
@@ -77,15 +77,20 @@ def break_engine(fault: str) -> dict[str, Any]:
     elif fault == "fin-early":
         send = GbnSender.datagrams_to_send
 
-        def fin_with_last_chunk(self: GbnSender, now: float) -> list[bytes]:
+        def fin_before_last_chunk(self: GbnSender, now: float) -> list[bytes]:
             out = send(self, now)
-            early = getattr(self, "_early_fin", False)
-            if not early and self.max_sent >= self.last_seq and self.base <= self.last_seq:
-                self._early_fin = True  # type: ignore[attr-defined]
-                out.append(self._build(self.fin_seq))
+            if getattr(self, "_early_fin", False):
+                return out
+            for i, datagram in enumerate(out):
+                seq = int.from_bytes(datagram[:4], "big")
+                if seq == self.last_seq and datagram[8:9] == b"D":
+                    # Ahead of the last chunk in the same burst: surely before its ACK.
+                    self._early_fin = True  # type: ignore[attr-defined]
+                    out.insert(i, self._build(self.fin_seq))
+                    break
             return out
 
-        GbnSender.datagrams_to_send = fin_with_last_chunk  # type: ignore[method-assign]
+        GbnSender.datagrams_to_send = fin_before_last_chunk  # type: ignore[method-assign]
     elif fault == "crash-malformed":
         new_session = RudpAppServer._new_session
 

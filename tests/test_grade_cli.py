@@ -26,12 +26,19 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("role", "command", "message"),
+    [
+        ("--client", "my-client", "grading a client needs the original addresses"),
+        ("--server", "my-server", "a server whose command has no {host} and {port}"),
+    ],
+)
 def test_without_namespaces_it_says_what_cannot_run(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, role: str, command: str, message: str
 ) -> None:
     from stacklab.tools import netns
 
     monkeypatch.setattr(netns, "unavailable_reason", lambda: "private network namespaces need root")
-    result = CliRunner().invoke(cli, ["grade", "--server", "srv", "--out", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["grade", role, command, "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "private network namespace" in result.output and "need root" in result.output
+    assert message in result.output and "need root" in result.output

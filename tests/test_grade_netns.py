@@ -112,6 +112,42 @@ def test_a_failing_run_exits_1_and_prints_its_reproducer(tmp_path: Path) -> None
     assert "--only clean-small --seed 4" in proc.stdout
 
 
+def test_without_namespaces_a_server_taking_its_address_runs_on_free_loopback_addresses(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from stacklab.cli import cli
+    from stacklab.tools import netns
+
+    monkeypatch.setattr(netns, "unavailable_reason", lambda: "private network namespaces need root")
+    command = (
+        f"{sys.executable} -m stacklab serve app-rudp --app-rudp-host {{host}} "
+        "--app-rudp-port {port} --fetch-allow {origin} --app-rudp-max-rto 1"
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "grade",
+            "--server",
+            command,
+            "--only",
+            "drop-3rd-data",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "running on free loopback addresses" in result.output
+    doc = json.loads((out / "grade.json").read_text())
+    assert doc["score"] == 100.0
+    comments = [f.comment for f in CaptureReader(out / "runs/drop-3rd-data-s1/capture.pcapng")]
+    assert "dropped by the network: rule drop-3rd-data (seed 1, down)" in comments
+
+
 def test_the_same_runs_on_a_dask_local_cluster(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     from stacklab.tools.grade_dask import run_dask

@@ -35,12 +35,17 @@ def plan(
     seeds: Sequence[int],
     out: str | os.PathLike[str],
     workdir: str | None = None,
+    private: bool = True,
 ) -> list[RunSpec]:
-    """One spec per (scenario, seed); each run writes into ``out/runs/<id>-s<seed>/``."""
+    """One spec per (scenario, seed); each run writes into ``out/runs/<id>-s<seed>/``.
+
+    ``private``: each run in a namespace on the original addresses; else on free
+    loopback addresses of this machine (see :func:`~stacklab.tools.grade_run.free_loopback`).
+    """
     base = Path(out).absolute() / "runs"
     cwd = workdir or os.getcwd()
     return [
-        RunSpec(role, command, s.id, seed, str(base / f"{s.id}-s{seed}"), cwd)
+        RunSpec(role, command, s.id, seed, str(base / f"{s.id}-s{seed}"), cwd, private)
         for s in scenarios
         for seed in seeds
     ]

@@ -85,6 +85,95 @@ LINGER_LOSSY_S: Final = 3.0
 """How long the driving client stays to re-ACK a resent FIN when ACKs may be lost."""
 
 
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where everything of one run listens.
+
+    In a private namespace: the original addresses (:data:`ORIGINAL`).  Without
+    root: a random 127.x.y.0/24 of this machine's loopback and free ports
+    (:func:`free_loopback`), for servers that take ``{host}`` and ``{port}``.
+    """
+
+    subject: Address  # the graded server; for a graded client, where the proxy waits
+    proxy: Address  # the proxy in front of a graded server
+    reference: Address  # stacklab's server behind the proxy for a graded client
+    dhcp: Address
+    dns: Address
+    origin: Address
+
+    @property
+    def ports(self) -> Any:
+        from stacklab.wire import Ports
+
+        return Ports(
+            rudp=self.subject[1], dns=self.dns[1], dhcp=self.dhcp[1], origin=self.origin[1]
+        )
+
+    def placeholders(self) -> dict[str, str]:
+        """What ``{host}``, ``{port}`` and ``{origin}`` in a command become."""
+        return {
+            "host": self.subject[0],
+            "port": str(self.subject[1]),
+            "origin": f"{self.origin[0]}:{self.origin[1]}",
+        }
+
+
+ORIGINAL: Final = Topology(
+    SUBJECT_ADDR,
+    PROXY_FOR_SERVER,
+    REFERENCE_SERVER,
+    (wire.DHCP_ADDR, wire.DHCP_PORT),
+    (wire.DNS_ADDR, wire.DNS_PORT),
+    (wire.ORIGIN_ADDR, wire.ORIGIN_PORT),
+)
+
+
+def _free_port(host: str, kind: int, port: int = 0) -> int | None:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return None
+        return int(sock.getsockname()[1])
+
+
+def free_loopback(attempts: int = 50) -> Topology:
+    """A topology on a random 127.x.y.0/24 with free ports (no root needed).
+
+    The RUDP port is the same number on the subject, the proxy and the
+    reference server, so that one ``Ports.rudp`` covers both sides of the
+    proxy for the verifier.
+    """
+    import random
+
+    rng = random.SystemRandom()  # unique addresses per run, not a behaviour: no seed
+    for _ in range(attempts):
+        net = f"127.{rng.randint(16, 250)}.{rng.randint(0, 255)}"
+        hosts = {n: f"{net}.{n}" for n in (1, 3, 4, 5)}
+        rudp = _free_port(hosts[3], socket.SOCK_DGRAM)
+        if rudp is None or any(
+            _free_port(hosts[n], socket.SOCK_DGRAM, rudp) is None for n in (4, 5)
+        ):
+            continue
+        dhcp = _free_port(hosts[1], socket.SOCK_DGRAM)
+        dns = _free_port(hosts[1], socket.SOCK_DGRAM)
+        origin = _free_port(hosts[1], socket.SOCK_STREAM)
+        if dhcp is None or dns is None or origin is None or dhcp == dns:
+            continue
+        return Topology(
+            (hosts[3], rudp),
+            (hosts[4], rudp),
+            (hosts[5], rudp),
+            (hosts[1], dhcp),
+            (hosts[1], dns),
+            (hosts[1], origin),
+        )
+    raise GradeError("no free loopback addresses and ports for a run")
+
+
 class GradeError(Exception):
     """A run could not be carried out (not a verdict on the subject); one line for the user."""
 
@@ -99,6 +188,7 @@ class RunSpec:
     seed: int
     run_dir: str
     workdir: str  # where grade was started: relative paths in the command are from here
+    private: bool = True  # in a namespace on the original addresses; else free loopback ones
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -392,16 +482,16 @@ def judge_sessions(
 
 
 @contextlib.contextmanager
-def _services(root: Path, app_ip: str, reference: bool) -> Iterator[Any]:
-    """Origin, DHCP and DNS on the default addresses (and stacklab's server when asked)."""
+def _services(root: Path, app_ip: str, reference: bool, topo: Topology) -> Iterator[Any]:
+    """Origin, DHCP and DNS (and stacklab's server when asked) where ``topo`` says."""
     from stacklab.config import load_config
     from stacklab.services.stack import Stack
 
     overrides: dict[str, Any] = {
-        "dhcp": {"lease_db": ":memory:"},
-        "origin": {"root": str(root)},
-        "dns": {"records": {wire.APP_DOMAIN: app_ip}},
-        "app_rudp": {"host": REFERENCE_SERVER[0], "port": REFERENCE_SERVER[1]},
+        "dhcp": {"lease_db": ":memory:", "host": topo.dhcp[0], "port": topo.dhcp[1]},
+        "origin": {"root": str(root), "host": topo.origin[0], "port": topo.origin[1]},
+        "dns": {"records": {wire.APP_DOMAIN: app_ip}, "host": topo.dns[0], "port": topo.dns[1]},
+        "app_rudp": {"host": topo.reference[0], "port": topo.reference[1]},
     }
     config = load_config(None, overrides)
     names = ("origin", "dhcp", "dns", "app-rudp") if reference else ("origin", "dhcp", "dns")
@@ -416,15 +506,15 @@ def _services(root: Path, app_ip: str, reference: bool) -> Iterator[Any]:
         stack.stop()
 
 
-def _capture_filter() -> str:
+def _capture_filter(topo: Topology) -> str:
     from stacklab.tools.capture import capture_filter
 
     return capture_filter(
         [
-            ("udp", wire.DHCP_PORT),
-            ("udp", wire.DNS_PORT),
-            ("udp", wire.APP_RUDP_PORT),
-            ("tcp", wire.ORIGIN_PORT),
+            ("udp", topo.dhcp[1]),
+            ("udp", topo.dns[1]),
+            ("udp", topo.subject[1]),
+            ("tcp", topo.origin[1]),
         ]
     )
 
@@ -441,27 +531,29 @@ class _Outcome:
         self.checks.append(CheckResult(check_id, "pass" if ok else "fail", detail))
 
 
-def _discover_and_resolve() -> str:
+def _discover_and_resolve(topo: Topology) -> str:
     from stacklab.services import client
 
-    client.discover((wire.DHCP_ADDR, wire.DHCP_PORT))
-    return client.resolve((wire.DNS_ADDR, wire.DNS_PORT), wire.APP_DOMAIN)
+    client.discover(topo.dhcp)
+    return client.resolve(topo.dns, wire.APP_DOMAIN)
 
 
-def _drive_server(scenario: GradeScenario, url: str, budget: float, outcome: _Outcome) -> None:
+def _drive_server(
+    scenario: GradeScenario, url: str, budget: float, outcome: _Outcome, topo: Topology
+) -> None:
     """stacklab's client against the subject, through the proxy."""
     from stacklab.services import client
     from stacklab.services.rudp_client import fetch_rudp
     from stacklab.tools.scenarios import handshake_only
 
     try:
-        ip = _discover_and_resolve()
+        ip = _discover_and_resolve(topo)
         if scenario.kind == "handshake":
-            handshake_only((ip, wire.APP_RUDP_PORT), url, timeout=budget)
+            handshake_only((ip, topo.proxy[1]), url, timeout=budget)
             outcome.body = b""
             return
         outcome.body = fetch_rudp(
-            (ip, wire.APP_RUDP_PORT),
+            (ip, topo.proxy[1]),
             url,
             legacy=not scenario.integrity,
             integrity=scenario.integrity,
@@ -473,14 +565,14 @@ def _drive_server(scenario: GradeScenario, url: str, budget: float, outcome: _Ou
         outcome.error = str(exc)
 
 
-def _run_probe(url: str, seed: int, outcome: _Outcome) -> None:
+def _run_probe(url: str, seed: int, outcome: _Outcome, subject: Address) -> None:
     """The probe catalogue straight at the subject; ``probe.alive`` from its verdicts."""
     from stacklab.tools.probe_cases import ProbeContext, generate_cases, systematic_count
     from stacklab.tools.probe_runner import ProbeRunner, ProbeTarget, TargetUnreachable
 
     context = ProbeContext(url=url)
     count = systematic_count("rudp", context) + PROBE_RANDOM_CASES
-    target = ProbeTarget(SUBJECT_ADDR[0], SUBJECT_ADDR[1], "rudp", context=context)
+    target = ProbeTarget(subject[0], subject[1], "rudp", context=context)
     with ProbeRunner(target) as runner:
         try:
             runner.check_target()
@@ -496,14 +588,16 @@ def _run_probe(url: str, seed: int, outcome: _Outcome) -> None:
             False,
             f"case {first.case.index} ({first.case.kind}: {first.case.detail}): "
             f"{first.detail}{more}; replay: stacklab probe "
-            f"{SUBJECT_ADDR[0]}:{SUBJECT_ADDR[1]} --protocol rudp --seed {seed} "
+            f"{subject[0]}:{subject[1]} --protocol rudp --seed {seed} "
             f"--replay {first.case.index}",
         )
     else:
         outcome.add(PROBE_ALIVE, True, f"{summary.cases_run} cases, no failure")
 
 
-def silent_client(url: str, watch: float = SILENT_WATCH_S) -> tuple[bool, str]:
+def silent_client(
+    url: str, subject: Address = SUBJECT_ADDR, watch: float = SILENT_WATCH_S
+) -> tuple[bool, str]:
     """A client that ACKs the first chunk and then goes silent: does the server give up?
 
     Passes once the server has been quiet for three times its longest gap
@@ -514,7 +608,7 @@ def silent_client(url: str, watch: float = SILENT_WATCH_S) -> tuple[bool, str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sel = selectors.DefaultSelector()
     try:
-        sock.connect(SUBJECT_ADDR)
+        sock.connect(subject)
         sel.register(sock, selectors.EVENT_READ)
         isn = wire.ORIGINAL_ISN
         command = f"{wire.FETCH_COMMAND} {url}".encode()
@@ -593,8 +687,9 @@ def run(spec: RunSpec) -> RunResult:
     content = content_for(scenario)
     expected = hashlib.sha256(content).hexdigest()
     server_role = spec.role == SERVER
-    listen = PROXY_FOR_SERVER if server_role else SUBJECT_ADDR
-    upstream = SUBJECT_ADDR if server_role else REFERENCE_SERVER
+    topo = ORIGINAL if spec.private else free_loopback()
+    listen = topo.proxy if server_role else topo.subject
+    upstream = topo.subject if server_role else topo.reference
     raw = run_dir / ".capture.raw.pcapng"
     capture_path = run_dir / "capture.pcapng"
     decisions = run_dir / "network.jsonl"
@@ -602,19 +697,15 @@ def run(spec: RunSpec) -> RunResult:
     outcome = _Outcome()
     started = time.monotonic()
     budget = scenario.budget
-    values = {
-        "host": SUBJECT_ADDR[0],
-        "port": str(SUBJECT_ADDR[1]),
-        "output": str(output),
-    }
+    values = {**topo.placeholders(), "output": str(output)}
     argv = subject_argv(spec.command, spec.workdir, values)
     if not server_role and "{output}" not in spec.command:
         output = run_dir / OUTPUT_DEFAULT
-    url = f"http://{wire.ORIGIN_ADDR}:{wire.ORIGIN_PORT}/{FILE_NAME}"
+    url = f"http://{topo.origin[0]}:{topo.origin[1]}/{FILE_NAME}"
     with tempfile.TemporaryDirectory(prefix="stacklab-grade-origin-") as tmp:
         root = Path(tmp)
         (root / FILE_NAME).write_bytes(content)
-        with _services(root, listen[0], reference=not server_role):
+        with _services(root, listen[0], not server_role, topo):
             subject = Subject(argv, run_dir)
             proxy = ChaosProxy(
                 listen,
@@ -630,7 +721,7 @@ def run(spec: RunSpec) -> RunResult:
                 f"(seed {spec.seed}): {scenario.shows}\npasses when: {scenario.passes}"
             )
             capture = DumpcapCapture(
-                raw, _capture_filter(), comment, cut_after_end=scenario.kind == "handshake"
+                raw, _capture_filter(topo), comment, cut_after_end=scenario.kind == "handshake"
             )
             capture.start()
             try:
@@ -638,11 +729,13 @@ def run(spec: RunSpec) -> RunResult:
                 try:
                     subject.start()
                     if server_role:
-                        problem = wait_listening(subject, SUBJECT_ADDR, LISTEN_TIMEOUT_S)
+                        problem = wait_listening(subject, topo.subject, LISTEN_TIMEOUT_S)
                         if problem is not None:
                             outcome.add(SUBJECT, False, problem)
                         else:
-                            _server_run(scenario, spec, url, budget, started, subject, outcome)
+                            _server_run(
+                                scenario, spec, url, budget, started, subject, outcome, topo
+                            )
                     else:
                         _client_run(budget, started, subject, outcome)
                 finally:
@@ -665,11 +758,11 @@ def run(spec: RunSpec) -> RunResult:
             CheckResult(BUDGET, "pass" if ok else "fail", f"{seconds:.1f} s of {budget:g} s")
         )
     checks.append(_content_check(scenario, spec, outcome, output, expected))
-    analysis = analyze_capture(capture_path, VerifyOptions())
+    analysis = analyze_capture(capture_path, VerifyOptions(ports=topo.ports))
     if server_role:
         vias = _proxy_peers(decisions)
         belongs: Callable[[str, str], bool] = lambda client, server: (  # noqa: E731
-            server == f"{SUBJECT_ADDR[0]}:{SUBJECT_ADDR[1]}" and client in vias
+            server == f"{topo.subject[0]}:{topo.subject[1]}" and client in vias
         )
     else:
         belongs = lambda client, server: server == f"{listen[0]}:{listen[1]}"  # noqa: E731
@@ -797,15 +890,18 @@ def _server_run(
     started: float,
     subject: Subject,
     outcome: _Outcome,
+    topo: Topology,
 ) -> None:
     if scenario.kind == "probe":
-        _run_probe(url, spec.seed, outcome)
+        _run_probe(url, spec.seed, outcome, topo.subject)
         if not subject.alive():
             outcome.add(SUBJECT, False, _exited(subject, "during the probe catalogue"))
             outcome.error = "the server died"
             return
     driver = threading.Thread(
-        target=_drive_server, args=(scenario, url, _within(budget, started), outcome), daemon=True
+        target=_drive_server,
+        args=(scenario, url, _within(budget, started), outcome, topo),
+        daemon=True,
     )
     driver.start()
     driver.join(_within(budget, started))
@@ -816,7 +912,7 @@ def _server_run(
         # The client re-ACKs resent FINs in the background: keep capturing meanwhile.
         threading.Event().wait(LINGER_LOSSY_S)
     if scenario.kind == "probe":
-        ok, detail = silent_client(url)
+        ok, detail = silent_client(url, topo.subject)
         outcome.add(PROBE_GIVES_UP, ok, detail)
     if not subject.alive():
         outcome.add(SUBJECT, False, _exited(subject, "during the run"))
@@ -866,7 +962,9 @@ def _content_check(
 
 
 def run_in_namespace(spec: RunSpec) -> RunResult:
-    """Run ``spec`` in a fresh private network namespace; the verdict comes back as JSON."""
+    """Run ``spec`` in a child process, the verdict coming back as JSON: in a fresh private
+    network namespace, or (``spec.private`` false) on this machine's free loopback addresses.
+    """
     from stacklab.tools.netns import NetnsError, private_netns, run_in_netns
 
     scenario = SCENARIOS[spec.scenario]
@@ -879,12 +977,20 @@ def run_in_namespace(spec: RunSpec) -> RunResult:
         str(level),
         json.dumps(spec.to_json()),
     ]
+    timeout = scenario.budget + SILENT_WATCH_S + NS_MARGIN_S
     started = time.monotonic()
     try:
-        with private_netns("stacklab-grade") as name:
-            proc = run_in_netns(name, argv, timeout=scenario.budget + SILENT_WATCH_S + NS_MARGIN_S)
+        if spec.private:
+            with private_netns("stacklab-grade") as name:
+                proc = run_in_netns(name, argv, timeout=timeout)
+        else:
+            proc = subprocess.run(
+                argv, stdout=subprocess.PIPE, text=True, timeout=timeout, check=False
+            )
     except NetnsError as exc:
         return _errored(spec, str(exc), started)
+    except subprocess.TimeoutExpired:
+        return _errored(spec, f"the run did not finish within {timeout:g} s", started)
     try:
         report = json.loads(proc.stdout)
     except ValueError:

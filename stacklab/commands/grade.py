@@ -33,20 +33,46 @@ if TYPE_CHECKING:
     from stacklab.tools.grade_score import ScenarioVerdict
 
 
-def _preflight() -> None:
-    """Grade runs need private namespaces and dumpcap; say what is missing, in one line."""
+def _preflight(role: str, command: str) -> bool:
+    """Whether runs get private namespaces (True) or free loopback addresses (False).
+
+    Without root there is no namespace: a server that takes ``{host}`` and
+    ``{port}`` still runs, on free loopback addresses; anything that needs the
+    original addresses (a client, a server without them) cannot, and the one
+    line says so.  Capturing needs dumpcap and the permission to use it.
+    """
+    from stacklab.tools.capture import CaptureToolError, preflight
     from stacklab.tools.netns import unavailable_reason
 
-    reason = unavailable_reason()
-    if reason is not None:
-        raise UserError(
-            f"stacklab grade runs every subject in a private network namespace on the original "
-            f"addresses, and cannot run here: {reason.replace(' (run with sudo, or drop --netns)', '')}"
-            " (run it with sudo)"
-        )
     for tool in ("dumpcap", "editcap"):
         if shutil.which(tool) is None:
             raise UserError(f"{tool} is not installed: run 'make setup' (apt-get install tshark)")
+    reason = unavailable_reason()
+    if reason is not None:
+        reason = reason.replace(" (run with sudo, or drop --netns)", "")
+        takes_address = "{host}" in command and "{port}" in command
+        if role != "server" or not takes_address:
+            what = (
+                "a client"
+                if role != "server"
+                else "a server whose command has no {host} and {port}"
+            )
+            raise UserError(
+                f"grading {what} needs the original addresses, which only a private network "
+                f"namespace gives: {reason} (run it with sudo)"
+            )
+    try:
+        preflight()
+    except CaptureToolError as exc:
+        raise UserError(str(exc)) from None
+    if reason is not None:
+        click.echo(
+            f"stacklab grade: {reason}: running on free loopback addresses instead "
+            "({host}, {port} and {origin} say which)",
+            err=True,
+        )
+        return False
+    return True
 
 
 @click.command("grade")
@@ -101,9 +127,12 @@ def grade(
     """Grade an RUDP server or client over a matrix of impaired-network scenarios.
 
     CMD is split like a shell command; {host} and {port} become the address a
-    server must listen on (127.0.0.3 2122), {output} the file a client must
-    write (without it, downloaded_rudp.html in its working folder, as the
-    original client does).  Needs root: every run is a private network namespace.
+    server must listen on (127.0.0.3 2122), {origin} the HOST:PORT of the web
+    server it fetches from, {output} the file a client must write (without
+    it, downloaded_rudp.html in its working folder, as the original client
+    does).  As root every run is a private network namespace on the original
+    addresses; without root, only servers taking {host} and {port} can be
+    graded, on free loopback addresses.
     """
     from rich.console import Console
 
@@ -131,10 +160,9 @@ def grade(
             folder = os.path.dirname(path) or "."
             if not os.path.isdir(folder):
                 raise UserError(f"{folder}: no such folder for {path}")
-    if scheduler is None:
-        _preflight()
+    private = _preflight(role, command) if scheduler is None else True
     the_seeds = seed_list(seeds if seeds is not None else (3 if seed is None else 1), seed)
-    specs = plan(role, command, scenarios, the_seeds, out)
+    specs = plan(role, command, scenarios, the_seeds, out, private=private)
 
     console = Console(stderr=True)
     results: list[RunResult] = []
