@@ -330,17 +330,52 @@ def _services(analysis: CaptureAnalysis, linked: set[int]) -> str:
 
 
 def _packet_rows(
-    rows: list[DecodedPacket], failing: frozenset[int] | set[int] = frozenset()
+    rows: list[DecodedPacket],
+    failing: frozenset[int] | set[int] = frozenset(),
+    comments: dict[int, str] | None = None,
 ) -> str:
     out = []
+    comments = comments or {}
     for p in rows:
-        mark = ' class="fail"' if p.frame in failing else ""
+        note = comments.get(p.frame)
+        extra = f'<br><span class="comment">{_e(note)}</span>' if note else ""
+        if note and note.startswith(NETWORK_DROP):
+            row_class = ' class="dropped"'
+        elif p.frame in failing:
+            row_class = ' class="fail"'
+        else:
+            row_class = ""
         out.append(
-            f'<tr id="f{p.frame}"{mark}><td class="num">{p.frame}</td><td class="num">{p.time:.6f}</td>'
+            f'<tr id="f{p.frame}"{row_class}><td class="num">{p.frame}</td>'
+            f'<td class="num">{p.time:.6f}</td>'
             f"<td>{_e(p.src)}</td><td>{_e(p.dst)}</td><td>{_e(p.proto)}</td>"
-            f"<td>{_e(p.summary())}</td></tr>"
+            f"<td>{_e(p.summary())}{extra}</td></tr>"
         )
     return "\n".join(out)
+
+
+NETWORK_DROP: Final = "dropped by the network"
+"""How a packet comment starts when an impairing proxy dropped the frame (``stacklab grade``)."""
+
+
+def _frame_comments(path: str, frames: set[int]) -> dict[int, str]:
+    """The packet comments of ``frames`` (pcapng), read in one streaming pass."""
+    from stacklab.analysis.pcapio import CaptureError, CaptureReader
+
+    out: dict[int, str] = {}
+    if not frames:
+        return out
+    last = max(frames)
+    try:
+        with CaptureReader(path) as reader:
+            for frame in reader:
+                if frame.number > last:
+                    break
+                if frame.comment and frame.number in frames:
+                    out[frame.number] = frame.comment
+    except CaptureError:
+        return out  # the analysis already said what is wrong with the file
+    return out
 
 
 def _packets(
@@ -349,6 +384,7 @@ def _packets(
     frames: int,
     options: ReportOptions,
     failing: frozenset[int] | set[int] = frozenset(),
+    comments: dict[int, str] | None = None,
 ) -> str:
     note = f"{len(rows):,} rows"
     if decoded > len(rows):
@@ -361,7 +397,7 @@ def _packets(
         '<button id="page-next" type="button">next</button></div>'
         "<table><thead><tr><th>frame</th><th>time (s)</th><th>source</th><th>destination</th>"
         '<th>protocol</th><th>decoded</th></tr></thead><tbody id="packets">\n'
-        + _packet_rows(rows, failing)
+        + _packet_rows(rows, failing, comments)
         + "</tbody></table></details>"
     )
 
@@ -462,7 +498,14 @@ def build_report(
         sessions=_sessions(analysis, series, options, stem),
         services=_services(analysis, linked),
         ladder=ladder_html,
-        packets=_packets(tap.rows, tap.count, analysis.packets, options, failure_frames(analysis)),
+        packets=_packets(
+            tap.rows,
+            tap.count,
+            analysis.packets,
+            options,
+            failure_frames(analysis),
+            _frame_comments(source, linked),
+        ),
     )
     return Report(page, analysis, len(series.sessions), len(tap.rows), tap.count)
 

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "bench": ("bench", "bench", "Measure transfer goodput: RUDP vs TCP app path vs raw UDP."),
     "watch": ("watch", "watch", "Verify the stack's traffic live, verdicts on Ctrl-C."),
+    "grade": ("grade", "grade", "Judge an RUDP server or client over impaired-network scenarios."),
 }
 
 

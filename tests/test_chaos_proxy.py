@@ -146,7 +146,9 @@ def test_same_seed_gives_the_same_decision_log(echo: EchoServer, tmp_path: Path)
         finally:
             proxy.stop()
         records = [json.loads(line) for line in path.read_text().splitlines()]
-        logs.append([{k: v for k, v in r.items() if k not in ("t", "client")} for r in records])
+        logs.append(
+            [{k: v for k, v in r.items() if k not in ("t", "client", "via")} for r in records]
+        )
         assert proxy.stats["up.loss"] > 20
     assert logs[0] == logs[1]
     assert {r["verdict"] for r in logs[0]} == {"deliver", "loss"}
@@ -475,3 +477,31 @@ def test_log_names_rudp_packets(echo: EchoServer, tmp_path: Path) -> None:
     assert records[0]["rudp"] == {"seq": 100, "ack": 0, "flag": "S", "len": 0}
     assert records[1]["rudp"]["flag"] == "S" and records[1]["dir"] == "down"
     assert "rudp" not in records[2]
+
+
+def test_a_drop_rule_drops_its_target_and_keeps_the_random_draws(
+    echo: EchoServer, tmp_path: Path
+) -> None:
+    """A targeted drop is logged with its rule; the seed's other decisions do not move."""
+    imp = Impairment(loss=0.3)
+    logs = []
+    for rule in (None, lambda direction, data: "second" if data == b"00002" else None):
+        path = tmp_path / f"rule-{rule is None}.jsonl"
+        proxy = ChaosProxy(
+            ("127.0.0.1", 0), echo.address, imp, Impairment(), seed=5, log_path=path, drop_rule=rule
+        )
+        proxy.start()
+        try:
+            c = client_socket(timeout=0.05)
+            for i in range(40):
+                c.sendto(b"%05d" % i, proxy.address)
+                wait_for(lambda: proxy.stats["up.received"] == i + 1)  # noqa: B023
+            c.close()
+        finally:
+            proxy.stop()
+        logs.append([json.loads(line) for line in path.read_text().splitlines()])
+    plain, ruled = ([r for r in log if r["dir"] == "up"] for log in logs)
+    assert plain[2]["verdict"] == "deliver"  # seed 5 delivers the third datagram...
+    assert (ruled[2]["verdict"], ruled[2]["rule"]) == ("rule", "second")  # ...the rule drops it
+    assert [r["verdict"] for r in plain[3:]] == [r["verdict"] for r in ruled[3:]]
+    assert all("rule" not in r for i, r in enumerate(ruled) if i != 2)

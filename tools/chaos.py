@@ -45,6 +45,16 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 
 UP = "up"
 DOWN = "down"
+DROP_RULE = "rule"
+"""The verdict of a datagram dropped by a targeted rule rather than by the random model."""
+
+DropRule = Callable[[str, bytes], "str | None"]
+"""``rule(direction, datagram)`` -> the name of the rule that drops it, or ``None``.
+
+Targeted drops (the third DATA, the first ACK, the FIN) hit the protocol state a
+random model reaches only by luck.  The link still takes its random draws for the
+datagram, so a rule changes no other decision of the seed.
+"""
 
 
 @dataclass(eq=False)
@@ -55,9 +65,12 @@ class _Mapping:
     upstream: socket.socket
     last_seen: float
     label: str = field(init=False)
+    via: str = field(init=False)  # the upstream socket's own address: the server's peer
 
     def __post_init__(self) -> None:
         self.label = f"{self.client[0]}:{self.client[1]}"
+        local = self.upstream.getsockname()
+        self.via = f"{local[0]}:{local[1]}"
 
 
 class _Scheduler:
@@ -148,8 +161,10 @@ class ChaosProxy(Service):
         idle_timeout: float = 60.0,
         max_clients: int = 1024,
         clock: Callable[[], float] = time.monotonic,
+        drop_rule: DropRule | None = None,
     ) -> None:
         super().__init__()
+        self.drop_rule = drop_rule
         self.listen = listen
         self.upstream = upstream
         self.impairment_up = impairment_up or Impairment()
@@ -335,7 +350,12 @@ class ChaosProxy(Service):
         send: Callable[[bytes], object],
     ) -> None:
         decision = self._links[direction].offer(data, now, self._rngs[direction])
-        self._record(direction, mapping, data, now, decision)
+        rule = self.drop_rule(direction, data) if self.drop_rule is not None else None
+        if rule is not None and not decision.dropped:
+            decision = Decision(DROP_RULE, ())
+        elif rule is not None:
+            rule = None  # the model dropped it already: the rule's target is still to come
+        self._record(direction, mapping, data, now, decision, rule)
         # "received" is counted last so that whoever sees it also sees the rest.
         with self._stats_lock:
             stats = self.stats
@@ -355,7 +375,13 @@ class ChaosProxy(Service):
                 scheduler.push(at, send, payload)
 
     def _record(
-        self, direction: str, mapping: _Mapping, data: bytes, now: float, decision: Decision
+        self,
+        direction: str,
+        mapping: _Mapping,
+        data: bytes,
+        now: float,
+        decision: Decision,
+        rule: str | None = None,
     ) -> None:
         self._decisions += 1
         if self._log is None:
@@ -365,6 +391,7 @@ class ChaosProxy(Service):
             "t": round(now - self._t0, 6),
             "dir": direction,
             "client": mapping.label,
+            "via": mapping.via,
             "bytes": len(data),
         }
         if looks_like_rudp(data):
@@ -377,6 +404,8 @@ class ChaosProxy(Service):
                 "len": header.length,
             }
         record.update(decision.to_record())
+        if rule is not None:
+            record["rule"] = rule
         self._log.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def _send_failed(self, exc: OSError) -> None:
