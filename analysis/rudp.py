@@ -407,6 +407,8 @@ class RudpSession:
         out of order.  The margins cover copies delayed or reordered by the
         network, so that none is ever taken for one kept (rule O4).
         """
+        if self.f.options is not None:
+            return  # a negotiated receiver may keep chunks beyond a hole (wire extensions)
         dup_time, dup_frame = self.dups.last(acked)
         rtt = self.rtt
         if dup_frame == 0 or rtt.samples < 3:

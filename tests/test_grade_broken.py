@@ -23,7 +23,7 @@ pytestmark = [requires_netns_capture, pytest.mark.netns, pytest.mark.slow]
 BROKEN = REPO / "tests" / "broken_server.py"
 
 
-def _grade(tmp_path: Path, fault: str, scenario: str, seed: int = 1) -> RunResult:
+def _grade(tmp_path: Path, fault: str, scenario: str, seed: int = 2) -> RunResult:
     command = f"{sys.executable} {BROKEN} --fault {fault} --max-rto 0.3"
     spec = RunSpec(SERVER, command, scenario, seed, str(tmp_path / scenario), str(REPO))
     return run_in_namespace(spec)
@@ -71,7 +71,7 @@ def test_a_window_that_never_grows_fails_the_aimd_lower_bound(tmp_path: Path) ->
 
 
 def test_selective_repeat_fails_go_back_n(tmp_path: Path) -> None:
-    result = _grade(tmp_path, "selective-repeat", "drop-3rd-data")
+    result = _grade(tmp_path, "selective-repeat", "blackhole")
     assert "rudp.gbn" in _failing(result), result.checks
     detail = next(c.detail for c in result.failing if c.id == "rudp.gbn")
     assert "selective repeat" in detail
