@@ -162,7 +162,7 @@ def rudp_checks(session: RudpSessionFacts, options: VerifyOptions) -> list[Check
     # rudp.gbn and rudp.aimd: judged on the DATA there is
     kinds = session.go_back_kinds
     go_back_frames = [frame for frame, _kind in session.go_back_frames[:20]]
-    flight_frames = [fr["max_flight"]] if "max_flight" in fr else []
+    flight_frames = [session.max_flight_frame] if session.max_flight_frame else []
     for check_id, ok_text, ok_frames in (
         (
             "rudp.gbn",
@@ -180,7 +180,7 @@ def rudp_checks(session: RudpSessionFacts, options: VerifyOptions) -> list[Check
         (
             "rudp.aimd",
             f"up to {session.max_flight} chunks in flight (frame "
-            f"{fr.get('max_flight', '?')}), within the AIMD window (at most "
+            f"{session.max_flight_frame}), within the AIMD window (at most "
             f"{session.max_window}, +1 per advancing ACK, halved after each loss); "
             + (
                 f"filled the window it demonstrably had (at least {session.min_window}, "

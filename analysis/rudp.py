@@ -630,7 +630,7 @@ class RudpSession:
                 self.note(number, "window_exceeded", f"{flight} in flight, window at most {hi}")
         if flight > self.max_flight:
             self.max_flight = flight
-            self.f.frames["max_flight"] = number
+            self.f.max_flight_frame = number
         # What the sender has outstanding (it cannot know which of it was lost).
         outstanding = (chunk if chunk > self.highest_sent else self.highest_sent) - acked
         if outstanding > self._peak:  # noqa: PLR1730 - hot path, no call

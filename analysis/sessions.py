@@ -170,6 +170,7 @@ class RudpSessionFacts:
     go_back_kinds: dict[str, int] = field(default_factory=lambda: {"timeout": 0, "dupack": 0})
     timeouts: list[float] = field(default_factory=list)
     max_flight: int = 0
+    max_flight_frame: int = 0  # where the most chunks were in flight
     max_window: int = 0  # the largest window the AIMD model allowed (upper bound)
     min_window: int = 0  # the largest lower-bound window: what the sender had to reach
     window_limit: int = (

@@ -70,5 +70,51 @@ def test_scapy_crafted_wrong_handshake_ack(tmp_path: Path) -> None:
 
 
 def test_scapy_crafted_premature_resend(tmp_path: Path) -> None:
+    # The only chunk resent alone 10 ms later: a loss probe (rule S7), which passes.
     analysis = _verify(tmp_path, _ladder(resend_gap=0.01))
-    assert {c.id for c in analysis.checks if c.status == "fail"} == {"rudp.gbn"}
+    assert [c.id for c in analysis.checks if c.status == "fail"] == []
+    assert analysis.rudp_sessions[0].probes == 1
+
+
+def test_scapy_crafted_premature_go_back(tmp_path: Path) -> None:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from stacklab.layers import RUDP
+
+    c, s = ("127.0.0.1", 58314), ("127.0.0.3", 2122)
+    steps = [
+        (True, RUDP(seq=100, ack=0, flag=b"S"), b"", 0.0),
+        (False, RUDP(seq=0, ack=101, flag=b"A"), b"", 0.001),
+        (True, RUDP(seq=101, ack=0, flag=b"D"), COMMAND, 0.001),
+        (False, RUDP(seq=0, ack=101, flag=b"A"), b"", 0.001),
+        (False, RUDP(seq=1, ack=0, flag=b"D"), b"one", 0.001),
+        (True, RUDP(seq=0, ack=1, flag=b"A"), b"", 0.001),
+        (False, RUDP(seq=2, ack=0, flag=b"D"), b"two", 0.001),
+        (False, RUDP(seq=3, ack=0, flag=b"D"), b"six", 0.001),
+        (False, RUDP(seq=2, ack=0, flag=b"D"), b"two", 0.01),  # back 10 ms later, no reason
+        (False, RUDP(seq=3, ack=0, flag=b"D"), b"six", 0.001),
+        (True, RUDP(seq=0, ack=3, flag=b"A"), b"", 0.001),
+        (False, RUDP(seq=4, ack=0, flag=b"F"), b"", 0.001),
+        (True, RUDP(seq=0, ack=4, flag=b"A"), b"", 0.001),
+    ]
+    packets = []
+    t = 1_700_000_000.0
+    for from_client, header, payload, dt in steps:
+        t += dt
+        src, dst = (c, s) if from_client else (s, c)
+        pkt = (
+            Ether()
+            / IP(src=src[0], dst=dst[0])
+            / UDP(sport=src[1], dport=dst[1])
+            / header
+            / payload
+        )
+        pkt.time = t
+        packets.append(pkt)
+    analysis = _verify(tmp_path, packets)
+    # gbn: no timeout, no duplicate ACK; aimd: the go-back halved the window to 1,
+    # and resending 3 as well makes 2 in flight.
+    assert {c.id for c in analysis.checks if c.status == "fail"} == {"rudp.gbn", "rudp.aimd"}
+    detail = next(c.detail for c in analysis.checks if c.id == "rudp.gbn")
+    assert "sooner than any timeout" in detail
