@@ -48,6 +48,7 @@ def test_part4_loss_flow() -> None:
     assert {c.id for c in analysis.checks} == {
         "rudp.handshake",
         "rudp.delivery",
+        "rudp.integrity",
         "rudp.gbn",
         "rudp.aimd",
         "rudp.teardown",
