@@ -58,7 +58,7 @@ demo: setup
 	$(BIN)/stacklab demo
 
 captures: setup
-	$(BIN)/stacklab capture all --netns -o captures/
+	$(BIN)/stacklab capture all --netns --force -o captures/
 
 bench: setup
 	$(BIN)/pip install --quiet -e '.[bench]'
