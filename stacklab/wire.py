@@ -216,13 +216,6 @@ def pack_rudp(
     return RUDP_HEADER.pack(seq, ack, flag, len(payload) if length is None else length) + payload
 
 
-def pack_rudp_into(
-    buffer: bytearray | memoryview, seq: int, ack: int, flag: bytes, length: int
-) -> None:
-    """Write a header into the first 11 bytes of a preallocated buffer (hot path)."""
-    RUDP_HEADER.pack_into(buffer, 0, seq, ack, flag, length)
-
-
 class RudpDecodeError(ValueError):
     """Raised when a datagram is too short to hold a RUDP header."""
 
