@@ -179,7 +179,7 @@ def rudp_checks(session: RudpSessionFacts, options: VerifyOptions) -> list[Check
         ),
         (
             "rudp.aimd",
-            f"up to {session.max_flight} chunks in flight (frame "
+            f"up to {_count(session.max_flight, 'chunk')} in flight (frame "
             f"{session.max_flight_frame}), within the AIMD window (at most "
             f"{session.max_window}, +1 per advancing ACK, halved after each loss); "
             + (

@@ -106,7 +106,7 @@ def ladder_lines(rows: list[LadderRow], check: Check, width: int = 34) -> list[s
             body = " " * width + f"<--  {row.text}{resent}"
         mark = ">> " if row.frame in marked else "   "
         tail = f"  << {check.id}" if row.frame == check.frames[0] else ""
-        out.append(f"{mark}{row.frame:>5}  {row.time:>10.6f}  {body}{tail}")
+        out.append(f"{mark}{row.frame:>5}  {row.time:>10.6f}  {body}{tail}".rstrip())
     return out
 
 

@@ -324,6 +324,10 @@ class RudpSession:
     def chunk_ack(self, number: int, time: float, ack: int) -> None:
         """A client ACK: cumulative for chunks, or the ACK of the FIN."""
         self._acks_seen += 1
+        if self._burst_start >= 0.0:  # a client datagram ends a burst of DATA
+            if self.keep_series:
+                self.series.append((self._burst_start, self._burst_max))
+            self._burst_start = -1.0
         acked = self.acked_seen
         f = self.f
         if ack > acked:
