@@ -104,6 +104,17 @@ _STATUS_STYLE: Final = {"fail": "bold red", "pass": "green", "skip": "dim"}
     is_flag=True,
     help="Print an expectation file drafted from CAPTURES instead of verifying them.",
 )
+@click.option(
+    "--baseline",
+    "baseline_dir",
+    type=click.Path(file_okay=False),
+    help="Compare each capture with its stored baseline in this folder (capture.baseline).",
+)
+@click.option(
+    "--update-baseline",
+    is_flag=True,
+    help="Write (or rewrite) the baselines of --baseline from these captures.",
+)
 def verify(
     captures: tuple[str, ...],
     as_json: bool,
@@ -120,6 +131,8 @@ def verify(
     engine: str,
     checks_path: str | None,
     init: bool,
+    baseline_dir: str | None,
+    update_baseline: bool,
 ) -> None:
     """Check captures: handshake, delivery, Go-Back-N, AIMD, teardown, DHCP, DNS, framing.
 
@@ -145,6 +158,12 @@ def verify(
         from stacklab.commands.verify_checks import check_file
 
         check_file(checks_path)
+    if update_baseline and baseline_dir is None:
+        raise UserError("--update-baseline needs --baseline DIR")
+    if baseline_dir is not None:
+        from stacklab.commands.verify_baseline import check_folder
+
+        check_folder(baseline_dir, captures, update_baseline)
     if junit_path is not None:  # decided before the work: a refusal must not come after it
         junit = resolve_output(
             junit_path, inputs=(*captures, events_path, checks_path), replace_by_default=True
@@ -158,6 +177,10 @@ def verify(
         keep_series=as_json,
         jobs=jobs,
     )
+    if baseline_dir is not None:
+        from stacklab.analysis.semantic import event_options
+
+        options = event_options(options)
     analyze: Callable[[str, VerifyOptions], CaptureAnalysis]
     errors: tuple[type[Exception], ...] = (CaptureError,)
     if engine == "tshark":
@@ -199,6 +222,10 @@ def verify(
     for analysis in analyses:
         for warning in analysis.warnings:
             click.echo(f"stacklab: warning: {analysis.path}: {warning}", err=True)
+    if baseline_dir is not None:
+        from stacklab.commands.verify_baseline import apply_baseline
+
+        apply_baseline(analyses, baseline_dir, update_baseline)
     if junit is not None:
         from stacklab.analysis.junit import write_junit
 
