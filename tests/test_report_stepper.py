@@ -1,0 +1,126 @@
+"""The report's step-through: the states it computes, and stepping them in a real headless browser.
+
+The browser is the system Chromium driven by Playwright (its own browser
+download is never used: ``executable_path`` points at the system binary),
+on a ``file://`` URL with the network off: what it shows is what an offline
+reader sees.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from stacklab.analysis.report import ReportOptions, write_report
+from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
+from stacklab.analysis.stepthrough import session_steps, stepper_section
+from stacklab.analysis.verify import analyze_capture
+
+from conftest import seed_capture
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+LOSS = seed_capture("part4_rudp_loss_flow")  # chunk 1 resent at frames 23, 24, 25 after timeouts
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _analysis() -> CaptureAnalysis:
+    return analyze_capture(LOSS, VerifyOptions(keep_notes=True, trace_sessions=1))
+
+
+def test_steps_follow_go_back_n() -> None:
+    (facts,) = _analysis().rudp_sessions
+    steps = session_steps(facts)
+    assert [(s.frame, s.packet) for s in steps] == [
+        (20, "DATA 1"),
+        (23, "DATA 1"),
+        (24, "DATA 1"),
+        (25, "DATA 1"),
+        (26, "ACK 1"),
+        (27, "FIN"),
+    ]
+    first, resent, ack, fin = steps[0], steps[1], steps[4], steps[5]
+    assert (first.base, first.next, first.expected) == (1, 2, 1)
+    assert resent.notes == ("chunk 1 resent", "go-back to chunk 1 (timeout)")
+    assert first.notes == ()
+    # The ACK slides the base and tells what the receiver expects next.
+    assert (ack.base, ack.next, ack.expected, ack.window) == (2, 2, 2, (1, 2))
+    assert fin.to_client and not ack.to_client and fin.packet == "FIN"
+
+
+def test_section_embeds_the_steps_as_json_that_cannot_close_the_script() -> None:
+    analysis = _analysis()
+    analysis.rudp_sessions[0].notes[0].text = "</script><b>x"
+    section = stepper_section(analysis)
+    payload = re.search(r'<script type="application/json" id="step-data">(.*?)</script>', section)
+    assert payload is not None
+    data = json.loads(payload.group(1))
+    assert len(data["steps"]) == 6 and data["steps"][1]["notes"][0] == "</script><b>x"
+    assert "<b>x" not in section and section.count("</script>") == 1
+    analysis.rudp_sessions[0].trace.clear()
+    assert stepper_section(analysis) == ""
+
+
+@pytest.fixture(scope="module")
+def browser_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    if CHROMIUM is None:
+        pytest.skip("headless Chromium not installed (scripts/ensure-tools.sh installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    out = tmp_path_factory.mktemp("stepper") / "loss.html"
+    write_report(LOSS, out, ReportOptions())
+    with sync_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(out.as_uri())
+            page.wait_for_selector("#step-label:has-text('step 1 of 6')")
+            yield page
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def _state(page: Page) -> dict[str, str]:
+    names = ("frame", "packet", "base", "next-chunk", "window", "expected", "notes")
+    return {name: page.inner_text(f"#step-{name}") for name in names}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_stepping_forward_changes_the_state_shown(browser_page: Page) -> None:
+    page = browser_page
+    page.keyboard.press("Home")
+    start = _state(page)
+    assert start["frame"] == "20" and start["packet"].startswith("DATA 1")
+    assert start["base"] == "chunk 1" and start["next-chunk"] == "chunk 2 (1 in flight)"
+    assert start["notes"] == "nothing noted"
+    page.click("#step-next")
+    after = _state(page)
+    assert after != start and after["frame"] == "23"
+    assert after["notes"] == "chunk 1 resent; go-back to chunk 1 (timeout)"
+    assert page.inner_text("#step-label") == "step 2 of 6"
+    current = page.inner_text("#step-rows tr.current")
+    assert current.split()[0] == "23"
+    # Keys move too: three more steps reach the ACK, which slides the base.
+    for _ in range(3):
+        page.keyboard.press("ArrowRight")
+    ack = _state(page)
+    assert ack["frame"] == "26" and ack["packet"].startswith("ACK 1")
+    assert ack["base"] == "chunk 2" and ack["expected"] == "chunk 2" and ack["window"] == "1..2"
+    page.keyboard.press("ArrowLeft")
+    assert _state(page)["frame"] == "25"
+    page.click("#step-last")
+    assert _state(page)["frame"] == "27"
+    page.click("#step-next")
+    assert _state(page)["frame"] == "27"  # the last step stays the last
