@@ -146,23 +146,61 @@ class Divergence:
     reason: str
 
 
+def stream(event: Event) -> tuple[int, str]:
+    """Which ordered stream an event belongs to: the sender's, the receiver's, the window's.
+
+    Within a stream order is the protocol's; across streams it is a race (a
+    DATA and an ACK crossing on the wire swap places from one run to the
+    next), so streams are compared each in its own order.
+    """
+    if event.kind in ("ack", "fin_ack"):
+        return (event.session, "receiver")
+    if event.kind == "window":
+        return (event.session, "window")
+    return (event.session, "sender")
+
+
 def first_divergence(a: Sequence[Event], b: Sequence[Event], tolerance: float) -> Divergence | None:
-    """The first event that differs in kind, value or (beyond ``tolerance`` seconds) time."""
-    for index in range(max(len(a), len(b))):
-        left = a[index] if index < len(a) else None
-        right = b[index] if index < len(b) else None
-        if left is None or right is None:
-            side = "A" if left is None else "B"
-            return Divergence(index, left, right, f"{side} has no more events")
-        if left.key != right.key:
-            return Divergence(index, left, right, "different events")
-        if left.time is not None and right.time is not None:
-            gap = abs(left.time - right.time)
+    """The earliest event (by A's frames) that differs in kind, value or time beyond ``tolerance``.
+
+    Each stream (see :func:`stream`) is compared in order; ``index`` is the
+    position of A's differing event in ``a`` (``len(a)`` when A has none left).
+    """
+    left_streams: dict[tuple[int, str], list[int]] = {}
+    right_streams: dict[tuple[int, str], list[int]] = {}
+    for events, streams in ((a, left_streams), (b, right_streams)):
+        for index, event in enumerate(events):
+            streams.setdefault(stream(event), []).append(index)
+    found: list[Divergence] = []
+    for key in set(left_streams) | set(right_streams):
+        found += _stream_divergence(
+            a, b, left_streams.get(key, []), right_streams.get(key, []), tolerance
+        )
+    if not found:
+        return None
+    return min(found, key=lambda d: (d.index, d.b.frame if d.b is not None else 0))
+
+
+def _stream_divergence(
+    a: Sequence[Event], b: Sequence[Event], left: list[int], right: list[int], tolerance: float
+) -> list[Divergence]:
+    for position in range(max(len(left), len(right))):
+        i = left[position] if position < len(left) else None
+        j = right[position] if position < len(right) else None
+        one = a[i] if i is not None else None
+        other = b[j] if j is not None else None
+        index = i if i is not None else len(a)
+        if one is None or other is None:
+            side = "A" if one is None else "B"
+            return [Divergence(index, one, other, f"{side} has no more events of this kind")]
+        if one.key != other.key:
+            return [Divergence(index, one, other, "different events")]
+        if one.time is not None and other.time is not None:
+            gap = abs(one.time - other.time)
             if gap > tolerance:
-                return Divergence(
-                    index, left, right, f"times differ by {gap:.3f} s (tolerance {tolerance:g} s)"
-                )
-    return None
+                reason = f"times differ by {gap:.3f} s (tolerance {tolerance:g} s)"
+                return [Divergence(index, one, other, reason)]
+    return []
 
 
 def describe(

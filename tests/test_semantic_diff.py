@@ -94,8 +94,19 @@ def test_a_shorter_story_diverges_where_it_ends() -> None:
     story = [Event(1, "data", n, n * 0.01, n + 4) for n in range(1, 6)]
     divergence = first_divergence(story, story[:3], 0.1)
     assert divergence is not None and divergence.index == 3 and divergence.b is None
-    assert divergence.reason == "B has no more events"
+    assert divergence.reason == "B has no more events of this kind"
     assert first_divergence(story, list(story), 0.0) is None
+
+
+def test_a_data_and_an_ack_crossing_are_no_divergence() -> None:
+    data, ack = Event(1, "data", 4, 0.0021, 24), Event(1, "ack", 2, 0.0022, 25)
+    later = Event(1, "data", 5, 0.0030, 26)
+    assert first_divergence([data, ack, later], [ack, data, later], 0.01) is None
+    # ... but the same ACK with another value is.
+    other = Event(1, "ack", 3, 0.0022, 24)
+    divergence = first_divergence([data, ack, later], [other, data, later], 0.01)
+    assert divergence is not None and (divergence.a, divergence.b) == (ack, other)
+    assert divergence.index == 1
 
 
 def test_baselines_written_then_compared(tmp_path: Path) -> None:
