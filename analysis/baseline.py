@@ -101,7 +101,7 @@ def compare(
         lines.append(
             sides[0].removeprefix("first divergence at ")
             + ": "
-            + "; ".join(side.strip() for side in sides[1:])
+            + "; ".join(" ".join(side.split()) for side in sides[1:])
         )
         if divergence.b is not None:
             frames.append(divergence.b.frame)
