@@ -244,3 +244,31 @@ def test_comparisons_follow_their_operator(op: str, bound: int, actual: int) -> 
 def test_bad_comparisons_are_refused(bad: object) -> None:
     with pytest.raises(ExpectationError, match=r"^where: "):
         parse_comparison(bad, "where")
+
+
+def test_an_entry_may_set_the_window_limit(tmp_path: Path) -> None:
+    import random
+
+    from stacklab.analysis.synth import simulate_transfer, write_capture
+
+    packets = simulate_transfer(
+        random.Random(5).randbytes(20_000), rng=random.Random(5), max_window=8, delay=0.002
+    )
+    write_capture(tmp_path / "wide.pcapng", packets, fmt="pcapng")
+    text = "captures:\n  wide.pcapng:\n    checks: {rudp.gbn: pass}\n    facts: {max_flight: 8}\n"
+    path = tmp_path / "wide.yaml"
+    path.write_text(text, encoding="utf-8")
+    code, out, _ = _run("--checks", str(path))
+    assert code == 1 and "wide.yaml:3: check rudp.gbn pass: fail 1" in out  # 8 > the original 5
+    path.write_text(text + "    max_window: 8\n", encoding="utf-8")
+    code, out, err = _run("--checks", str(path))
+    assert code == 0, out + err
+    path.write_text(text + "    max_window: 0\n", encoding="utf-8")
+    code, _, err = _run("--checks", str(path))
+    assert code == 2 and "wide.yaml:5: expected a whole number >= 1, not 0" in err
+
+
+def test_init_of_an_unreadable_capture_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "junk.pcapng").write_bytes(b"junk")
+    code, out, err = _run("--init", str(tmp_path / "junk.pcapng"))
+    assert code == 2 and out == "" and err.startswith("stacklab: error: ")
