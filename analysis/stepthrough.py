@@ -1,4 +1,4 @@
-"""The report's step-through: one RUDP session replayed frame by frame, with each side's state.
+"""The report's step-through: RUDP sessions replayed frame by frame, with each side's state.
 
 At every DATA, ACK or FIN of the session the verifier traced, the page shows
 what Go-Back-N keeps in its head: the sender's base (lowest unacknowledged
@@ -24,7 +24,11 @@ from typing import Any, Final
 from stacklab.analysis.sessions import CaptureAnalysis, RudpSessionFacts
 
 MAX_STEPS: Final = 5000
-"""Steps embedded in the page; a longer session is cut there (and the page says so)."""
+"""Steps embedded per session; a longer session is cut there (and the page says so)."""
+MAX_TOTAL_STEPS: Final = 20_000
+"""Steps embedded in all: the page stays a few megabytes at most."""
+MAX_SESSIONS: Final = 12
+"""Sessions offered in the step-through (the first ones the verifier traced)."""
 _KIND: Final = ("DATA", "ACK", "FIN")
 
 
@@ -93,39 +97,51 @@ def session_steps(facts: RudpSessionFacts, limit: int = MAX_STEPS) -> list[Step]
 
 def stepper_section(analysis: CaptureAnalysis) -> str:
     """The HTML of the step-through (empty when no RUDP session was traced)."""
-    traced = [s for s in analysis.rudp_sessions if s.trace]
+    traced = [s for s in analysis.rudp_sessions if s.trace][:MAX_SESSIONS]
     if not traced:
         return ""
-    facts = traced[0]
-    steps = session_steps(facts)
-    data = {
-        "session": facts.key,
-        "client": facts.client,
-        "server": facts.server,
-        "steps": [step.to_json() for step in steps],
-    }
+    budget = MAX_TOTAL_STEPS
+    sessions = []
+    clipped = []
+    for number, facts in enumerate(traced, 1):
+        steps = session_steps(facts, max(1, min(MAX_STEPS, budget)))
+        budget -= len(steps)
+        if len(steps) < facts.trace_points:
+            clipped.append(f"session {number}: the first {len(steps):,} of {facts.trace_points:,}")
+        sessions.append(
+            {
+                "name": f"session {number}: {facts.key}",
+                "client": facts.client,
+                "server": facts.server,
+                "steps": [step.to_json() for step in steps],
+            }
+        )
     # No "<" at all: nothing in a note can end the script element; the JSON stays JSON.
-    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
-    cut = ""
-    if len(facts.trace) > len(steps) or facts.trace_points > len(facts.trace):
-        cut = f" (the first {len(steps):,} of {facts.trace_points:,} DATA and ACKs)"
-    others = len(analysis.rudp_sessions) - 1
-    more = f"; {others:,} other RUDP session(s) are not stepped" if others else ""
+    payload = json.dumps({"sessions": sessions}, separators=(",", ":")).replace("<", "\\u003c")
+    cut = f" (DATA and ACKs stepped: {'; '.join(clipped)})" if clipped else ""
+    others = len(analysis.rudp_sessions) - len(traced)
+    more = f"; {others:,} later RUDP session(s) are not stepped" if others else ""
     e = html.escape
+    options = "".join(
+        f'<option value="{i}">{e(str(session["name"]))}</option>'
+        for i, session in enumerate(sessions)
+    )
+    hidden = " hidden" if len(sessions) == 1 else ""
     return (
         '<div id="stepper" class="stepper">'
-        f'<p class="note">Step through RUDP session {e(facts.key)} frame by frame{e(cut)}{e(more)}: '
+        f'<p class="note">Step through the RUDP sessions frame by frame{e(cut)}{e(more)}: '
         "buttons, or the keys ← → (Home, End). The sender's base, next chunk and window are as "
         "the verifier's model infers them from the capture; the receiver's expected chunk is one "
         "past its last cumulative ACK.</p>"
         '<div class="step-controls">'
+        f'<select id="step-session" aria-label="session"{hidden}>{options}</select>'
         '<button type="button" id="step-first" title="first (Home)">⏮ first</button>'
         '<button type="button" id="step-prev" title="previous (←)">◀ previous</button>'
         '<button type="button" id="step-next" title="next (→)">next ▶</button>'
         '<button type="button" id="step-last" title="last (End)">last ⏭</button>'
         '<span id="step-label"></span></div>'
         '<div class="step-body"><table class="step-ladder"><thead><tr><th>frame</th>'
-        f"<th>client {e(facts.client)}</th><th></th><th>server {e(facts.server)}</th></tr></thead>"
+        '<th id="step-client">client</th><th></th><th id="step-server">server</th></tr></thead>'
         '<tbody id="step-rows"></tbody></table>'
         '<dl id="step-state">'
         '<dt>frame</dt><dd id="step-frame">-</dd>'

@@ -9,9 +9,11 @@ reader sees.
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,12 +21,13 @@ import pytest
 from stacklab.analysis.report import ReportOptions, write_report
 from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
 from stacklab.analysis.stepthrough import session_steps, stepper_section
+from stacklab.analysis.synth import merge, simulate_transfer, write_capture
 from stacklab.analysis.verify import analyze_capture
 
 from conftest import seed_capture
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Browser, Page
 
 LOSS = seed_capture("part4_rudp_loss_flow")  # chunk 1 resent at frames 23, 24, 25 after timeouts
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -61,34 +64,43 @@ def test_section_embeds_the_steps_as_json_that_cannot_close_the_script() -> None
     payload = re.search(r'<script type="application/json" id="step-data">(.*?)</script>', section)
     assert payload is not None
     data = json.loads(payload.group(1))
-    assert len(data["steps"]) == 6 and data["steps"][1]["notes"][0] == "</script><b>x"
+    (session,) = data["sessions"]
+    assert len(session["steps"]) == 6 and session["steps"][1]["notes"][0] == "</script><b>x"
+    assert 'id="step-session" aria-label="session" hidden' in section  # one session: no choice
     assert "<b>x" not in section and section.count("</script>") == 1
     analysis.rudp_sessions[0].trace.clear()
     assert stepper_section(analysis) == ""
 
 
 @pytest.fixture(scope="module")
-def browser_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+def browser() -> Iterator[Browser]:
+    """The system Chromium under Playwright, for the whole module (one driver at a time)."""
     if CHROMIUM is None:
         pytest.skip("headless Chromium not installed (scripts/ensure-tools.sh installs it)")
     sync_api = pytest.importorskip("playwright.sync_api")
-    out = tmp_path_factory.mktemp("stepper") / "loss.html"
-    write_report(LOSS, out, ReportOptions())
     with sync_api.sync_playwright() as driver:
-        browser = driver.chromium.launch(
+        chromium = driver.chromium.launch(
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(out.as_uri())
-            page.wait_for_selector("#step-label:has-text('step 1 of 6')")
-            yield page
-            assert errors == []
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    out = tmp_path_factory.mktemp("stepper") / "loss.html"
+    write_report(LOSS, out, ReportOptions())
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(out.as_uri())
+    page.wait_for_selector("#step-label:has-text('step 1 of 6')")
+    yield page
+    page.close()
+    assert errors == []
 
 
 def _state(page: Page) -> dict[str, str]:
@@ -124,3 +136,30 @@ def test_stepping_forward_changes_the_state_shown(browser_page: Page) -> None:
     assert _state(page)["frame"] == "27"
     page.click("#step-next")
     assert _state(page)["frame"] == "27"  # the last step stays the last
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_second_session_is_chosen_from_the_list(browser: Browser, tmp_path: Path) -> None:
+    content = random.Random(2).randbytes(3000)
+    first = simulate_transfer(content, rng=random.Random(1), client=("10.0.0.2", 50000))
+    second = simulate_transfer(
+        content, rng=random.Random(1), client=("10.0.0.9", 50001), start=1_700_000_010.0
+    )
+    capture = tmp_path / "two.pcapng"
+    write_capture(capture, list(merge([first, second])), fmt="pcapng")
+    out = tmp_path / "two.html"
+    write_report(capture, out, ReportOptions())
+    page = browser.new_page()
+    try:
+        page.goto(out.as_uri())
+        assert page.inner_text("#step-client") == "client 10.0.0.2:50000"
+        frame = int(page.inner_text("#step-frame"))
+        page.select_option("#step-session", "1")
+        assert page.inner_text("#step-client") == "client 10.0.0.9:50001"
+        assert int(page.inner_text("#step-frame")) > frame
+        assert page.inner_text("#step-label").startswith("step 1 of ")
+        page.keyboard.press("ArrowRight")
+        assert page.inner_text("#step-label").startswith("step 2 of ")
+    finally:
+        page.close()

@@ -1,10 +1,11 @@
-// Step through one RUDP session: a cursor over the states the report computed.
+// Step through the RUDP sessions: a cursor over the states the report computed.
 (function () {
   var box = document.getElementById("stepper");
   var source = document.getElementById("step-data");
   if (!box || !source) { return; }
-  var data = JSON.parse(source.textContent), steps = data.steps, at = 0, shown = 7;
+  var sessions = JSON.parse(source.textContent).sessions, steps = [], at = 0, shown = 7;
   var rows = document.getElementById("step-rows");
+  var picker = document.getElementById("step-session");
   function put(id, text) { document.getElementById(id).textContent = text; }
   function row(i) {
     var s = steps[i], tr = document.createElement("tr");
@@ -21,6 +22,7 @@
     return tr;
   }
   function show(i) {
+    rows.textContent = "";
     if (!steps.length) { put("step-label", "no DATA or ACK traced"); return; }
     at = Math.min(Math.max(i, 0), steps.length - 1);
     var s = steps[at];
@@ -33,14 +35,21 @@
     put("step-window", s.lo === s.hi ? String(s.hi) : s.lo + ".." + s.hi);
     put("step-expected", "chunk " + s.expected);
     put("step-notes", s.notes.length ? s.notes.join("; ") : "nothing noted");
-    rows.textContent = "";
     var from = Math.max(0, at - shown), to = Math.min(steps.length, at + shown + 1);
     for (var k = from; k < to; k++) { rows.appendChild(row(k)); }
+  }
+  function pick(n) {
+    var session = sessions[n];
+    steps = session.steps;
+    put("step-client", "client " + session.client);
+    put("step-server", "server " + session.server);
+    show(0);
   }
   document.getElementById("step-first").onclick = function () { show(0); };
   document.getElementById("step-prev").onclick = function () { show(at - 1); };
   document.getElementById("step-next").onclick = function () { show(at + 1); };
   document.getElementById("step-last").onclick = function () { show(steps.length - 1); };
+  picker.onchange = function () { pick(Number(picker.value)); picker.blur(); };
   document.addEventListener("keydown", function (event) {
     var tag = (event.target && event.target.tagName) || "";
     if (tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT") { return; }
@@ -50,5 +59,5 @@
       show(moves[event.key]);
     }
   });
-  show(0);
+  pick(0);
 })();
