@@ -56,6 +56,7 @@ class Event:
             "fin": "FIN",
             "fin_ack": "ACK of the FIN",
             "totals": f"session totals {value}",
+            "clipped": f"{value} DATA and ACKs, only the first of them compared",
         }
         if self.kind.startswith("go_back."):
             kind = self.kind.removeprefix("go_back.")
@@ -131,6 +132,8 @@ def _session_events(number: int, s: RudpSessionFacts) -> list[Event]:
         if hi != window:
             window = hi
             out.append(Event(number, "window", hi, at, frame))
+    if s.trace_points > len(s.trace):  # the verifier kept its first points only
+        out.append(Event(number, "clipped", s.trace_points, None, s.last_frame))
     if s.fin_acked and "fin_ack" in s.frames:
         out.append(Event(number, "fin_ack", None, None, s.frames["fin_ack"]))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import xml.etree.ElementTree as ET
@@ -10,9 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from stacklab.analysis.semantic import Event, first_divergence
+from stacklab.analysis.semantic import Event, capture_events, event_options, first_divergence
+from stacklab.analysis.sessions import VerifyOptions
 from stacklab.analysis.synth import simulate_transfer, write_capture
+from stacklab.analysis.verify import analyze_capture
 from stacklab.cli import cli
+
+from conftest import seed_capture
 
 CONTENT = random.Random(1).randbytes(6000)
 
@@ -200,3 +205,15 @@ def test_baseline_usage_errors(tmp_path: Path) -> None:
     b = _capture(tmp_path / "other" / "a.pcapng")
     code, _, err = _run("verify", "--baseline", str(tmp_path), "--update-baseline", str(a), str(b))
     assert code == 2 and "captures share a baseline name: a.pcapng" in err
+
+
+def test_a_clipped_trace_says_so() -> None:
+    options = event_options(VerifyOptions())
+    whole = capture_events(analyze_capture(seed_capture("part4_rudp_loss_flow"), options))
+    assert all(e.kind != "clipped" for e in whole)
+    short = dataclasses.replace(options, trace_limit=3)
+    clipped = capture_events(analyze_capture(seed_capture("part4_rudp_loss_flow"), short))
+    (marker,) = [e for e in clipped if e.kind == "clipped"]
+    assert marker.value == 6 and "only the first of them compared" in marker.text()
+    divergence = first_divergence(whole, clipped, 1.0)
+    assert divergence is not None
