@@ -40,6 +40,7 @@ from stacklab.analysis.series import (
     read_sender_window,
 )
 from stacklab.analysis.sessions import CaptureAnalysis, Check, RudpSessionFacts, VerifyOptions
+from stacklab.analysis.stepthrough import stepper_section
 from stacklab.analysis.verify import analyze_capture
 from stacklab.files import write_atomically
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
@@ -469,6 +470,7 @@ def build_report(
             events_path=options.events_path,
             expect=options.expect,
             trace_sessions=options.max_sessions,
+            keep_notes=True,
         ),
     )
     step("charting")
@@ -490,14 +492,14 @@ def build_report(
         title=_e(stem),
         subtitle=_e(subtitle),
         css=_template("report.css"),
-        js=_template("report.js"),
+        js=_template("report.js") + _template("stepper.js"),
         verdict="PASS" if passed else "FAIL",
         verdict_class="pass" if passed else "fail",
         summary=_summary(analysis, os.path.getsize(source)),
         checks=_checks(analysis.checks, linked) + _explanation(source, analysis, options),
         sessions=_sessions(analysis, series, options, stem),
         services=_services(analysis, linked),
-        ladder=ladder_html,
+        ladder=ladder_html + stepper_section(analysis),
         packets=_packets(
             tap.rows,
             tap.count,

@@ -23,6 +23,7 @@ from stacklab import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "decode": ("decode", "decode", "Decode a capture into one readable line per packet."),
     "verify": ("verify", "verify", "Check captures automatically: handshake, Go-Back-N, AIMD."),
+    "diff": ("diff", "diff", "Compare two captures as protocol events, ignoring ports and ISNs."),
     "dissector": ("dissector", "dissector", "Write the generated Wireshark Lua dissector."),
     "up": ("up", "up", "Start the whole stack on its default addresses."),
     "serve": ("serve", "serve", "Run one service alone (dhcp, dns, origin, app-tcp, app-rudp)."),

@@ -42,7 +42,7 @@ _STATUS_STYLE: Final = {"fail": "bold red", "pass": "green", "skip": "dim"}
 
 
 @click.command("verify")
-@click.argument("captures", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.argument("captures", nargs=-1, type=click.Path(dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
 @click.option(
     "--junit",
@@ -92,6 +92,29 @@ _STATUS_STYLE: Final = {"fail": "bold red", "pass": "green", "skip": "dim"}
     show_default=True,
     help="native: stacklab's streaming reader; tshark: tshark with the generated Lua dissector.",
 )
+@click.option(
+    "--checks",
+    "checks_path",
+    type=click.Path(dir_okay=False),
+    help="Judge the captures by this expectation file (YAML or TOML); with no CAPTURES, all "
+    "the captures it names.",
+)
+@click.option(
+    "--init",
+    is_flag=True,
+    help="Print an expectation file drafted from CAPTURES instead of verifying them.",
+)
+@click.option(
+    "--baseline",
+    "baseline_dir",
+    type=click.Path(file_okay=False),
+    help="Compare each capture with its stored baseline in this folder (capture.baseline).",
+)
+@click.option(
+    "--update-baseline",
+    is_flag=True,
+    help="Write (or rewrite) the baselines of --baseline from these captures.",
+)
 def verify(
     captures: tuple[str, ...],
     as_json: bool,
@@ -106,6 +129,10 @@ def verify(
     min_rto: float,
     jobs: int | None,
     engine: str,
+    checks_path: str | None,
+    init: bool,
+    baseline_dir: str | None,
+    update_baseline: bool,
 ) -> None:
     """Check captures: handshake, delivery, Go-Back-N, AIMD, teardown, DHCP, DNS, framing.
 
@@ -113,6 +140,10 @@ def verify(
     captures cannot be read, 2 when none can.  A truncated capture is verified
     up to the cut, with a warning.
     """
+    if not captures and checks_path is None:
+        raise click.UsageError("Missing argument 'CAPTURES...'.")
+    if init and checks_path is not None:
+        raise UserError("--init drafts an expectation file; --checks reads one: not both")
     ports = (rudp_port, dns_port, dhcp_port, app_port)
     if len(set(ports)) != len(ports):
         raise UserError("--rudp-port, --dns-port, --dhcp-port and --app-port must all differ")
@@ -123,8 +154,20 @@ def verify(
     if events_path is not None and not os.access(events_path, os.R_OK):
         raise UserError(f"{events_path}: cannot read the events file")
     junit = None
+    if checks_path is not None:
+        from stacklab.commands.verify_checks import check_file
+
+        check_file(checks_path)
+    if update_baseline and baseline_dir is None:
+        raise UserError("--update-baseline needs --baseline DIR")
+    if baseline_dir is not None:
+        from stacklab.commands.verify_baseline import check_folder
+
+        check_folder(baseline_dir, captures, update_baseline)
     if junit_path is not None:  # decided before the work: a refusal must not come after it
-        junit = resolve_output(junit_path, inputs=(*captures, events_path), replace_by_default=True)
+        junit = resolve_output(
+            junit_path, inputs=(*captures, events_path, checks_path), replace_by_default=True
+        )
     options = VerifyOptions(
         ports=Ports(rudp=rudp_port, dns=dns_port, dhcp=dhcp_port, app=app_port),
         max_window=max_window,
@@ -134,6 +177,10 @@ def verify(
         keep_series=as_json,
         jobs=jobs,
     )
+    if baseline_dir is not None:
+        from stacklab.analysis.semantic import event_options
+
+        options = event_options(options)
     analyze: Callable[[str, VerifyOptions], CaptureAnalysis]
     errors: tuple[type[Exception], ...] = (CaptureError,)
     if engine == "tshark":
@@ -145,6 +192,16 @@ def verify(
         from stacklab.analysis.verify import analyze_capture
 
         analyze = analyze_capture
+    if checks_path is not None or init:
+        from stacklab.commands import verify_checks
+
+        if init:
+            sys.exit(verify_checks.run_init(captures, options, analyze, errors))
+        sys.exit(
+            verify_checks.run_checks(
+                checks_path or "", captures, options, analyze, errors, as_json, junit
+            )
+        )
     analyses: list[CaptureAnalysis] = []
     unreadable: list[Unreadable] = []
     for path in captures:
@@ -165,6 +222,10 @@ def verify(
     for analysis in analyses:
         for warning in analysis.warnings:
             click.echo(f"stacklab: warning: {analysis.path}: {warning}", err=True)
+    if baseline_dir is not None:
+        from stacklab.commands.verify_baseline import apply_baseline
+
+        apply_baseline(analyses, baseline_dir, update_baseline)
     if junit is not None:
         from stacklab.analysis.junit import write_junit
 
