@@ -173,6 +173,20 @@ KINDS: Final[Mapping[str, FindingKind]] = {
 }
 """Every note kind of the verifier, by the name it has in notes and comments."""
 
+ANALYSIS_FIELDS: Final[Mapping[str, tuple[Literal["none", "string"], str]]] = {
+    "retransmission": ("none", "Retransmission"),
+    "fast_retransmission": ("none", "Fast retransmission (go-back on the 3rd duplicate ACK)"),
+    "go_back": ("string", "Go-back (its trigger)"),
+    "loss_probe": ("none", "Loss probe (the base resent alone)"),
+    "duplicate_ack": ("none", "Duplicate ACK"),
+    "duplicate": ("none", "Network duplicate"),
+    "window_exceeded": ("none", "Window exceeded"),
+    "malformed": ("none", "Malformed DATA"),
+    "bad_crc32c": ("none", "Bad CRC32C trailer"),
+    "failed": ("string", "Failed check"),
+}
+"""The ``slrudp.analysis.<name>`` fields of the dissector: (presence or string, title)."""
+
 _COMMENT: Final = re.compile(r"^stacklab: ([a-z0-9_.]+): (.*)$", re.DOTALL)
 
 
@@ -276,6 +290,7 @@ def count_kinds(findings: Iterable[PacketFinding]) -> Counter[str]:
 
 
 __all__ = [
+    "ANALYSIS_FIELDS",
     "COMMENT_PREFIX",
     "KINDS",
     "FindingKind",
