@@ -17,6 +17,12 @@ What the script registers (Wireshark 4, Lua 5.2 API):
   a datagram shorter than the header, a length field claiming too much, an
   unknown flag and a bad trailer; on UDP ``rudp`` port both ways, plus an
   optional strict heuristic on any UDP port;
+* the verifier's findings in a capture written by ``stacklab annotate``: the
+  dissector reads the frame's ``stacklab: KIND: TEXT`` comments and shows
+  them as ``slrudp.analysis.*`` fields, Expert Info (group and severity as
+  Wireshark's TCP analysis uses them) and a bracketed label in the Info
+  column; the table of kinds is generated from
+  :data:`stacklab.analysis.findings.KINDS`;
 * ``slframe``: the app frames over TCP, ``slframe.len`` and ``slframe.body``,
   reassembled with ``dissect_tcp_pdus``;
 * ``sldhcp`` and ``sldns``: the JSON datagrams, handed to Wireshark's

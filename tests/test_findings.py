@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from test_verify_sweep import run_transfer
 
 import stacklab
 from stacklab.analysis.findings import KINDS, PacketFinding, parse_comment
@@ -31,7 +32,6 @@ from stacklab.cli import cli
 from stacklab.layers.lua import generate_dissector
 
 from conftest import REPO, SEED_DIR, requires_tshark
-from test_verify_sweep import run_transfer
 
 LOSS = REPO / "captures" / "rudp-loss.pcapng"
 HANDSHAKE = REPO / "captures" / "rudp-handshake.pcapng"
