@@ -351,3 +351,81 @@ def test_display_filters_and_expert_info_show_the_findings(tmp_path: Path) -> No
     assert all(row[0] for row in rows)
     # Without the comments the dissector shows no analysis at all.
     assert _tshark("-X", f"lua_script:{lua}", "-r", str(LOSS), "-Y", "slrudp.analysis") == ""
+
+
+# -- the rarer kinds: look-alike senders and a bad trailer -----------------------------
+
+
+def _lookalikes(tmp_path: Path) -> dict[str, Path]:
+    """Captures of senders that break a rule, and of a network duplicate, written to disk."""
+    import random
+
+    from test_rulebook_lookalikes import CONTENT, _negotiated, _ramp
+
+    from stacklab.analysis.synth import Conversation, SenderFaults, simulate_transfer
+
+    made: dict[str, list[Any]] = {
+        "selective": simulate_transfer(
+            CONTENT, rng=random.Random(2), loss=0.15, faults=SenderFaults(selective=True)
+        ),
+        "no halving": simulate_transfer(
+            CONTENT, rng=random.Random(1), loss=0.15, faults=SenderFaults(halve="none")
+        ),
+        "early fast retransmit": simulate_transfer(
+            CONTENT, rng=random.Random(1), loss=0.15, faults=SenderFaults(fast_retransmit=1)
+        ),
+        "malformed": simulate_transfer(
+            CONTENT, rng=random.Random(0), faults=SenderFaults(malformed_chunk=3)
+        ),
+    }
+    bad_crc = Conversation()
+    _negotiated(bad_crc, bad_chunk=2)
+    made["bad crc"] = bad_crc.packets
+    duplicate = Conversation()
+    _ramp(duplicate)
+    duplicate.data(7, b"\x07", dt=0.0001)
+    made["duplicate"] = duplicate.packets
+    paths = {}
+    for name, packets in made.items():
+        path = tmp_path / f"{name.replace(' ', '-')}.pcapng"
+        write_capture(path, packets, fmt="pcapng")
+        paths[name] = path
+    return paths
+
+
+_ALL_FIELDS = (*_FIELDS, "window_exceeded", "malformed", "bad_crc32c")
+
+
+@requires_tshark
+@pytest.mark.tshark
+def test_rarer_findings_have_their_severity_and_their_filter(tmp_path: Path) -> None:
+    lua = _dissector(tmp_path)
+    expected_kinds = {
+        "selective": ("go_back.selective", "warn"),
+        "no halving": ("window_exceeded", "warn"),
+        "early fast retransmit": ("go_back.unexplained", "warn"),
+        "malformed": ("malformed", "error"),
+        "bad crc": ("bad_crc32c", "error"),
+        "duplicate": ("duplicate", "note"),
+    }
+    for name, capture in _lookalikes(tmp_path).items():
+        analysis = stacklab.verify(capture)
+        findings = analysis.findings
+        kind, severity = expected_kinds[name]
+        assert kind in {f.kind for f in findings}, name
+        assert {f.severity for f in findings if f.kind == kind} == {severity}, name
+        facts = _facts(analysis)
+        counted = _frames_with(findings)
+        for fact in ("retransmission", "go_back", "loss_probe", "duplicate_ack", "duplicate"):
+            assert counted.get(fact, 0) == facts[fact], (name, fact)
+        out = tmp_path / f"annotated-{capture.name}"
+        assert _run("annotate", str(capture), "-o", str(out)).exit_code == 0
+        args = ["-X", f"lua_script:{lua}", "-r", str(out), "-Y", "slrudp.analysis"]
+        args += ["-T", "fields"]
+        for field in _ALL_FIELDS:
+            args += ["-e", f"slrudp.analysis.{field}"]
+        shown = dict.fromkeys(_ALL_FIELDS, 0)
+        for line in _tshark(*args).splitlines():
+            for field, value in zip(_ALL_FIELDS, line.split("\t"), strict=True):
+                shown[field] += bool(value)
+        assert shown == {field: counted.get(field, 0) for field in _ALL_FIELDS}, name
