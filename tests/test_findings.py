@@ -230,7 +230,11 @@ def _without_comments(value: Any) -> Any:
 
 @requires_tshark
 @pytest.mark.tshark
-@pytest.mark.parametrize("capture", [LOSS, REPO / "captures" / "rudp-negotiated.pcapng"])
+@pytest.mark.parametrize(
+    "capture",
+    [LOSS, REPO / "captures" / "rudp-negotiated.pcapng", SEED_DIR / "part4_rudp_loss_flow.pcapng"],
+    ids=lambda p: p.name,
+)
 def test_tshark_reads_the_comments_and_every_other_field_is_unchanged(
     tmp_path: Path, capture: Path
 ) -> None:
