@@ -141,6 +141,26 @@ def _copy(src: BinaryIO, dst: BinaryIO, comments: Mapping[int, Sequence[str]]) -
     return frame
 
 
+def write_with_comments(
+    src: str | os.PathLike[str], dst: BinaryIO, comments: Mapping[int, Sequence[str]]
+) -> int:
+    """Stream pcapng ``src`` into the open binary ``dst`` with the comments; return the frames.
+
+    For outputs that cannot be written atomically (standard output, a FIFO):
+    what was written before an error stays written.  Raises
+    :class:`~stacklab.analysis.pcapio.CaptureError` as :func:`copy_with_comments`.
+    """
+    try:
+        with open(src, "rb") as source:
+            return _copy(source, dst, comments)
+    except OSError as exc:
+        if exc.filename is None:  # the destination failed, not the source
+            raise
+        raise CaptureError(f"cannot read {os.fspath(src)}: {exc.strerror or exc}") from None
+    except struct.error as exc:
+        raise CaptureError(f"{os.fspath(src)}: damaged pcapng block ({exc})") from None
+
+
 def copy_with_comments(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -168,4 +188,4 @@ def copy_with_comments(
     return counted[0]
 
 
-__all__ = ["copy_with_comments"]
+__all__ = ["copy_with_comments", "write_with_comments"]

@@ -867,6 +867,10 @@ class RudpSession:
                 f"chunk {held.last + 1} (frame {frame}) while chunks {chunk + 1}..{held.last} "
                 "were unacknowledged; Go-Back-N resends them all",
             )
+            if self.keep_notes:
+                self.note(
+                    held.frame, "go_back.selective", f"selective repeat of chunk {chunk} (timeout)"
+                )
             self.bounds.go_back(chunk, held.highest)
             return
         bounds = self.bounds

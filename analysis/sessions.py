@@ -22,6 +22,7 @@ from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from stacklab.analysis.findings import PacketFinding
     from stacklab.analysis.series import SessionSeries
 
 Status = Literal["pass", "fail", "skip"]
@@ -130,6 +131,7 @@ class PacketNote:
 
     ``kind`` is one of ``retransmission``, ``go_back.timeout``,
     ``go_back.dupack`` (fast retransmit), ``go_back.unexplained``,
+    ``go_back.selective`` (a lone resend after a timeout, then new chunks),
     ``loss_probe``, ``duplicate_ack``, ``duplicate`` (a network duplicate),
     ``window_exceeded``, ``malformed``, ``bad_crc32c`` and ``failed`` (a
     rule broken here; the text starts with the check's id).
@@ -372,8 +374,24 @@ class CaptureAnalysis:
         return self.rudp_sessions
 
     @property
-    def findings(self) -> list[Finding]:
-        """The rule breaks the trackers saw, each with its frame, in frame order."""
+    def findings(self) -> list[PacketFinding]:
+        """Per-packet findings, as Wireshark's TCP analysis and Expert Info show them.
+
+        Retransmissions, go-backs (by timeout, fast retransmit, loss probe),
+        duplicate ACKs, windows exceeded, bad datagrams and failed checks,
+        each with its frame, severity (note, warn, error), group and text, in
+        frame order (see :mod:`stacklab.analysis.findings`).  The per-packet
+        ones need an analysis that kept its notes (``stacklab.verify`` does;
+        ``VerifyOptions(keep_notes=True)``); without them only the failed
+        checks' frames are listed.
+        """
+        from stacklab.analysis.findings import capture_findings
+
+        return capture_findings(self)
+
+    @property
+    def rule_breaks(self) -> list[Finding]:
+        """The rule breaks the trackers saw (the first few per check), in frame order."""
         found = [f for s in self.rudp_sessions for f in s.findings]
         found += [f for s in self.tcp_sessions for f in s.findings]
         return sorted(found, key=lambda f: f.frame)

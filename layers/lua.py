@@ -17,6 +17,12 @@ What the script registers (Wireshark 4, Lua 5.2 API):
   a datagram shorter than the header, a length field claiming too much, an
   unknown flag and a bad trailer; on UDP ``rudp`` port both ways, plus an
   optional strict heuristic on any UDP port;
+* the verifier's findings in a capture written by ``stacklab annotate``: the
+  dissector reads the frame's ``stacklab: KIND: TEXT`` comments and shows
+  them as ``slrudp.analysis.*`` fields, Expert Info (group and severity as
+  Wireshark's TCP analysis uses them) and a bracketed label in the Info
+  column; the table of kinds is generated from
+  :data:`stacklab.analysis.findings.KINDS`;
 * ``slframe``: the app frames over TCP, ``slframe.len`` and ``slframe.body``,
   reassembled with ``dissect_tcp_pdus``;
 * ``sldhcp`` and ``sldns``: the JSON datagrams, handed to Wireshark's
@@ -104,14 +110,71 @@ def _offset_of(name: str) -> tuple[int, int]:
     raise KeyError(name)
 
 
+_EXPERT_SEVERITY: Final = {"chat": "CHAT", "note": "NOTE", "warn": "WARN", "error": "ERROR"}
+_EXPERT_GROUP: Final = {
+    "sequence": "SEQUENCE",
+    "malformed": "MALFORMED",
+    "checksum": "CHECKSUM",
+    "protocol": "PROTOCOL",
+}
+
+
+def _analysis() -> tuple[str, str, str]:
+    """Lua for the ``slrudp.analysis.*`` fields, their Expert Info entries and the kinds table.
+
+    Generated from :data:`stacklab.analysis.findings.KINDS`, the meaning the
+    comments of ``stacklab annotate`` have in Python, so both agree.
+    """
+    from stacklab.analysis.findings import ANALYSIS_FIELDS, KINDS
+
+    lines = [
+        'local f_an = ProtoField.none("slrudp.analysis", "stacklab verify analysis")',
+    ]
+    field_vars = ["f_an"]
+    for name, (kind, title) in ANALYSIS_FIELDS.items():
+        var = f"f_an_{name}"
+        lines.append(
+            f"local {var} = ProtoField.{kind}("
+            f"{_lua_string('slrudp.analysis.' + name)}, {_lua_string(title)})"
+        )
+        field_vars.append(var)
+    expert_vars = []
+    rows = []
+    for index, meaning in enumerate(KINDS.values()):
+        var = f"e_an_{index}"
+        title = meaning.name[0].upper() + meaning.name[1:]
+        lines.append(
+            f"local {var} = ProtoExpert.new({_lua_string('slrudp.expert.' + meaning.kind)}, "
+            f"{_lua_string(title)}, expert.group.{_EXPERT_GROUP[meaning.group]}, "
+            f"expert.severity.{_EXPERT_SEVERITY[meaning.severity]})"
+        )
+        expert_vars.append(var)
+        flags = ", ".join(f"f_an_{flag}" for flag in meaning.flags)
+        field = f"f_an_{meaning.value_field}" if meaning.value_field else "nil"
+        value = _lua_string(meaning.value) if meaning.value is not None else "nil"
+        rows.append(
+            f"    [{_lua_string(meaning.kind)}] = {{ flags = {{ {flags} }}, field = {field}, "
+            f"value = {value}, expert = {var}, title = {_lua_string(title)}, "
+            f"label = {_lua_string(meaning.label)} }},"
+        )
+    lines.append("local analysis_kinds = {")
+    lines.extend(rows)
+    lines.append("}")
+    return "\n".join(lines), ", ".join(field_vars), ", ".join(expert_vars)
+
+
 def generate_dissector(ports: Ports = Ports()) -> str:  # noqa: B008 - frozen, immutable
     """The Lua source of the dissector; ``ports`` are the preference defaults."""
     declarations, field_list, tree_adds = _rudp_fields()
     flag_at, flag_size = _offset_of(_FLAG_FIELD)
     len_at, len_size = _offset_of(_LENGTH_FIELD)
     flag_bytes = ", ".join(f"[{flag.value[0]:#04x}] = true" for flag in Flag)
+    analysis, analysis_fields, analysis_experts = _analysis()
     return _TEMPLATE.format(
         declarations=declarations,
+        analysis=analysis,
+        analysis_fields=analysis_fields,
+        analysis_experts=analysis_experts,
         field_list=field_list,
         tree_adds=tree_adds,
         flag_bytes=flag_bytes,
@@ -162,9 +225,10 @@ local f_rudp_opt_window = ProtoField.uint32("slrudp.options.window", "Maximum wi
 local f_rudp_opt_integrity = ProtoField.bool("slrudp.options.integrity", "Integrity (CRC32C trailer)")
 local f_rudp_opt_ack_every = ProtoField.uint32("slrudp.options.ack_every", "ACK every", base.DEC)
 local f_rudp_short = ProtoField.bytes("slrudp.truncated", "Datagram shorter than the RUDP header")
+{analysis}
 slrudp.fields = {{ {field_list}, f_rudp_payload, f_rudp_padding, f_rudp_crc, f_rudp_crc_status,
     f_rudp_options, f_rudp_opt_v, f_rudp_opt_chunk, f_rudp_opt_window, f_rudp_opt_integrity,
-    f_rudp_opt_ack_every, f_rudp_short }}
+    f_rudp_opt_ack_every, f_rudp_short, {analysis_fields} }}
 
 local e_rudp_short = ProtoExpert.new("slrudp.short", "Length field claims more bytes than present",
     expert.group.MALFORMED, expert.severity.WARN)
@@ -175,7 +239,38 @@ local e_rudp_too_short = ProtoExpert.new("slrudp.too_short",
     expert.group.MALFORMED, expert.severity.ERROR)
 local e_rudp_bad_crc = ProtoExpert.new("slrudp.crc32c.bad", "Bad CRC32C trailer",
     expert.group.CHECKSUM, expert.severity.ERROR)
-slrudp.experts = {{ e_rudp_short, e_rudp_flag, e_rudp_too_short, e_rudp_bad_crc }}
+slrudp.experts = {{ e_rudp_short, e_rudp_flag, e_rudp_too_short, e_rudp_bad_crc,
+    {analysis_experts} }}
+
+-- The verifier's findings, read from the frame's comments that `stacklab annotate`
+-- writes ("stacklab: KIND: TEXT"), shown as slrudp.analysis.* and Expert Info
+-- (severities and groups as tcp.analysis.* uses them).
+local f_frame_comment = Field.new("frame.comment")
+
+local function add_analysis(subtree, tvb)
+    local labels = {{}}
+    local analysis = nil
+    for _, comment in ipairs({{ f_frame_comment() }}) do
+        local kind, text = tostring(comment.value):match("^stacklab: ([%w_%.]+): (.*)$")
+        local meaning = kind and analysis_kinds[kind]
+        if meaning then
+            if analysis == nil then
+                analysis = subtree:add(f_an, tvb(0, 0))
+                analysis:set_generated()
+            end
+            for _, flag in ipairs(meaning.flags) do
+                analysis:add(flag, tvb(0, 0)):set_generated()
+            end
+            if meaning.field then
+                local value = meaning.value or text:match("^([^:]+)")
+                analysis:add(meaning.field, tvb(0, 0), value):set_generated()
+            end
+            analysis:add_proto_expert_info(meaning.expert, meaning.title .. ": " .. text)
+            labels[#labels + 1] = meaning.label
+        end
+    end
+    return labels
+end
 
 -- CRC32C (Castagnoli, reflected polynomial 0x82F63B78), as stacklab.wire computes it
 local band, bxor, rshift = bit32.band, bit32.bxor, bit32.rshift
@@ -308,6 +403,10 @@ function slrudp.dissector(tvb, pinfo, tree)
         subtree:add_proto_expert_info(e_rudp_flag)
     end
     local info = string.format("%s seq=%d ack=%d len=%d", flag_text(v_{flag_field}), v_seq, v_ack, v_{len_field})
+    local labels = add_analysis(subtree, tvb)
+    if #labels > 0 then
+        info = "[" .. table.concat(labels, ", ") .. "] " .. info
+    end
     subtree:append_text(", " .. info)
     pinfo.cols.info = info
     return total

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from stacklab.analysis.findings import PacketFinding
     from stacklab.analysis.pcapio import CaptureError
     from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
     from stacklab.api import decode, series, verify
@@ -35,12 +36,14 @@ _EXPORTS = {
     "CaptureAnalysis": "stacklab.analysis.sessions",
     "VerifyOptions": "stacklab.analysis.sessions",
     "CaptureError": "stacklab.analysis.pcapio",
+    "PacketFinding": "stacklab.analysis.findings",
     "Ports": "stacklab.wire",
 }
 
 __all__ = [
     "CaptureAnalysis",
     "CaptureError",
+    "PacketFinding",
     "Ports",
     "VerifyOptions",
     "__version__",

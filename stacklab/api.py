@@ -96,22 +96,22 @@ def verify(
     protocols (``{"rudp": 9000}``); ``max_window`` and ``min_rto`` bound the
     sender; ``events`` is the RUDP engine's events log to cross-check.
     Returns the :class:`CaptureAnalysis`: ``.checks``, ``.sessions``,
-    ``.findings``, ``.passed``, ``.to_json()``.  Raises :class:`CaptureError`
+    ``.findings`` (per packet, as Wireshark's TCP analysis: retransmissions,
+    go-backs, duplicate ACKs, failed checks...), ``.passed``, ``.to_json()``.  Raises :class:`CaptureError`
     when the file is not a readable capture, ``ValueError`` for a bad option.
     """
     from stacklab.analysis.verify import analyze_capture
 
-    return analyze_capture(
-        path,
-        options(
-            expect=expect,
-            ports=ports,
-            max_window=max_window,
-            min_rto=min_rto,
-            events=events,
-            jobs=jobs,
-        ),
+    opts = options(
+        expect=expect,
+        ports=ports,
+        max_window=max_window,
+        min_rto=min_rto,
+        events=events,
+        jobs=jobs,
     )
+    # Per-packet notes, so that ``.findings`` lists retransmissions, go-backs...
+    return analyze_capture(path, replace(opts, keep_notes=True))
 
 
 def decode(
@@ -176,7 +176,9 @@ def series(
 
     opts = options(expect=expect, ports=ports, max_window=max_window, min_rto=min_rto)
     # One read of the file: the verifier traces the first sessions as it judges them.
-    analysis = analyze_capture(path, dataclasses.replace(opts, trace_sessions=MAX_SESSIONS))
+    analysis = analyze_capture(
+        path, dataclasses.replace(opts, trace_sessions=MAX_SESSIONS, keep_notes=True)
+    )
     for session in analysis.rudp_sessions:
         if session.trace_points:
             session.points = session_series(session)

@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "verify": ("verify", "verify", "Check captures automatically: handshake, Go-Back-N, AIMD."),
     "diff": ("diff", "diff", "Compare two captures as protocol events, ignoring ports and ISNs."),
     "dissector": ("dissector", "dissector", "Write the generated Wireshark Lua dissector."),
+    "annotate": (
+        "annotate",
+        "annotate",
+        "Copy a pcapng capture with the verifier's findings as packet comments.",
+    ),
     "up": ("up", "up", "Start the whole stack on its default addresses."),
     "serve": ("serve", "serve", "Run one service alone (dhcp, dns, origin, app-tcp, app-rudp)."),
     "fetch": ("fetch", "fetch", "Run the client: DHCP -> DNS -> app server -> save the file."),

@@ -49,8 +49,14 @@ def test_verify_is_the_cli_analysis() -> None:
     assert [s.key for s in analysis.sessions] == ["127.0.0.1:58314->127.0.0.3:2122"]
     assert analysis.sessions[0].retransmissions == 3
     assert [c.status for c in analysis.check("rudp.gbn")] == ["pass"]
-    assert analysis.findings == []
-    assert "PASS: 7 passed, 0 failed, 1 skipped" in repr(analysis)  # no CRC32C: integrity skipped
+    assert analysis.rule_breaks == []
+    # Per-packet findings: each resend is a retransmission and a go-back by timeout.
+    assert [(f.frame, f.kind, f.severity) for f in analysis.findings[:2]] == [
+        (23, "retransmission", "note"),
+        (23, "go_back.timeout", "note"),
+    ]
+    assert {f.severity for f in analysis.findings} == {"note"}
+    assert "PASS: 7 passed, 0 failed, 1 skipped" in repr(analysis)
 
 
 def test_expect_is_validated_with_the_cli_words() -> None:

@@ -29,7 +29,7 @@ from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
 from stacklab.analysis.unreadable import Unreadable, results_json
 from stacklab.cli import is_quiet
 from stacklab.errors import UserError
-from stacklab.files import resolve_output
+from stacklab.files import Output, resolve_output
 from stacklab.params import FiniteFloatRange
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
 
@@ -86,6 +86,13 @@ _STATUS_STYLE: Final = {"fail": "bold red", "pass": "green", "skip": "dim"}
     help="Processes sharing the RUDP sessions (default: 2 for captures of 32 MB or more on 4+ cores).",
 )
 @click.option(
+    "--annotate",
+    "annotate_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Also write the capture (pcapng, one only) with the findings as packet comments.",
+)
+@click.option("--force", is_flag=True, help="Replace the --annotate file if it exists.")
+@click.option(
     "--engine",
     type=click.Choice(["native", "tshark"]),
     default="native",
@@ -128,6 +135,8 @@ def verify(
     expect: str | None,
     min_rto: float,
     jobs: int | None,
+    annotate_path: str | None,
+    force: bool,
     engine: str,
     checks_path: str | None,
     init: bool,
@@ -168,6 +177,7 @@ def verify(
         junit = resolve_output(
             junit_path, inputs=(*captures, events_path, checks_path), replace_by_default=True
         )
+    annotated = _annotate_target(annotate_path, captures, events_path, force, engine)
     options = VerifyOptions(
         ports=Ports(rudp=rudp_port, dns=dns_port, dhcp=dhcp_port, app=app_port),
         max_window=max_window,
@@ -175,6 +185,7 @@ def verify(
         min_rto=min_rto,
         events_path=events_path,
         keep_series=as_json,
+        keep_notes=annotated is not None,
         jobs=jobs,
     )
     if baseline_dir is not None:
@@ -233,6 +244,12 @@ def verify(
             write_junit(analyses, junit, unreadable)
         except OSError as exc:
             raise UserError(f"cannot write {junit}: {exc.strerror or exc}") from None
+    if annotated is not None and analyses:
+        from stacklab.commands.annotate import write_annotated
+
+        line = write_annotated(analyses[0].path, annotated, analyses[0])
+        if not is_quiet():
+            click.echo(line, err=True)
     if as_json:
         sys.stdout.write(json.dumps(results_json(analyses, unreadable), indent=2) + "\n")
     elif is_quiet():
@@ -244,6 +261,25 @@ def verify(
     if not analyses:
         sys.exit(2)
     sys.exit(0 if not unreadable and all(a.passed for a in analyses) else 1)
+
+
+def _annotate_target(
+    path: str | None, captures: tuple[str, ...], events: str | None, force: bool, engine: str
+) -> Output | None:
+    """Where ``--annotate`` writes, decided (and refused) before any work."""
+    if path is None:
+        return None
+    if len(captures) != 1:
+        raise UserError("--annotate takes one capture")
+    if engine != "native":
+        raise UserError("--annotate needs --engine native (the findings are its notes)")
+    if path == "-":
+        raise UserError("--annotate -: standard output is the report's; name a file")
+    from stacklab.commands.annotate import require_pcapng
+
+    if os.path.isfile(captures[0]):
+        require_pcapng(captures[0])
+    return resolve_output(path, inputs=(*captures, events), force=force)
 
 
 def unsupported_only_frames(analysis: CaptureAnalysis) -> bool:
