@@ -16,13 +16,9 @@ COMMAND = b"FETCH http://127.0.0.1:8080/test_file.txt"
 
 def _ladder(synack: int = 101, resend_gap: float = 1.0) -> list[object]:
     """part4's exchange, built from the Scapy RUDP layer: one chunk sent twice."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-
     from stacklab.layers import RUDP
 
-    c, s = ("127.0.0.1", 58314), ("127.0.0.3", 2122)
-    steps = [
+    steps: list[tuple[bool, object, bytes, float]] = [
         (True, RUDP(seq=100, ack=0, flag=b"S"), b"", 0.0),
         (False, RUDP(seq=0, ack=synack, flag=b"A"), b"", 0.001),
         (True, RUDP(seq=101, ack=0, flag=b"D"), COMMAND, 0.001),
@@ -33,6 +29,15 @@ def _ladder(synack: int = 101, resend_gap: float = 1.0) -> list[object]:
         (False, RUDP(seq=2, ack=0, flag=b"F"), b"", 0.001),
         (True, RUDP(seq=0, ack=2, flag=b"A"), b"", 0.001),
     ]
+    return _frames(steps)
+
+
+def _frames(steps: list[tuple[bool, object, bytes, float]]) -> list[object]:
+    """Ethernet frames of a scripted client/server exchange, timestamped."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    c, s = ("127.0.0.1", 58314), ("127.0.0.3", 2122)
     packets = []
     t = 1_700_000_000.0
     for from_client, header, payload, dt in steps:
@@ -77,13 +82,9 @@ def test_scapy_crafted_premature_resend(tmp_path: Path) -> None:
 
 
 def test_scapy_crafted_premature_go_back(tmp_path: Path) -> None:
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-
     from stacklab.layers import RUDP
 
-    c, s = ("127.0.0.1", 58314), ("127.0.0.3", 2122)
-    steps = [
+    steps: list[tuple[bool, object, bytes, float]] = [
         (True, RUDP(seq=100, ack=0, flag=b"S"), b"", 0.0),
         (False, RUDP(seq=0, ack=101, flag=b"A"), b"", 0.001),
         (True, RUDP(seq=101, ack=0, flag=b"D"), COMMAND, 0.001),
@@ -98,20 +99,7 @@ def test_scapy_crafted_premature_go_back(tmp_path: Path) -> None:
         (False, RUDP(seq=4, ack=0, flag=b"F"), b"", 0.001),
         (True, RUDP(seq=0, ack=4, flag=b"A"), b"", 0.001),
     ]
-    packets = []
-    t = 1_700_000_000.0
-    for from_client, header, payload, dt in steps:
-        t += dt
-        src, dst = (c, s) if from_client else (s, c)
-        pkt = (
-            Ether()
-            / IP(src=src[0], dst=dst[0])
-            / UDP(sport=src[1], dport=dst[1])
-            / header
-            / payload
-        )
-        pkt.time = t
-        packets.append(pkt)
+    packets = _frames(steps)
     analysis = _verify(tmp_path, packets)
     # gbn: no timeout, no duplicate ACK; aimd: the go-back halved the window to 1,
     # and resending 3 as well makes 2 in flight.
