@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scapy.config import conf
 from scapy.fields import Field, StrLenField
@@ -23,8 +23,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, bind_layers
 
-from stacklab.analysis.decode import AppStreams, app_summary
-from stacklab.analysis.pcapio import Packet as WirePacket
+from stacklab.summaries import app_summary
 from stacklab.wire import (
     APP_TCP_PORT,
     FRAME_PREFIX_LEN,
@@ -32,6 +31,9 @@ from stacklab.wire import (
     frame_prefix,
     parse_frame_prefix,
 )
+
+if TYPE_CHECKING:
+    from stacklab.analysis.pcapio import Packet as WirePacket
 
 
 def _valid_prefix(data: bytes) -> bool:
@@ -108,6 +110,8 @@ class ReassembledFrame:
 
 def _wire_packet(number: int, pkt: Packet) -> WirePacket | None:
     """The transport view of a Scapy packet that the reassembler understands."""
+    from stacklab.analysis.pcapio import Packet as WirePacket
+
     ip = pkt.getlayer(IP) or pkt.getlayer(IPv6)
     tcp = pkt.getlayer(TCP)
     if ip is None or tcp is None:
@@ -136,6 +140,11 @@ def app_frames(packets: Iterable[Packet], port: int = APP_TCP_PORT) -> Iterator[
     come out one by one, retransmitted bytes are counted once.  A stream
     whose framing breaks stops yielding frames.
     """
+    # The capture decoder's TCP reassembly, imported here: importing the
+    # layers must not import the analysis package (which imports the layers'
+    # Lua export in its tshark engine).
+    from stacklab.analysis.decode import AppStreams
+
     streams = AppStreams()
     for number, pkt in enumerate(packets, start=1):
         wire = _wire_packet(number, pkt)

@@ -29,7 +29,7 @@ from scapy.layers.dns import DNS
 from scapy.layers.inet import UDP
 from scapy.packet import Packet, bind_layers, split_layers
 
-from stacklab.analysis.decode import (
+from stacklab.summaries import (
     binary_dns_summary,
     dhcp_summary,
     dns_summary,

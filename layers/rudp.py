@@ -29,7 +29,7 @@ from scapy.layers.inet import UDP
 from scapy.packet import Packet, bind_layers
 from scapy.volatile import RandBin
 
-from stacklab.analysis.decode import rudp_summary
+from stacklab.summaries import rudp_summary
 from stacklab.wire import (
     APP_RUDP_PORT,
     FLAG_NAMES,

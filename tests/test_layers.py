@@ -347,3 +347,18 @@ def test_heuristic_finds_rudp_on_any_port_strictly() -> None:
         assert RUDP not in _udp(40000, 40001, b"\x00" * 8 + b"Z\x00\x00")  # unknown flag
         assert RUDPGuess not in _udp(40000, 40001, b"hello world")
     assert RUDP not in _udp(40000, 40001, SYN)
+
+
+def test_the_layers_do_not_import_the_analysis_package() -> None:
+    # The summaries the layers print live in stacklab.summaries: importing the
+    # layers (Scapy) pulls in none of the analysis package, which itself loads
+    # the layers' Lua export for its tshark engine.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, stacklab.layers; "
+        "print(sorted(m for m in sys.modules if m.startswith('stacklab.analysis')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
