@@ -938,6 +938,10 @@ class RudpSession:
         point, while a stop-and-wait sender, or one capped below its window,
         never does.
         """
+        if self.f.options is not None:
+            # Negotiated sessions ACK every few chunks and may keep chunks
+            # beyond a hole: the capture cannot bound their window from below.
+            return
         best = 0
         where = 0
         for lo, (acked, frame) in self._lo_marks.items():

@@ -133,6 +133,17 @@ def test_fresh_capture_passes_verify(name: str, tmp_path: Path) -> None:
     assert len(frames) == analysis.packets
 
 
+def _first_copies(headers: list[tuple[int, int, bytes, int]]) -> list[tuple[int, int, bytes, int]]:
+    seen: set[tuple[int, int, bytes, int]] = set()
+    out = []
+    for header in headers:
+        if header[2] in (b"D", b"F") and header in seen:
+            continue  # a resend of a DATA or the FIN
+        seen.add(header)
+        out.append(header)
+    return out
+
+
 def test_same_scenario_same_packets(tmp_path: Path) -> None:
     """Two runs of rudp-clean send the same RUDP packets (ports and timing aside).
 
@@ -143,7 +154,9 @@ def test_same_scenario_same_packets(tmp_path: Path) -> None:
     first, second = tmp_path / "a.pcapng", tmp_path / "b.pcapng"
     assert capture("rudp-clean", first).passed
     assert capture("rudp-clean", second).passed
-    a, b = rudp_headers(first, "s2c"), rudp_headers(second, "s2c")
+    # A loss probe may fire on a loaded machine (a timer of 10 ms or so): the
+    # first copy of each datagram is what the scenario fixes.
+    a, b = _first_copies(rudp_headers(first, "s2c")), _first_copies(rudp_headers(second, "s2c"))
     assert a == b and len(a) == 1 + 1 + 40 + 1  # SYN-ACK, command ACK, 40 DATA, FIN
     for path in (first, second):
         c2s = rudp_headers(path, "c2s")
