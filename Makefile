@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The modules setup.py compiles with mypyc; rebuilt in place when they change,
 # so the tests never run a stale compiled copy.
-NATIVE_SRC   := analysis/scan.py analysis/rudp.py analysis/rudp_window.py analysis/rudp_recovery.py
+NATIVE_SRC   := analysis/scan.py analysis/rudp.py analysis/rudp_window.py analysis/rudp_recovery.py analysis/rudp_goback.py
 NATIVE_STAMP := $(VENV)/.native
 PYTEST_ARGS ?=
 

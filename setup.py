@@ -28,6 +28,7 @@ COMPILED = [
     "analysis/rudp.py",
     "analysis/rudp_window.py",
     "analysis/rudp_recovery.py",
+    "analysis/rudp_goback.py",
 ]
 SUBPACKAGES = ["layers", "services", "analysis", "transport", "tools"]
 TREE = Path("build") / "mypyc-src"

@@ -27,6 +27,7 @@ HOT_MODULES = (
     "stacklab.analysis.rudp",
     "stacklab.analysis.rudp_window",
     "stacklab.analysis.rudp_recovery",
+    "stacklab.analysis.rudp_goback",
 )
 
 
@@ -63,6 +64,7 @@ HOT = {
     "stacklab.analysis.rudp",
     "stacklab.analysis.rudp_window",
     "stacklab.analysis.rudp_recovery",
+    "stacklab.analysis.rudp_goback",
 }
 SOURCES = Path(stacklab.analysis.__path__[0])
 
@@ -78,10 +80,10 @@ class SourceOnly:
 
 
 sys.meta_path.insert(0, SourceOnly)
-from stacklab.analysis import rudp, rudp_recovery, rudp_window, scan
+from stacklab.analysis import rudp, rudp_goback, rudp_recovery, rudp_window, scan
 from stacklab.analysis.verify import analyze_capture
 
-assert all(m.__file__.endswith(".py") for m in (scan, rudp, rudp_window, rudp_recovery))
+assert all(m.__file__.endswith(".py") for m in (scan, rudp, rudp_window, rudp_recovery, rudp_goback))
 print(json.dumps([analyze_capture(path).to_json() for path in sys.argv[1:]]))
 """
 
