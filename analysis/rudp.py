@@ -72,6 +72,8 @@ from stacklab.wire import ORIGINAL_MAX_WINDOW, RUDP_CRC_TRAILER_LEN, RUDP_HEADER
 
 log = logging.getLogger(__name__)
 
+MIN_RTT_FOR_LOWER_BOUND = 0.0005
+"""Smoothed round trip (s) below which the capture cannot bound a window from below."""
 MAX_TRACE = 20_000
 """DATA and ACK points traced per session (for the charts)."""
 _MAX_PENDING = 4096
@@ -658,6 +660,11 @@ class RudpSession(GoBackClassifier):
         if self.f.options is not None:
             # Negotiated sessions ACK every few chunks and may keep chunks
             # beyond a hole: the capture cannot bound their window from below.
+            return
+        if self.rtt.samples == 0 or self.rtt.srtt < MIN_RTT_FOR_LOWER_BOUND:
+            # A receiver that answers faster than the sender's own send loop
+            # (an unimpeded loopback) hides the window: every chunk is
+            # acknowledged before the next one leaves, whatever the window.
             return
         best = 0
         where = 0

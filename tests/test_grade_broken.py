@@ -64,7 +64,9 @@ def test_the_correct_reference_passes_what_the_faults_fail(
 
 
 def test_a_window_that_never_grows_fails_the_aimd_lower_bound(tmp_path: Path) -> None:
-    result = _grade(tmp_path, "stop-and-wait", "clean")
+    # A path with some delay: on an unimpeded loopback the capture cannot see a window
+    # from below (docs/rulebook.md, S4).
+    result = _grade(tmp_path, "stop-and-wait", "reorder")
     assert "rudp.aimd" in _failing(result), result.checks
     detail = next(c.detail for c in result.failing if c.id == "rudp.aimd")
     assert "stop-and-wait" in detail
