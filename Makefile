@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml setup.py | tshark
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,fuzz]'
-	touch $(STAMP) $(NATIVE_STAMP)
+	touch $(STAMP)
 
 $(NATIVE_STAMP): $(STAMP) $(NATIVE_SRC)
 	$(BIN)/python setup.py --quiet build_ext --inplace

@@ -73,7 +73,14 @@ def test_a_window_that_never_grows_fails_the_aimd_lower_bound(tmp_path: Path) ->
 
 
 def test_selective_repeat_fails_go_back_n(tmp_path: Path) -> None:
-    result = _grade(tmp_path, "selective-repeat", "blackhole")
-    assert "rudp.gbn" in _failing(result), result.checks
-    detail = next(c.detail for c in result.failing if c.id == "rudp.gbn")
-    assert "selective repeat" in detail
+    # The fault shows only when a go-back is due (loss probes recover the rest):
+    # the 2 s outage of blackhole makes one on most seeds, so three are tried.
+    details = []
+    for seed in (1, 2, 3):
+        result = _grade(tmp_path / str(seed), "selective-repeat", "blackhole", seed)
+        failing = {c.id: c.detail for c in result.failing}
+        assert set(failing) <= {"rudp.gbn", "rudp.aimd"}, result.checks
+        if "rudp.gbn" in failing:
+            details.append(failing["rudp.gbn"])
+    assert details, "no run showed the fault"
+    assert all("selective repeat" in detail for detail in details)
