@@ -28,6 +28,13 @@ fetch is never idle).  When the whole table is full, a SYN or a command gets
 the busy answer of :func:`stacklab.wire.busy_answer` (a bare FIN, counted as
 ``busy``) instead of silence.  Refusals and evictions are logged at most
 once every few seconds.
+
+Sending: runs of equal-size datagrams go out as one UDP GSO ``sendmsg``
+where the kernel has it (``RudpSettings.gso``, on by default; ``--no-gso``),
+but only in negotiated sessions.  An original-protocol session gets one
+``sendto`` per datagram, exactly as the original server sends, so that its
+captures stay what the original tools expect (the kernel would segment a
+batch for a receiver without GRO anyway).
 """
 
 from __future__ import annotations
@@ -382,7 +389,9 @@ class RudpAppServer(Service):
         out = session.datagrams_to_send(now)
         if out:
             try:
-                sent = self._sender.send(out, addr) if self._sender else 0
+                sent = (
+                    self._sender.send(out, addr, batch=session.negotiated) if self._sender else 0
+                )
             except OSError as exc:
                 self.count("send_errors")
                 log.debug("app-rudp: sendto %s:%d: %s", addr[0], addr[1], exc)

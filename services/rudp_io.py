@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import socket
@@ -77,25 +78,53 @@ GSO_MAX_SEGMENTS = 64
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 
 
+@functools.cache
+def gso_supported() -> bool:
+    """Whether this kernel has UDP segmentation offload (``UDP_SEGMENT``, Linux 4.18+).
+
+    Probed once per process on a throw-away socket; a sender still falls back
+    for good if a real send fails (a device without checksum offload answers
+    EIO, a too-big segment EINVAL).
+    """
+    if not sys.platform.startswith("linux") or not hasattr(socket.socket, "sendmsg"):
+        return False
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.setsockopt(SOL_UDP, UDP_SEGMENT, 1400)
+    except OSError:
+        return False
+    return True
+
+
 class DatagramSender:
     """Sends a list of datagrams, batching runs of equal size with UDP GSO when enabled.
 
     With ``gso`` the kernel cuts one ``sendmsg`` buffer into datagrams of the
     given size: identical on the wire to one ``sendto`` each, at a fraction of
-    the system calls.  Off by default: a capture on the loopback interface
-    records such a batch as one oversized datagram (segmentation happens
-    after the capture point), which the capture tools would misread.  Any
-    error from the kernel turns GSO off for good and falls back to ``sendto``.
+    the system calls, and a receiver that did not ask for UDP GRO gets them
+    one by one.  ``gso=None`` (the default) uses it when the kernel has it
+    (:func:`gso_supported`).  A capture on the loopback interface records
+    such a batch as one oversized datagram (segmentation happens after the
+    capture point); stacklab's capture readers split it again
+    (:mod:`stacklab.analysis.gso`).  Any error from the kernel turns GSO off
+    for good and falls back to ``sendto``.
     """
 
-    def __init__(self, sock: socket.socket, gso: bool = False) -> None:
+    def __init__(self, sock: socket.socket, gso: bool | None = None) -> None:
         self.sock = sock
-        self.gso = gso and hasattr(sock, "sendmsg")
+        wanted = gso_supported() if gso is None else gso
+        self.gso = wanted and hasattr(sock, "sendmsg")
 
-    def send(self, datagrams: list[bytes], addr: tuple[str, int] | None = None) -> int:
-        """Send all; return how many went out (BlockingIOError counts as a loss, not an error)."""
+    def send(
+        self, datagrams: list[bytes], addr: tuple[str, int] | None = None, batch: bool = True
+    ) -> int:
+        """Send all; return how many went out (BlockingIOError counts as a loss, not an error).
+
+        ``batch=False`` sends one datagram per system call even with GSO on
+        (the app server's original-protocol sessions: see its docstring).
+        """
         sent = 0
-        if not self.gso or len(datagrams) < 2:
+        if not self.gso or not batch or len(datagrams) < 2:
             return self._each(datagrams, addr)
         i, n = 0, len(datagrams)
         while i < n:

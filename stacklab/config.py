@@ -111,7 +111,9 @@ class RudpSettings:
     allow_integrity: bool = True
     fetch_workers: int = 8
     events_path: str | None = None  # JSON-lines engine events (wall-clock epoch seconds)
-    gso: bool = False  # batch sends with UDP GSO (fast; loopback captures then see big datagrams)
+    # Batch runs of equal datagrams with UDP GSO where the kernel has it (negotiated
+    # sessions only; captures on lo record a batch as one datagram, split by the readers).
+    gso: bool = True
 
 
 @dataclass

@@ -29,7 +29,11 @@ from stacklab.params import FINITE_FLOAT
 F = typing.TypeVar("F", bound=Callable[..., Any])
 
 # Options whose generated name would be clumsy get a friendlier one.
-_RENAMED = {("dns", "records"): "dns-record", ("fetch", "allow"): "fetch-allow"}
+_RENAMED = {
+    ("dns", "records"): "dns-record",
+    ("fetch", "allow"): "fetch-allow",
+    ("app_rudp", "gso"): "gso",
+}
 
 
 def _option_name(section: str, field: str) -> str:
