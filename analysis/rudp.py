@@ -61,6 +61,7 @@ from crc32c import crc32c
 
 from stacklab.analysis.hashing import BLOCK as HASH_BLOCK
 from stacklab.analysis.hashing import BackgroundHasher, StreamHash
+from stacklab.analysis.gso import segment_limit, split_batch
 from stacklab.analysis.rudp_goback import (
     GoBackClassifier,
     _r,
@@ -915,10 +916,12 @@ class RudpTracker(HotSink):
                 self._finish(old)
                 entry = self._new(key, True, number, time)
         session, from_client = entry
+        present = stop - start - RUDP_HEADER_LEN
+        if present > length and self._split(number, time, key, to_port, session, buf, start, stop):
+            return
         session.packets += 1
         session.last_frame = number
         session.end = time
-        present = stop - start - RUDP_HEADER_LEN
         wrong_length = -1
         if present != length:
             session.f.malformed += 1
@@ -946,6 +949,48 @@ class RudpTracker(HotSink):
             session.server_other(number, time, seq, ack, flag, buf[begin : begin + length])
         if session.finished:
             session.sync()
+
+    def _split(
+        self,
+        number: int,
+        time: float,
+        key: FlowKey,
+        to_port: bool,
+        session: RudpSession,
+        buf: bytes,
+        start: int,
+        stop: int,
+    ) -> bool:
+        """A UDP GSO batch as the capture recorded it: each segment fed on its own.
+
+        Same frame and time for every segment (:mod:`~stacklab.analysis.gso`
+        has the rules); False when the datagram is not a valid batch, which
+        then counts as malformed like any datagram whose length field
+        disagrees with its size.
+        """
+        f = session.f
+        limit = segment_limit(f.options, "synack" in f.frames)
+        bounds = split_batch(buf, start, stop, limit)
+        if isinstance(bounds, str):
+            if self.keep_notes:
+                session.note(number, "malformed", bounds)
+            return False
+        f.gso_batches += 1
+        for i in range(len(bounds) - 1):
+            a, b = bounds[i], bounds[i + 1]
+            seq, ack, flag, length = _unpack(buf, a)
+            self.fields(number, time, key, to_port, seq, ack, flag[0], length, buf, a, b)
+        return True
+
+    def batch(
+        self, number: int, time: float, key: FlowKey, to_port: bool, segments: list[bytes]
+    ) -> None:
+        """A GSO batch another reader already split (the tshark engine: the dissector's split)."""
+        for segment in segments:
+            self.feed(number, time, key, to_port, segment)
+        entry = self.flows.get(key)
+        if entry is not None:
+            entry[0].f.gso_batches += 1
 
     def _finish(self, session: RudpSession, key: FlowKey | None = None) -> None:
         if session.finished:

@@ -182,6 +182,7 @@ class RudpSessionFacts:
     duplicate_acks: int = 0
     max_ack_delay: float = 0.0  # longest wait from a chunk's last transmission to its ACK
     malformed: int = 0
+    gso_batches: int = 0  # captured UDP GSO batches, split into their segments
     bad_chunks: int = 0  # DATA copies with a wrong length field or CRC32C trailer
     network_duplicates: int = 0  # the same chunk twice in a row at once
     integrity: bool = False  # CRC32C trailers negotiated
@@ -263,6 +264,7 @@ class RudpSessionFacts:
             "duplicate_acks": self.duplicate_acks,
             "max_ack_delay": self.max_ack_delay,
             "malformed": self.malformed,
+            "gso_batches": self.gso_batches,
             "bad_chunks": self.bad_chunks,
             "network_duplicates": self.network_duplicates,
             "integrity": self.integrity,
