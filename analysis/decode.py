@@ -15,6 +15,12 @@ Every decoded record is a :class:`DecodedPacket` with ``to_json()`` (the
 IP fragments are reassembled (:mod:`stacklab.analysis.ipfrag`): each fragment
 gets an ``ipfrag`` line, and the datagram is decoded at the fragment that
 completes it, naming every fragment's frame (``ip_fragments`` in JSON).
+
+A UDP GSO batch (one captured datagram holding several RUDP segments, see
+:mod:`stacklab.analysis.gso`) gives one record per segment, all with the
+frame's number and time and ``"gso": {"segment": i, "of": n}``; a datagram
+with bytes beyond its length field that is not a valid batch is one record
+with ``"gso_error"`` saying why.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from stacklab.analysis.gso import UNKNOWN, is_batch, segment_limit, split_batch
 from stacklab.analysis.ipfrag import Fragment, Reassembler
 from stacklab.analysis.pcapio import (
     LINKTYPE_NAMES,
@@ -220,8 +227,12 @@ def syn_ack_integrity(datagram: bytes) -> bool | None:
 
 
 def rudp_info_summary(info: dict[str, Any]) -> str:
-    """The summary line of :func:`rudp_info`'s fields (same text as :func:`rudp_summary`)."""
-    return _rudp_text(
+    """The summary line of :func:`rudp_info`'s fields (same text as :func:`rudp_summary`).
+
+    A segment of a GSO batch ends with ``[GSO i/n]``; a datagram that is not
+    a valid batch with ``[not a GSO batch: why]``.
+    """
+    text = _rudp_text(
         info["flag"],
         info["seq"],
         info["ack"],
@@ -230,6 +241,28 @@ def rudp_info_summary(info: dict[str, Any]) -> str:
         info.get("crc32c") == "ok",
         info.get("crc32c") == "BAD",
     )
+    gso = info.get("gso")
+    if gso is not None:
+        return f"{text} [GSO {gso['segment']}/{gso['of']}]"
+    error = info.get("gso_error")
+    if error is not None:
+        return f"{text} [not a GSO batch: {error}]"
+    return text
+
+
+def _session_options(datagram: bytes) -> dict[str, object] | None:
+    """The options JSON of a SYN-ACK (with or without its CRC32C trailer), or None."""
+    body = datagram[RUDP_HEADER_LEN:]
+    for candidate in (body[:-RUDP_CRC_TRAILER_LEN], body):
+        if not candidate.startswith(b"{"):
+            continue
+        try:
+            options = json.loads(candidate)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(options, dict):
+            return options
+    return None
 
 
 def decode_rudp(datagram: bytes) -> tuple[dict[str, Any], str] | None:
@@ -315,6 +348,10 @@ class _Decoder:
         # RUDP flows (the two endpoints) whose SYN-ACK accepted integrity: on
         # those, a datagram without a valid CRC32C trailer is a damaged one.
         self.integrity: dict[frozenset[str], bool] = {}
+        # RUDP flows: the client that sent a SYN (until the SYN-ACK), then the
+        # session's GSO segment limit (stacklab.analysis.gso.segment_limit).
+        self.awaiting_synack: dict[frozenset[str], str] = {}
+        self.segment_limits: dict[frozenset[str], int] = {}
 
     def _check_trailer(self, src: str, dst: str, payload: bytes, info: dict[str, Any]) -> None:
         """Learn from a SYN-ACK whether a flow negotiated integrity; mark bad trailers on it."""
@@ -342,9 +379,9 @@ class _Decoder:
             )
             return
         if packet.proto == "udp":
-            record = self._udp(packet, rel)
-            record.fragments = packet.fragments
-            yield record
+            for record in self._udp(packet, rel):
+                record.fragments = packet.fragments
+                yield record
         elif packet.proto == "tcp":
             for record in self._tcp(packet, rel):
                 record.fragments = packet.fragments
@@ -364,19 +401,59 @@ class _Decoder:
                 packet.number, rel, packet.src, packet.dst, "other", "IP, not UDP/TCP"
             )
 
-    def _udp(self, packet: Packet, rel: float) -> DecodedPacket:
+    def _rudp(self, packet: Packet, rel: float) -> Iterator[DecodedPacket]:
+        """One record per RUDP datagram, or per segment of a GSO batch."""
+        payload = packet.payload
+        src, dst = packet.src_ep, packet.dst_ep
+        flow = frozenset((src, dst))
+        if is_batch(payload, 0, len(payload)):
+            bounds = split_batch(payload, 0, len(payload), self.segment_limits.get(flow, UNKNOWN))
+            if isinstance(bounds, list):
+                count = len(bounds) - 1
+                for i in range(count):
+                    segment = payload[bounds[i] : bounds[i + 1]]
+                    info = self._rudp_segment(src, dst, flow, segment)
+                    if info is not None:
+                        info["gso"] = {"segment": i + 1, "of": count}
+                        yield DecodedPacket(packet.number, rel, src, dst, "rudp", None, info)
+                return
+            info = self._rudp_segment(src, dst, flow, payload)
+            if info is not None:
+                info["gso_error"] = bounds
+                yield DecodedPacket(packet.number, rel, src, dst, "rudp", None, info)
+                return
+        info = self._rudp_segment(src, dst, flow, payload)
+        if info is not None:
+            yield DecodedPacket(packet.number, rel, src, dst, "rudp", None, info)
+
+    def _rudp_segment(
+        self, src: str, dst: str, flow: frozenset[str], datagram: bytes
+    ) -> dict[str, Any] | None:
+        info = rudp_info(datagram)
+        if info is None:
+            return None
+        flag = info["flag"]
+        if flag == "S":
+            self.awaiting_synack[flow] = src
+            self.segment_limits.pop(flow, None)
+        elif flag == "A" and self.awaiting_synack.get(flow, src) != src:
+            del self.awaiting_synack[flow]
+            self.segment_limits[flow] = segment_limit(_session_options(datagram), True)
+        if self.integrity or flag == "A":
+            self._check_trailer(src, dst, datagram, info)
+        return info
+
+    def _udp(self, packet: Packet, rel: float) -> Iterator[DecodedPacket]:
         ports = self.ports
         payload = packet.payload
         src, dst = packet.src_ep, packet.dst_ep
         both = (packet.sport, packet.dport)
         if ports.rudp in both or (self.heuristic and looks_like_rudp(payload)):
-            info = rudp_info(payload)
-            if info is not None:
-                if self.integrity or info["flag"] == "A":
-                    self._check_trailer(src, dst, payload, info)
-                return DecodedPacket(packet.number, rel, src, dst, "rudp", None, info)
+            if len(payload) >= RUDP_HEADER_LEN:
+                yield from self._rudp(packet, rel)
+                return
             note = f"too short for RUDP ({len(payload)} bytes)"
-            return DecodedPacket(
+            yield DecodedPacket(
                 packet.number,
                 rel,
                 src,
@@ -385,13 +462,16 @@ class _Decoder:
                 f"UDP len={len(payload)} ({note})",
                 {"len": len(payload), "error": note},
             )
+            return
         if ports.dhcp in both:
             info, text = decode_dhcp(payload)
-            return DecodedPacket(packet.number, rel, src, dst, "dhcp", text, info)
+            yield DecodedPacket(packet.number, rel, src, dst, "dhcp", text, info)
+            return
         if ports.dns in both:
             info, text = decode_dns(payload)
-            return DecodedPacket(packet.number, rel, src, dst, "dns", text, info)
-        return DecodedPacket(
+            yield DecodedPacket(packet.number, rel, src, dst, "dns", text, info)
+            return
+        yield DecodedPacket(
             packet.number,
             rel,
             src,
