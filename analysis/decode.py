@@ -17,7 +17,7 @@ gets an ``ipfrag`` line, and the datagram is decoded at the fragment that
 completes it, naming every fragment's frame (``ip_fragments`` in JSON).
 
 A UDP GSO batch (one captured datagram holding several RUDP segments, see
-:mod:`stacklab.analysis.gso`) gives one record per segment, all with the
+:mod:`stacklab.gso`) gives one record per segment, all with the
 frame's number and time and ``"gso": {"segment": i, "of": n}``; a datagram
 with bytes beyond its length field that is not a valid batch is one record
 with ``"gso_error"`` saying why.
@@ -32,7 +32,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from stacklab.analysis.gso import UNKNOWN, is_batch, segment_limit, split_batch
+from stacklab.gso import UNKNOWN, is_batch, segment_limit, split_batch
 from stacklab.analysis.ipfrag import Fragment, Reassembler
 from stacklab.analysis.pcapio import (
     LINKTYPE_NAMES,
@@ -349,7 +349,7 @@ class _Decoder:
         # those, a datagram without a valid CRC32C trailer is a damaged one.
         self.integrity: dict[frozenset[str], bool] = {}
         # RUDP flows: the client that sent a SYN (until the SYN-ACK), then the
-        # session's GSO segment limit (stacklab.analysis.gso.segment_limit).
+        # session's GSO segment limit (stacklab.gso.segment_limit).
         self.awaiting_synack: dict[frozenset[str], str] = {}
         self.segment_limits: dict[frozenset[str], int] = {}
 

@@ -61,7 +61,7 @@ from crc32c import crc32c
 
 from stacklab.analysis.hashing import BLOCK as HASH_BLOCK
 from stacklab.analysis.hashing import BackgroundHasher, StreamHash
-from stacklab.analysis.gso import segment_limit, split_batch
+from stacklab.gso import segment_limit, split_batch
 from stacklab.analysis.rudp_goback import (
     GoBackClassifier,
     _r,
@@ -963,7 +963,7 @@ class RudpTracker(HotSink):
     ) -> bool:
         """A UDP GSO batch as the capture recorded it: each segment fed on its own.
 
-        Same frame and time for every segment (:mod:`~stacklab.analysis.gso`
+        Same frame and time for every segment (:mod:`~stacklab.gso`
         has the rules); False when the datagram is not a valid batch, which
         then counts as malformed like any datagram whose length field
         disagrees with its size.

@@ -26,9 +26,10 @@ from scapy.fields import (
     XIntField,
 )
 from scapy.layers.inet import UDP
-from scapy.packet import Packet, bind_layers
+from scapy.packet import NoPayload, Packet, bind_layers
 from scapy.volatile import RandBin
 
+from stacklab.gso import is_batch, split_batch
 from stacklab.summaries import rudp_summary
 from stacklab.wire import (
     APP_RUDP_PORT,
@@ -136,6 +137,10 @@ def is_options_carrier(flag: bytes, seq: int, ack: int) -> bool:
 class RUDP(Packet):
     """The 11-byte RUDP header and stacklab's extensions; bytes beyond ``len`` are padding.
 
+    Except in a captured UDP GSO batch (several segments in one datagram, see
+    :mod:`stacklab.gso`; a layer has no session, so only the length
+    fields decide): each further segment is a RUDP layer of its own.
+
     Two conditional fields, present only when the datagram has them (see the
     README's "Wire extensions"): ``options``, the JSON of a SYN or SYN-ACK
     (``RUDP(flag="S", options=b'{"v":1}')``), and ``crc32c``, the trailer of
@@ -166,14 +171,19 @@ class RUDP(Packet):
         """
         self._options_len = 0
         self._trailer = False
+        self._gso_tail = False
         if len(s) < RUDP_HEADER_LEN:
             return s
         header, _ = unpack_rudp(s[:RUDP_HEADER_LEN])
         exact = len(s) - RUDP_HEADER_LEN == header.length
+        if is_batch(s, 0, len(s)) and isinstance(split_batch(s, 0, len(s)), list):
+            # A captured GSO batch: this segment is exact, the next ones follow as RUDP layers.
+            self._gso_tail = exact = True
         trailer = b""
         body = s[RUDP_HEADER_LEN : RUDP_HEADER_LEN + header.length]
         rest = s[RUDP_HEADER_LEN + header.length :]
-        if exact and header.length >= RUDP_CRC_TRAILER_LEN and rudp_trailer_ok(s):
+        segment = s[: RUDP_HEADER_LEN + header.length]
+        if exact and header.length >= RUDP_CRC_TRAILER_LEN and rudp_trailer_ok(segment):
             self._trailer = True
             body, trailer = body[:-RUDP_CRC_TRAILER_LEN], body[-RUDP_CRC_TRAILER_LEN:]
         if is_options_carrier(header.flag, header.seq, header.ack) and body[:1] == b"{":
@@ -195,20 +205,52 @@ class RUDP(Packet):
 
     def post_build(self, p: bytes, pay: bytes) -> bytes:
         trailer = b""
+        rest = b""
         if self.crc32c is not None:
             p, trailer = p[:-RUDP_CRC_TRAILER_LEN], p[-RUDP_CRC_TRAILER_LEN:]
+            if self.gso_position is not None and self.len is not None:
+                # A segment of a GSO batch: its trailer goes before the next segments.
+                own = max(0, self.len - len(p) + RUDP_HEADER_LEN - RUDP_CRC_TRAILER_LEN)
+                pay, rest = pay[:own], pay[own:]
         if self.len is None:
             offset = RUDP_HEADER_LEN - 2
             length = len(p) - RUDP_HEADER_LEN + len(pay) + len(trailer)
             p = p[:offset] + length.to_bytes(2, "big") + p[offset + 2 :]
-        return p + pay + trailer
+        return p + pay + trailer + rest
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
         length = (self.len or 0) - getattr(self, "_options_len", 0)
         if getattr(self, "_trailer", False):
             length -= RUDP_CRC_TRAILER_LEN
         length = max(0, length)
+        if getattr(self, "_gso_tail", False):
+            self._gso_tail = s[length:]
+            return s[:length], b""
         return s[:length], s[length:]
+
+    def do_dissect_payload(self, s: bytes) -> None:
+        """The content, then, in a GSO batch, the next segment as a RUDP layer of its own.
+
+        ``pkt[RUDP]`` is the first segment and ``pkt.getlayer(RUDP, n)`` the
+        n-th; each knows its :attr:`gso_position`.  A datagram whose extra
+        bytes are not a valid batch keeps them as padding, as before.
+        """
+        super().do_dissect_payload(s)
+        tail = getattr(self, "_gso_tail", b"")
+        if not isinstance(tail, bytes) or not tail:
+            return
+        self.add_payload(RUDP(tail, _internal=1, _underlayer=self))
+        segments = []
+        layer: Packet | None = self
+        while layer is not None and not isinstance(layer, NoPayload):
+            if isinstance(layer, RUDP):
+                segments.append(layer)
+            layer = layer.payload
+        for index, segment in enumerate(segments, start=1):
+            segment.gso_position = (index, len(segments))
+
+    gso_position: tuple[int, int] | None = None
+    """(i, n) for the i-th of n segments of a captured GSO batch; None for a plain datagram."""
 
     def seal(self) -> RUDP:
         """A copy with the correct CRC32C trailer (added if it had none)."""
@@ -235,11 +277,17 @@ class RUDP(Packet):
         return unpack_rudp(self.build())[0]
 
     def mysummary(self) -> str:
-        # build() includes the padding, so this counts every byte after the header.
+        # build() includes the padding, so this counts every byte after the header
+        # (but for a segment of a GSO batch, only its own bytes).
         built = self.build()
-        return rudp_summary(
-            unpack_rudp(built)[0], len(built) - RUDP_HEADER_LEN, rudp_trailer_ok(built)
-        )
+        header = unpack_rudp(built)[0]
+        position = self.gso_position
+        if position is not None:
+            built = built[: RUDP_HEADER_LEN + header.length]
+        text = rudp_summary(header, len(built) - RUDP_HEADER_LEN, rudp_trailer_ok(built))
+        if position is not None:
+            text += f" [GSO {position[0]}/{position[1]}]"
+        return text
 
     def hashret(self) -> bytes:
         # Request and answer must hash alike; seq/ack differ between them, so

@@ -106,7 +106,7 @@ class DatagramSender:
     (:func:`gso_supported`).  A capture on the loopback interface records
     such a batch as one oversized datagram (segmentation happens after the
     capture point); stacklab's capture readers split it again
-    (:mod:`stacklab.analysis.gso`).  Any error from the kernel turns GSO off
+    (:mod:`stacklab.gso`).  Any error from the kernel turns GSO off
     for good and falls back to ``sendto``.
     """
 

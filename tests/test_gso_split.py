@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from stacklab.analysis.gso import LEGACY, UNKNOWN, is_batch, segment_limit, split_batch
+from stacklab.gso import LEGACY, UNKNOWN, is_batch, segment_limit, split_batch
 from stacklab.wire import RUDP_HEADER_LEN, pack_rudp
 
 
