@@ -842,6 +842,9 @@ class RudpTracker(HotSink):
         self.digests: list[PendingDigest] = []
         self.stray = 0
         self.hasher = BackgroundHasher()
+        # Split captured GSO batches (stacklab.gso); off when the reader already
+        # split them (the tshark engine: the dissector's split).
+        self.split_gso = True
 
     def _new(
         self, key: FlowKey, from_client: bool, number: int, time: float
@@ -917,7 +920,11 @@ class RudpTracker(HotSink):
                 entry = self._new(key, True, number, time)
         session, from_client = entry
         present = stop - start - RUDP_HEADER_LEN
-        if present > length and self._split(number, time, key, to_port, session, buf, start, stop):
+        if (
+            present > length
+            and self.split_gso
+            and self._split(number, time, key, to_port, session, buf, start, stop)
+        ):
             return
         session.packets += 1
         session.last_frame = number

@@ -20,6 +20,10 @@ keys IPv4 fragments on protocol XOR identification, so a fragment left
 incomplete can be spliced into a datagram of another protocol between the
 same hosts whose identification collides that way; the native engine keeps
 the protocol apart, as the receiving host does.
+
+UDP GSO batches (several RUDP segments in one captured datagram, see
+:mod:`stacklab.gso`) are split by the dissector (``slrudp.gso.count``), not
+by the session tracker, so that the two engines split independently.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Final
 
 from stacklab.analysis.pcapio import CaptureError, CaptureReader, Packet
 from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
-from stacklab.wire import Ports, pack_rudp
+from stacklab.wire import RUDP_HEADER_LEN, Ports, pack_rudp
 
 FIELDS: Final = (
     "frame.number",
@@ -63,6 +67,7 @@ FIELDS: Final = (
     "ipv6.fraghdr.more",
     "ipv6.fraghdr.offset",
     "ipv6.reassembled.length",
+    "slrudp.gso.count",
 )
 RUDP_FIELDS: Final = FIELDS[:16]
 """The fields the benchmark asks tshark for (what the RUDP checks need)."""
@@ -174,6 +179,7 @@ def analyze_capture(
         link_type = reader.linktype_name
     ports = options.ports
     rudp, dhcp, dns, app = new_trackers(options)
+    rudp.split_gso = False  # GSO batches: the dissector's split (slrudp.gso.*), not ours
     partial: list[int] = []
     for count, row in enumerate(_rows(path, options)):
         if len(row) < len(FIELDS):
@@ -208,6 +214,7 @@ def analyze_capture(
             mf6,
             offset6,
             whole6,
+            gso_count,
         ) = row[: len(FIELDS)]
         if _lone_fragment(mf4, offset4, whole4) or _lone_fragment(mf6, offset6, whole6):
             partial.append(int(number_s))
@@ -220,6 +227,11 @@ def analyze_capture(
             sport, dport = int(usport), int(udport)
             key = (src, sport, dst, dport)
             if ports.rudp in (sport, dport):
+                if gso_count:
+                    segments = _gso_segments(_hex(udp_payload), int(gso_count), int(length))
+                    if segments is not None:
+                        rudp.batch(number, time, key, dport == ports.rudp, segments)
+                        continue
                 if seq:
                     flag_byte = _flag_byte(flag)
                     datagram = pack_rudp(int(seq), int(ack), flag_byte, _hex(payload), int(length))
@@ -259,6 +271,17 @@ def analyze_capture(
             f"{len(partial)} IP fragment(s) tshark could not reassemble, not used (frames {named})"
         )
     return finish_analysis(result, options, rudp, dhcp, dns, app)
+
+
+def _gso_segments(datagram: bytes, count: int, first_length: int) -> list[bytes] | None:
+    """The ``count`` segments of a batch the dissector split, cut as the kernel cut them.
+
+    Every segment but the last is as long as the first (11 + its length
+    field); None when the dissector's count does not fit the datagram.
+    """
+    size = RUDP_HEADER_LEN + first_length
+    segments = [datagram[i : i + size] for i in range(0, len(datagram), size)]
+    return segments if len(segments) == count and count > 1 else None
 
 
 def _lone_fragment(more: str, offset: str, reassembled: str) -> bool:

@@ -225,10 +225,12 @@ local f_rudp_opt_window = ProtoField.uint32("slrudp.options.window", "Maximum wi
 local f_rudp_opt_integrity = ProtoField.bool("slrudp.options.integrity", "Integrity (CRC32C trailer)")
 local f_rudp_opt_ack_every = ProtoField.uint32("slrudp.options.ack_every", "ACK every", base.DEC)
 local f_rudp_short = ProtoField.bytes("slrudp.truncated", "Datagram shorter than the RUDP header")
+local f_rudp_gso_segment = ProtoField.uint16("slrudp.gso.segment", "GSO segment", base.DEC)
+local f_rudp_gso_count = ProtoField.uint16("slrudp.gso.count", "GSO segments in the datagram", base.DEC)
 {analysis}
 slrudp.fields = {{ {field_list}, f_rudp_payload, f_rudp_padding, f_rudp_crc, f_rudp_crc_status,
     f_rudp_options, f_rudp_opt_v, f_rudp_opt_chunk, f_rudp_opt_window, f_rudp_opt_integrity,
-    f_rudp_opt_ack_every, f_rudp_short, {analysis_fields} }}
+    f_rudp_opt_ack_every, f_rudp_short, f_rudp_gso_segment, f_rudp_gso_count, {analysis_fields} }}
 
 local e_rudp_short = ProtoExpert.new("slrudp.short", "Length field claims more bytes than present",
     expert.group.MALFORMED, expert.severity.WARN)
@@ -239,7 +241,10 @@ local e_rudp_too_short = ProtoExpert.new("slrudp.too_short",
     expert.group.MALFORMED, expert.severity.ERROR)
 local e_rudp_bad_crc = ProtoExpert.new("slrudp.crc32c.bad", "Bad CRC32C trailer",
     expert.group.CHECKSUM, expert.severity.ERROR)
-slrudp.experts = {{ e_rudp_short, e_rudp_flag, e_rudp_too_short, e_rudp_bad_crc,
+local e_rudp_gso_bad = ProtoExpert.new("slrudp.gso.bad",
+    "Bytes beyond the length field that are not a GSO batch of RUDP segments",
+    expert.group.MALFORMED, expert.severity.WARN)
+slrudp.experts = {{ e_rudp_short, e_rudp_flag, e_rudp_too_short, e_rudp_bad_crc, e_rudp_gso_bad,
     {analysis_experts} }}
 
 -- The verifier's findings, read from the frame's comments that `stacklab annotate`
@@ -341,18 +346,83 @@ local function flag_text(byte)
     return string.format("\\\\x%02x", byte)
 end
 
-function slrudp.dissector(tvb, pinfo, tree)
-    local total = tvb:len()
-    pinfo.cols.protocol = "SLRUDP"
-    if total < RUDP_HEADER_LEN then
-        local subtree = tree:add(slrudp, tvb())
-        if total > 0 then
-            subtree:add(f_rudp_short, tvb())
-        end
-        subtree:add_proto_expert_info(e_rudp_too_short)
-        pinfo.cols.info = string.format("Malformed: %d bytes, shorter than the RUDP header", total)
-        return total
+-- UDP GSO batches (stacklab.gso has the same rules): a loopback capture records a
+-- buffer the kernel cut into equal datagrams as ONE datagram.  Per conversation,
+-- the segment limit its SYN-ACK set: 11 + chunk (+ 4 with integrity), -1 for a
+-- session without options (the original protocol never batches), nil when unknown.
+local awaiting_synack = {{}}
+local segment_limits = {{}}
+
+local function learn_session(tvb, pinfo, key)
+    if pinfo.visited or tvb:len() < RUDP_HEADER_LEN then
+        return
     end
+    local flag = tvb({flag_at}, {flag_size}):uint()
+    local me = tostring(pinfo.src) .. ":" .. pinfo.src_port
+    if flag == 0x53 then
+        awaiting_synack[key] = me
+        segment_limits[key] = nil
+    elseif flag == 0x41 and awaiting_synack[key] ~= nil and awaiting_synack[key] ~= me then
+        awaiting_synack[key] = nil
+        local limit = -1
+        if tvb:len() > RUDP_HEADER_LEN and tvb(RUDP_HEADER_LEN, 1):uint() == 0x7b then
+            local text = tvb(RUDP_HEADER_LEN):raw()
+            local chunk = tonumber(text:match('"chunk"%s*:%s*(%d+)'))
+            limit = 0
+            if chunk ~= nil and chunk >= 1 then
+                limit = RUDP_HEADER_LEN + chunk
+                if text:match('"integrity"%s*:%s*true') then
+                    limit = limit + 4
+                end
+            end
+        end
+        segment_limits[key] = limit
+    end
+end
+
+local function gso_split(tvb, limit)
+    local total = tvb:len()
+    if limit == -1 then
+        return nil, "bytes beyond the length field in a session without negotiated options: "
+            .. "the original protocol never sends GSO batches"
+    end
+    local bounds = {{ 0 }}
+    local pos = 0
+    while pos < total do
+        local left = total - pos
+        local index = #bounds
+        if left < RUDP_HEADER_LEN then
+            return nil, string.format("GSO segment %d is %d bytes, shorter than the %d-byte RUDP header",
+                index, left, RUDP_HEADER_LEN)
+        end
+        local length = tvb(pos + {len_at}, {len_size}):uint()
+        local stop = pos + RUDP_HEADER_LEN + length
+        if stop > total then
+            return nil, string.format("GSO segment %d has length field %d, only %d bytes left",
+                index, length, left - RUDP_HEADER_LEN)
+        end
+        bounds[#bounds + 1] = stop
+        pos = stop
+    end
+    local size = bounds[2] - bounds[1]
+    local count = #bounds - 1
+    for index = 1, count do
+        local got = bounds[index + 1] - bounds[index]
+        if got ~= size and not (index == count and got < size) then
+            return nil, string.format("GSO segment %d is %d bytes where the batch's segments are %d: "
+                .. "length fields that disagree with the segment size", index, got, size)
+        end
+    end
+    if limit ~= nil and limit > 0 and size > limit then
+        return nil, string.format("GSO segments of %d bytes, larger than the session's negotiated "
+            .. "%d (header, chunk and trailer)", size, limit)
+    end
+    return bounds
+end
+
+-- One RUDP datagram (or one segment of a GSO batch): its own tree item; returns the Info text.
+local function dissect_segment(tvb, pinfo, tree, key, index, count, gso_error)
+    local total = tvb:len()
     local subtree = tree:add(slrudp, tvb(0, total))
 {tree_adds}
     local present = total - RUDP_HEADER_LEN
@@ -360,7 +430,6 @@ function slrudp.dissector(tvb, pinfo, tree)
     -- The CRC32C trailer of a session that negotiated integrity: the last 4
     -- bytes, counted in the length field (see stacklab.wire.rudp_trailer_ok).
     local crc_status = nil
-    local key = conversation_key(pinfo)
     if present == v_{len_field} and present >= 4 then
         local computed = crc32c(tvb(0, total - 4):bytes())
         if computed == tvb(total - 4, 4):uint() then
@@ -396,6 +465,9 @@ function slrudp.dissector(tvb, pinfo, tree)
     end
     if present > v_{len_field} then
         subtree:add(f_rudp_padding, tvb(RUDP_HEADER_LEN + v_{len_field}, present - v_{len_field}))
+        if gso_error ~= nil then
+            subtree:add_proto_expert_info(e_rudp_gso_bad, "Not a GSO batch: " .. gso_error)
+        end
     elseif present < v_{len_field} then
         subtree:add_proto_expert_info(e_rudp_short)
     end
@@ -403,14 +475,55 @@ function slrudp.dissector(tvb, pinfo, tree)
         subtree:add_proto_expert_info(e_rudp_flag)
     end
     local info = string.format("%s seq=%d ack=%d len=%d", flag_text(v_{flag_field}), v_seq, v_ack, v_{len_field})
-    local labels = add_analysis(subtree, tvb)
-    if #labels > 0 then
-        info = "[" .. table.concat(labels, ", ") .. "] " .. info
+    if index ~= nil then
+        subtree:add(f_rudp_gso_segment, tvb(0, 0), index):set_generated()
+        subtree:add(f_rudp_gso_count, tvb(0, 0), count):set_generated()
+        subtree:append_text(string.format(", GSO segment %d/%d", index, count))
+    end
+    if index == nil or index == 1 then
+        local labels = add_analysis(subtree, tvb)
+        if #labels > 0 then
+            info = "[" .. table.concat(labels, ", ") .. "] " .. info
+        end
     end
     subtree:append_text(", " .. info)
-    pinfo.cols.info = info
+    return info
+end
+
+function slrudp.dissector(tvb, pinfo, tree)
+    local total = tvb:len()
+    pinfo.cols.protocol = "SLRUDP"
+    if total < RUDP_HEADER_LEN then
+        local subtree = tree:add(slrudp, tvb())
+        if total > 0 then
+            subtree:add(f_rudp_short, tvb())
+        end
+        subtree:add_proto_expert_info(e_rudp_too_short)
+        pinfo.cols.info = string.format("Malformed: %d bytes, shorter than the RUDP header", total)
+        return total
+    end
+    local key = conversation_key(pinfo)
+    local gso_error = nil
+    if total > RUDP_HEADER_LEN + tvb({len_at}, {len_size}):uint() then
+        local bounds, why = gso_split(tvb, segment_limits[key])
+        if bounds ~= nil then
+            local count = #bounds - 1
+            local infos = {{}}
+            for index = 1, count do
+                local segment = tvb(bounds[index], bounds[index + 1] - bounds[index]):tvb()
+                learn_session(segment, pinfo, key)
+                infos[index] = dissect_segment(segment, pinfo, tree, key, index, count, nil)
+            end
+            pinfo.cols.info = string.format("[GSO %d segments] ", count) .. table.concat(infos, " | ")
+            return total
+        end
+        gso_error = why
+    end
+    learn_session(tvb, pinfo, key)
+    pinfo.cols.info = dissect_segment(tvb, pinfo, tree, key, nil, nil, gso_error)
     return total
 end
+
 
 local function slrudp_heuristic(tvb, pinfo, tree)
     if not slrudp.prefs.heuristic then
