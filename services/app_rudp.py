@@ -121,6 +121,11 @@ class RudpAppServer(Service):
     # -- lifecycle -----------------------------------------------------------------
 
     @property
+    def sender(self) -> DatagramSender | None:
+        """What sends the sessions' datagrams (GSO or not; its counters), once started."""
+        return self._sender
+
+    @property
     def address(self) -> Address:
         if self._bound is None:
             raise RuntimeError(f"{self.name} is not started")

@@ -114,6 +114,8 @@ class DatagramSender:
         self.sock = sock
         wanted = gso_supported() if gso is None else gso
         self.gso = wanted and hasattr(sock, "sendmsg")
+        self.datagrams = 0  # sent, batched or not
+        self.batches = 0  # GSO sends (each of two or more datagrams)
 
     def send(
         self, datagrams: list[bytes], addr: tuple[str, int] | None = None, batch: bool = True
@@ -125,7 +127,9 @@ class DatagramSender:
         """
         sent = 0
         if not self.gso or not batch or len(datagrams) < 2:
-            return self._each(datagrams, addr)
+            sent = self._each(datagrams, addr)
+            self.datagrams += sent
+            return sent
         i, n = 0, len(datagrams)
         while i < n:
             size = len(datagrams[i])
@@ -138,6 +142,7 @@ class DatagramSender:
             else:
                 sent += self._batch(datagrams[i:j], size, addr)
             i = j
+        self.datagrams += sent
         return sent
 
     def _each(self, datagrams: list[bytes], addr: tuple[str, int] | None) -> int:
@@ -183,6 +188,7 @@ class DatagramSender:
             log.info("UDP GSO unavailable (%s): sending one datagram at a time", exc)
             self.gso = False
             return sum(self._one(d, addr) for d in run)
+        self.batches += 1
         return len(run)
 
 
