@@ -208,9 +208,10 @@ class RUDP(Packet):
         rest = b""
         if self.crc32c is not None:
             p, trailer = p[:-RUDP_CRC_TRAILER_LEN], p[-RUDP_CRC_TRAILER_LEN:]
-            if self.gso_position is not None and self.len is not None:
-                # A segment of a GSO batch: its trailer goes before the next segments.
-                own = max(0, self.len - len(p) + RUDP_HEADER_LEN - RUDP_CRC_TRAILER_LEN)
+            own = (self.len or 0) - len(p) + RUDP_HEADER_LEN - RUDP_CRC_TRAILER_LEN
+            if self.len is not None and 0 <= own < len(pay):
+                # More bytes follow than the length field counts: the next segments of
+                # a GSO batch.  The trailer goes right after this segment's content.
                 pay, rest = pay[:own], pay[own:]
         if self.len is None:
             offset = RUDP_HEADER_LEN - 2
