@@ -32,7 +32,6 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from stacklab.gso import UNKNOWN, is_batch, segment_limit, split_batch
 from stacklab.analysis.ipfrag import Fragment, Reassembler
 from stacklab.analysis.pcapio import (
     LINKTYPE_NAMES,
@@ -45,6 +44,7 @@ from stacklab.analysis.pcapio import (
 )
 from stacklab.analysis.tcpstream import ConnKey, TcpReassembler
 from stacklab.framing import FrameDecoder, FramingError
+from stacklab.gso import UNKNOWN, is_batch, segment_limit, split_batch
 from stacklab.summaries import (  # noqa: F401 - re-exported: decode's public helpers
     SUMMARY_TEXT_LIMIT,
     TEXT_LIMIT,

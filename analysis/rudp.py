@@ -61,7 +61,6 @@ from crc32c import crc32c
 
 from stacklab.analysis.hashing import BLOCK as HASH_BLOCK
 from stacklab.analysis.hashing import BackgroundHasher, StreamHash
-from stacklab.gso import segment_limit, split_batch
 from stacklab.analysis.rudp_goback import (
     GoBackClassifier,
     _r,
@@ -69,6 +68,7 @@ from stacklab.analysis.rudp_goback import (
 )
 from stacklab.analysis.scan import FlowKey, HotSink, flow_endpoints
 from stacklab.analysis.sessions import RudpSessionFacts
+from stacklab.gso import segment_limit, split_batch
 from stacklab.wire import ORIGINAL_MAX_WINDOW, RUDP_CRC_TRAILER_LEN, RUDP_HEADER, RUDP_HEADER_LEN
 
 log = logging.getLogger(__name__)

@@ -171,14 +171,15 @@ class RUDP(Packet):
         """
         self._options_len = 0
         self._trailer = False
-        self._gso_tail = False
+        self._gso_batch = False
+        self._gso_rest = b""
         if len(s) < RUDP_HEADER_LEN:
             return s
         header, _ = unpack_rudp(s[:RUDP_HEADER_LEN])
         exact = len(s) - RUDP_HEADER_LEN == header.length
         if is_batch(s, 0, len(s)) and isinstance(split_batch(s, 0, len(s)), list):
             # A captured GSO batch: this segment is exact, the next ones follow as RUDP layers.
-            self._gso_tail = exact = True
+            self._gso_batch = exact = True
         trailer = b""
         body = s[RUDP_HEADER_LEN : RUDP_HEADER_LEN + header.length]
         rest = s[RUDP_HEADER_LEN + header.length :]
@@ -224,8 +225,8 @@ class RUDP(Packet):
         if getattr(self, "_trailer", False):
             length -= RUDP_CRC_TRAILER_LEN
         length = max(0, length)
-        if getattr(self, "_gso_tail", False):
-            self._gso_tail = s[length:]
+        if getattr(self, "_gso_batch", False):
+            self._gso_rest = s[length:]
             return s[:length], b""
         return s[:length], s[length:]
 
@@ -237,8 +238,8 @@ class RUDP(Packet):
         bytes are not a valid batch keeps them as padding, as before.
         """
         super().do_dissect_payload(s)
-        tail = getattr(self, "_gso_tail", b"")
-        if not isinstance(tail, bytes) or not tail:
+        tail: bytes = getattr(self, "_gso_rest", b"")
+        if not tail:
             return
         self.add_payload(RUDP(tail, _internal=1, _underlayer=self))
         segments = []

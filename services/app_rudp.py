@@ -394,9 +394,7 @@ class RudpAppServer(Service):
         out = session.datagrams_to_send(now)
         if out:
             try:
-                sent = (
-                    self._sender.send(out, addr, batch=session.negotiated) if self._sender else 0
-                )
+                sent = self._sender.send(out, addr, batch=session.negotiated) if self._sender else 0
             except OSError as exc:
                 self.count("send_errors")
                 log.debug("app-rudp: sendto %s:%d: %s", addr[0], addr[1], exc)

@@ -105,7 +105,9 @@ def test_a_batched_capture_decodes_and_verifies_as_the_original(tmp_path: Path) 
     assert _rudp_rows(batched) == _rudp_rows(NEGOTIATED)
     records = [r for r in decode_capture(batched, only={"rudp"}) if r.info and "gso" in r.info]
     assert len({r.frame for r in records}) == batches
-    assert records[0].summary().endswith("crc32c=ok [GSO 1/" + str(records[0].info["gso"]["of"]) + "]")
+    assert (
+        records[0].summary().endswith("crc32c=ok [GSO 1/" + str(records[0].info["gso"]["of"]) + "]")
+    )
     original, split = analyze_capture(NEGOTIATED), analyze_capture(batched)
     assert split.passed and _verdicts(split) == _verdicts(original)
     (a,), (b,) = split.rudp_sessions, original.rudp_sessions

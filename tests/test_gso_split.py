@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -39,7 +41,7 @@ def test_concatenated_segments_split_back_exactly(
     limit = segment_limit({"chunk": chunk or 1}, True) if negotiated else UNKNOWN
     bounds = split_batch(buf, start, stop, limit)
     assert isinstance(bounds, list)
-    assert [buf[a:b] for a, b in zip(bounds, bounds[1:], strict=False)] == segments
+    assert [buf[a:b] for a, b in itertools.pairwise(bounds)] == segments
 
 
 @given(batches(), st.integers(min_value=1, max_value=400))
