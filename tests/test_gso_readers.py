@@ -10,6 +10,7 @@ the original protocol, is malformed and said so.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from scapy.layers.inet import IP, UDP
 from scapy.packet import Packet
 from scapy.utils import rdpcap, wrpcap
@@ -25,11 +27,14 @@ from stacklab.analysis import tshark_engine
 from stacklab.analysis.decode import decode_capture
 from stacklab.analysis.sessions import CaptureAnalysis
 from stacklab.analysis.verify import analyze_capture
+from stacklab.cli import cli
+from stacklab.commands.up import config_from_options
 from stacklab.config import RudpSettings
 from stacklab.layers import RUDP
 from stacklab.layers.lua import generate_dissector
 from stacklab.services.app_rudp import RudpAppServer
 from stacklab.services.fetcher import FetchPolicy
+from stacklab.services.rudp_io import DatagramSender, gso_supported
 from stacklab.transport.client import ClientSession
 from stacklab.transport.options import STACKLAB_DEFAULT
 from stacklab.wire import APP_RUDP_PORT, RUDP_HEADER_LEN
@@ -215,3 +220,50 @@ def test_a_receiver_without_gro_gets_one_datagram_per_segment() -> None:
         assert sender.batches > 0  # batched on the way out, one datagram each on the way in
     finally:
         server.stop()
+
+
+class _FakeSocket:
+    """Records sends; ``sendmsg`` fails with ``errno`` (a kernel or device without GSO)."""
+
+    def __init__(self, errno_value: int) -> None:
+        self.errno_value = errno_value
+        self.sent: list[bytes] = []
+        self.sendmsg_calls = 0
+
+    def sendmsg(self, buffers: list[bytes], *args: object) -> int:
+        self.sendmsg_calls += 1
+        raise OSError(self.errno_value, os.strerror(self.errno_value))
+
+    def sendto(self, data: bytes, addr: object) -> int:
+        self.sent.append(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.EINVAL, errno.EOPNOTSUPP])
+def test_a_failing_gso_send_falls_back_for_good(code: int) -> None:
+    fake = _FakeSocket(code)
+    sender = DatagramSender(fake, gso=True)  # type: ignore[arg-type]
+    run = [bytes([i]) * 20 for i in range(5)]
+    assert sender.send(run, ("127.0.0.1", 9)) == 5
+    assert fake.sent == run and not sender.gso and sender.batches == 0
+    assert sender.send(run, ("127.0.0.1", 9)) == 5
+    assert fake.sendmsg_calls == 1  # never tried again
+    assert sender.datagrams == 10
+
+
+def test_an_unreachable_peer_is_an_error_not_a_fallback() -> None:
+    fake = _FakeSocket(errno.ECONNREFUSED)
+    sender = DatagramSender(fake, gso=True)  # type: ignore[arg-type]
+    with pytest.raises(ConnectionRefusedError):
+        sender.send([b"a" * 20, b"b" * 20], ("127.0.0.1", 9))
+    assert sender.gso
+
+
+def test_gso_by_default_follows_the_kernel_and_can_be_switched_off() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        assert DatagramSender(sock).gso == gso_supported()
+        assert not DatagramSender(sock, gso=False).gso
+    assert RudpSettings().gso  # on by default; --no-gso or gso = false turns it off
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert "--gso / --no-gso" in result.output
+    assert not config_from_options(None, None, {"cfg__app_rudp__gso": False}).app_rudp.gso
