@@ -47,10 +47,11 @@ PER_DATAGRAM_ROW = "raw UDP, one sendto / recv_into per datagram (ceiling)"
 BATCHED_ROW = "raw UDP, GSO send / GRO receive (ceiling)"
 
 
-def rudp_row_name(defaults: dict[str, object]) -> str:
+def rudp_row_name(defaults: dict[str, object], extra: tuple[str, ...] = ()) -> str:
     integrity = "integrity on" if defaults["integrity"] else "integrity off"
     gso = "server GSO on" if defaults["server_gso"] else "server GSO off"
-    return f"RUDP `stacklab fetch`, defaults ({integrity}, {gso})"
+    given = " ".join(extra)
+    return f"RUDP stacklab fetch, {given or 'defaults'} ({integrity}, {gso})"
 
 
 def _digest(path: Path) -> str:
@@ -69,12 +70,14 @@ def _fetch(
     digest: str,
     *,
     timeout: float,
+    extra: tuple[str, ...] = (),
 ) -> None:
     """One whole ``stacklab fetch`` process; a failed or wrong run is recorded, not timed."""
     out.unlink(missing_ok=True)
     argv = stacklab_argv(
-        "fetch", "--transport", "rudp", "--server", f"{app[0]}:{app[1]}", url, "-o", str(out)
-    )
+        "fetch", "--transport", "rudp", "--server", f"{app[0]}:{app[1]}", url, "-o", str(out),
+        *extra,
+    )  # fmt: skip
     run = timed(argv, timeout=timeout)
     if run.timed_out:
         series.failures.append(f"no file after {timeout:g} s")
@@ -122,11 +125,23 @@ def run_e2e(
     loss_size: int,
     seed: int,
     step: Step,
+    *,
+    chunk: int | None = None,
+    window: int | None = None,
 ) -> list[Table]:
-    """The end-to-end table (RUDP and its two ceilings) and the stacklab loss table."""
+    """The end-to-end table (RUDP and its two ceilings) and the stacklab loss table.
+
+    ``chunk`` and ``window``, when given, are passed to ``stacklab fetch``;
+    otherwise it runs with its defaults.
+    """
     defaults = rudp_defaults()
-    datagram = chunk_datagram_size(int(defaults["chunk"]), bool(defaults["integrity"]))
-    rudp = Series(rudp_row_name(defaults), size)
+    extra: tuple[str, ...] = ()
+    if chunk is not None:
+        extra += ("--chunk", str(chunk))
+    if window is not None:
+        extra += ("--window", str(window))
+    datagram = chunk_datagram_size(chunk or int(defaults["chunk"]), bool(defaults["integrity"]))
+    rudp = Series(rudp_row_name(defaults, extra), size)
     per_datagram = Series(PER_DATAGRAM_ROW, size)
     batched = Series(BATCHED_ROW, size)
     e2e = Table(
@@ -181,7 +196,7 @@ def run_e2e(
         out = root / "out.bin"
         jobs: list[tuple[str, Callable[[], None]]] = [
             ("RUDP fetch", lambda: _fetch(rudp, app.address(), url, out, digest,
-                                          timeout=FETCH_TIMEOUT_S)),
+                                          timeout=FETCH_TIMEOUT_S, extra=extra)),
             ("raw UDP per datagram", lambda: _ceiling(per_datagram, sender.address(),
                                                        PER_DATAGRAM, size, datagram, out, digest)),
             ("raw UDP batched", lambda: _ceiling(batched, sender.address(), BATCHED, size,

@@ -136,15 +136,25 @@ class _Namespace:
         where.mkdir()
         if kind == "original":
             out = where / CLIENT_OUTPUT
-            argv = [*stacklab_argv()[:1], "-c", RUN_SEEDED, str(seed), str(self.folder / CLIENT_FILE)]
+            argv = [
+                *stacklab_argv()[:1],
+                "-c",
+                RUN_SEEDED,
+                str(seed),
+                str(self.folder / CLIENT_FILE),
+            ]
         else:
             out = where / "test_file.txt"
             argv = stacklab_argv("fetch", "--transport", "rudp", DEFAULT_URL, "-o", str(out))
-        run = timed(self.argv(argv), timeout=timeout, cwd=where, quiet=True)
+        # The original client prints a line per datagram: not worth keeping.
+        run = timed(self.argv(argv), timeout=timeout, cwd=where, quiet=kind == "original")
         if run.timed_out:
             series.failures.append(f"no file after {timeout:g} s")
         elif not out.exists():
-            series.failures.append(f"exit {run.returncode}, no file")
+            said = run.stdout.strip().splitlines()
+            series.failures.append(
+                f"exit {run.returncode}, no file" + (f" ({said[-1]})" if said else "")
+            )
         elif hashlib.sha256(out.read_bytes()).hexdigest() != digest:
             size = out.stat().st_size
             series.failures.append(f"a file of {size} bytes whose SHA-256 differs")
