@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,19 @@ def test_a_gso_server_serves_original_and_stacklab_clients() -> None:
                 plain.sendto(RUDP_HEADER.pack(0, seq, b"A", 0), server.address)
     finally:
         server.stop()
+
+
+def test_a_server_that_exits_before_listening_is_one_clear_error(tmp_path: Path) -> None:
+    from stacklab.tools.bench_procs import BenchProcessError, server
+
+    argv = [sys.executable, "-c", "import sys; print('cannot bind'); sys.exit(3)"]
+    started = server(argv, tmp_path / "log", r"(?P<host>)(?P<port>)listening")
+    with pytest.raises(BenchProcessError, match=r"exited with 3 before it listened: cannot bind"):
+        started.__enter__()
+
+
+def test_a_client_over_its_time_is_stopped_and_reported() -> None:
+    from stacklab.tools.bench_procs import timed
+
+    run = timed([sys.executable, "-c", "import select; select.select([], [], [], 30)"], timeout=0.5)
+    assert run.timed_out and run.returncode is None and run.seconds < 10

@@ -49,6 +49,7 @@ from typing import Any
 
 from stacklab.config import AppTcpSettings, RudpSettings
 from stacklab.services.fetcher import FetchPolicy
+from stacklab.services.rudp_io import tune_socket
 from stacklab.tools.bench_model import (
     TARGET_BATCHED,
     TARGET_PER_DATAGRAM,
@@ -105,6 +106,7 @@ class _Blaster:
         self.content = memoryview(content)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
+        tune_socket(self.sock)  # as the RUDP app server's socket
         self.address: tuple[str, int] = self.sock.getsockname()
         self._thread = threading.Thread(target=self._run, name="stacklab-bench-udp", daemon=True)
         self._thread.start()

@@ -50,6 +50,19 @@ class Server:
         return host, int(port)
 
 
+def describe(argv: Sequence[str]) -> str:
+    """``stacklab serve dns`` or ``app_server_rudp.py``: the command without namespace and
+    interpreter, for messages."""
+    words = list(argv)
+    if words[:3] == ["ip", "netns", "exec"]:
+        words = words[4:]
+    if words and words[0] == sys.executable:
+        words = words[1:]
+    while words and words[0] in ("-m", "-u"):
+        words = words[1:]
+    return " ".join(Path(w).name if w.endswith(".py") else w for w in words[:3])
+
+
 def _tail(path: Path, lines: int = 3) -> str:
     try:
         text = path.read_text("utf-8", "replace").strip().splitlines()
@@ -86,11 +99,11 @@ def server(
                 break
             if proc.poll() is not None:
                 raise BenchProcessError(
-                    f"{Path(argv[2] if len(argv) > 2 else argv[0]).name} exited with "
-                    f"{proc.returncode} before it listened: {_tail(log)}"
+                    f"{describe(argv)} exited with {proc.returncode} before it listened: "
+                    f"{_tail(log)}"
                 )
             if time.monotonic() > deadline:
-                raise BenchProcessError(f"{' '.join(argv[:4])}... not ready after {timeout:g} s")
+                raise BenchProcessError(f"{describe(argv)} not ready after {timeout:g} s")
             pause.wait(0.02)
         yield Server(proc, match, log)
     finally:
