@@ -62,7 +62,7 @@ captures: setup
 
 bench: setup
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/stacklab bench
+	$(BIN)/stacklab bench --markdown
 	$(BIN)/python bench/verify_bench.py --sizes 250000,500000,1000000 --markdown
 
 clean:

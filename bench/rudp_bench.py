@@ -1,8 +1,8 @@
-"""RUDP goodput benchmark: RUDP vs the TCP app path vs raw UDP (and aioquic when installed).
+"""RUDP goodput benchmark: the same as ``stacklab bench`` (end to end, in process, originals).
 
-The same as ``stacklab bench``; the numbers in the README come from
-``stacklab bench`` with its defaults (20 MB, chunk 1400, median of 3).
-Usage: ``python bench/rudp_bench.py [--size 20M] [--repeat 3] [--json]``.
+The README's tables come from ``stacklab bench --markdown`` with its
+defaults, which ``make bench`` runs.
+Usage: ``python bench/rudp_bench.py [--quick] [--size 100M] [--repeat 5] [--json|--markdown]``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,39 @@
-"""stacklab bench and the socket helpers it relies on (GSO sends, GRO receives)."""
+"""stacklab bench, its ceilings and report, and the socket helpers it relies on (GSO, GRO)."""
 
 from __future__ import annotations
 
 import json
+import random
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from stacklab.cli import cli
-from stacklab.commands.bench import parse_size
+from stacklab.commands.bench import parse_rates, parse_size, render_markdown
 from stacklab.errors import UserError
 from stacklab.services.rudp_io import DatagramSender, enable_gro, gro_segment_size, tune_socket
+from stacklab.tools.bench_model import (
+    TARGET_BATCHED,
+    TARGET_PER_DATAGRAM,
+    BenchReport,
+    Series,
+    Table,
+    Target,
+    ratio,
+    rudp_defaults,
+)
+from stacklab.tools.bench_udp import (
+    GRO_SPAN,
+    MODES,
+    CeilingUnavailable,
+    open_receiver,
+    receive_content,
+    send_content,
+)
+from stacklab.transport.options import STACKLAB_DEFAULT
 
 
 @pytest.mark.parametrize(
@@ -70,30 +92,126 @@ def test_gro_receive_splits_back_into_the_sent_datagrams() -> None:
         assert got == datagrams
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_bench_command_json() -> None:
+@pytest.mark.parametrize(
+    "text,rates",
+    [("0.05,0.3", [0.05, 0.3]), ("0.3", [0.3]), ("none", []), ("0.3,0.05", [0.05, 0.3])],
+)
+def test_parse_rates(text: str, rates: list[float]) -> None:
+    assert parse_rates(text) == rates
+
+
+@pytest.mark.parametrize("text", ["abc", "1.5", "-0.1", "0.05,x"])
+def test_parse_rates_refuses(text: str) -> None:
+    with pytest.raises(UserError):
+        parse_rates(text)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ceiling_loops_deliver_the_content_in_order(mode: str) -> None:
+    content = random.Random(3).randbytes(300_000)
+    try:
+        rx = open_receiver(mode)
+    except CeilingUnavailable as exc:
+        pytest.skip(str(exc))
+    with rx, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.bind(("127.0.0.1", 0))
+        rx.connect(tx.getsockname())
+        send_content(tx, memoryview(content), 1415, mode, rx.getsockname())
+        buf = bytearray(len(content) + GRO_SPAN)
+        got, idle = receive_content(rx, buf, len(content), 1415, mode)
+    assert (got, idle) == (len(content), 0.0)
+    assert buf[:got] == content
+
+
+def _report(rudp_mb_s: float) -> BenchReport:
+    def series(name: str, mb_s: float) -> Series:
+        row = Series(name, 10_000_000)
+        row.add(10 / mb_s, 10_000_000)
+        return row
+
+    udp, batched, rudp = series("raw UDP", 100), series("batched", 200), series("RUDP", rudp_mb_s)
+    table = Table("end_to_end", "End to end", [udp, batched, rudp], baseline=udp)
+    targets = [
+        Target("per datagram", TARGET_PER_DATAGRAM, ratio(rudp, udp)),
+        Target("batched", TARGET_BATCHED, ratio(rudp, batched)),
+    ]
+    skipped = Table("originals", "The original programs", skipped="no namespace here")
+    return BenchReport({"rudp_defaults": rudp_defaults(), "datagram": 1415, "seed": 0},
+                       [table, skipped], targets)  # fmt: skip
+
+
+def test_markdown_shows_ratios_targets_and_skipped_tables() -> None:
+    text = render_markdown(_report(90))
+    assert "| RUDP | 0.111 | 90.0 | 0.11 | 0.90x |  |" in text
+    assert "| per datagram | 0.90x | >= 0.8x | PASS |" in text
+    assert "| batched | 0.45x | >= 0.5x | MISS |" in text
+    assert "Not measured: no namespace here." in text
+    assert f"chunk {rudp_defaults()['chunk']}," in text
+
+
+@pytest.mark.timeout(60)
+def test_bench_quick_smoke_json() -> None:
+    """A tiny run of every part but the originals: the report's shape, and intact transfers."""
     result = CliRunner().invoke(
         cli,
         [
-            "bench",
-            "--size",
-            "300K",
-            "--repeat",
-            "1",
-            "--loss-size",
-            "20K",
-            "--no-aioquic",
-            "--json",
+            "bench", "--quick", "--size", "300K", "--loss", "0.05", "--loss-size", "20K",
+            "--no-originals", "--no-aioquic", "--json",
         ],
-    )
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    names = [t["name"] for t in data["transports"]]
-    assert names[0] == "raw UDP sendto loop" and "TCP app path" in names
-    rudp = data["transports"][1]
-    assert rudp["delivered"] == [300_000] and rudp["median_mb_s"] > 0
-    assert data["loss"]["bytes"] == 20_000 and len(data["loss"]["runs_s"]) == 1
+    assert data["settings"]["rudp_defaults"]["chunk"] == STACKLAB_DEFAULT.chunk_size
+    tables = data["tables"]
+    assert list(tables) == ["end_to_end", "loss", "in_process"]
+    e2e = tables["end_to_end"]["rows"]
+    assert [r["name"].split(",")[0] for r in e2e] == [
+        "raw UDP",
+        "raw UDP",
+        "RUDP stacklab fetch",
+    ]
+    rudp = e2e[2]
+    # a run is counted only when the file's SHA-256 matched the content's
+    assert rudp["delivered"] == [300_000] and rudp["failures"] == []
+    assert rudp["ratio_to_baseline"] is not None and rudp["median_mb_s"] > 0
+    assert tables["loss"]["rows"][0]["delivered"] == [20_000]
+    in_process = {r["name"].split(" (")[0]: r for r in tables["in_process"]["rows"]}
+    assert in_process["TCP app path"]["delivered"] == [300_000]
+    assert [t["verdict"] in ("PASS", "MISS") for t in data["targets"]] == [True, True]
+
+
+def test_bench_without_the_originals_says_why(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["bench", "--no-end-to-end", "--no-in-process", "--originals", str(tmp_path), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    originals = json.loads(result.stdout)["tables"]["originals"]
+    assert "app_server_rudp.py" in originals["skipped"] and originals["rows"][0]["runs_s"] == []
+
+
+@pytest.mark.timeout(120)
+def test_bench_originals_smoke() -> None:
+    """The original programs on a 1 KB file: each pair ran once, stacklab's client got it intact."""
+    from stacklab.tools.bench_originals import default_originals_dir, unavailable
+
+    reason = unavailable(default_originals_dir())
+    if reason is not None:
+        pytest.skip(reason)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench", "--no-end-to-end", "--no-in-process", "--original-size", "1K",
+            "--original-repeat", "1", "--loss", "none", "--json",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)["tables"]["originals"]["rows"]}
+    assert len(rows) == 4
+    for row in rows.values():  # a run either delivered the file intact or says why not
+        assert len(row["runs_s"]) + len(row["failures"]) == 1
+    assert rows["original server - stacklab client"]["delivered"] == [1000]
+    assert rows["stacklab server - stacklab client"]["delivered"] == [1000]
 
 
 @pytest.mark.timeout(60)
@@ -136,3 +254,19 @@ def test_a_gso_server_serves_original_and_stacklab_clients() -> None:
                 plain.sendto(RUDP_HEADER.pack(0, seq, b"A", 0), server.address)
     finally:
         server.stop()
+
+
+def test_a_server_that_exits_before_listening_is_one_clear_error(tmp_path: Path) -> None:
+    from stacklab.tools.bench_procs import BenchProcessError, server
+
+    argv = [sys.executable, "-c", "import sys; print('cannot bind'); sys.exit(3)"]
+    started = server(argv, tmp_path / "log", r"(?P<host>)(?P<port>)listening")
+    with pytest.raises(BenchProcessError, match=r"exited with 3 before it listened: cannot bind"):
+        started.__enter__()
+
+
+def test_a_client_over_its_time_is_stopped_and_reported() -> None:
+    from stacklab.tools.bench_procs import timed
+
+    run = timed([sys.executable, "-c", "import select; select.select([], [], [], 30)"], timeout=0.5)
+    assert run.timed_out and run.returncode is None and run.seconds < 10
