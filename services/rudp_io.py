@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 SOCKET_BUFFER = 4 * 1024 * 1024
 RECV_BUFFER = 65535
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+"""Linux's values (asm-generic/socket.h); ``socket`` defines neither name."""
 
 
 def tune_socket(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
@@ -31,10 +34,10 @@ def tune_socket(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, size)
-    # Root may exceed net.core.rmem_max; harmless where unsupported.
-    for name in ("SO_RCVBUFFORCE", "SO_SNDBUFFORCE"):
-        forced: int | None = getattr(socket, name, None)
-        if forced is not None:
+    # Root may exceed net.core.rmem_max (Python's socket module does not name
+    # these options, hence Linux's numbers); others get EPERM, which is fine.
+    if sys.platform.startswith("linux"):
+        for forced in (_SO_RCVBUFFORCE, _SO_SNDBUFFORCE):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, forced, size)
 
