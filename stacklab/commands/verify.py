@@ -11,7 +11,6 @@ unfinished fails on its own.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from stacklab.analysis.pcapio import (
     link_type_problem,
 )
 from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
-from stacklab.analysis.unreadable import Unreadable, results_json
+from stacklab.analysis.unreadable import Unreadable, write_results_json
 from stacklab.cli import is_quiet
 from stacklab.errors import UserError
 from stacklab.files import Output, resolve_output
@@ -251,7 +250,7 @@ def verify(
         if not is_quiet():
             click.echo(line, err=True)
     if as_json:
-        sys.stdout.write(json.dumps(results_json(analyses, unreadable), indent=2) + "\n")
+        write_results_json(analyses, unreadable, sys.stdout)
     elif is_quiet():
         _print_failures(analyses)
     else:
