@@ -57,7 +57,6 @@ import logging
 from collections import deque
 from typing import Final
 
-from crc32c import crc32c
 
 from stacklab.analysis.hashing import BLOCK as HASH_BLOCK
 from stacklab.analysis.hashing import BackgroundHasher, StreamHash
@@ -936,7 +935,7 @@ class RudpTracker(HotSink):
             crc_ok = True
             if session.trailer:
                 end = begin + length
-                crc_ok = end - start >= RUDP_HEADER_LEN + _TRAILER and crc32c(
+                crc_ok = end - start >= RUDP_HEADER_LEN + _TRAILER and _crc32c(
                     buf[start : end - _TRAILER]
                 ) == int.from_bytes(buf[end - _TRAILER : end], "big")
             session.data(
@@ -973,6 +972,13 @@ class RudpTracker(HotSink):
         self.hasher.close()
         self.digests = []
         return sorted(self.done, key=lambda s: s.first_frame)
+
+
+def _crc32c(data: bytes) -> int:
+    """CRC32C, imported on first use: the package costs 20 ms of start-up (importlib.metadata)."""
+    from crc32c import crc32c
+
+    return crc32c(data)
 
 
 def _ep(addr: str, port: int) -> str:
