@@ -57,7 +57,6 @@ import logging
 from collections import deque
 from typing import Final
 
-
 from stacklab.analysis.hashing import BLOCK as HASH_BLOCK
 from stacklab.analysis.hashing import BackgroundHasher, StreamHash
 from stacklab.analysis.rudp_goback import (

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final, NamedTuple
 
-
 # ---------------------------------------------------------------------------
 # Default addresses and ports (every one is configurable at run time)
 # ---------------------------------------------------------------------------
