@@ -13,8 +13,9 @@ engines reading the same file agree exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any, Literal
 
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
@@ -438,12 +439,12 @@ class CaptureAnalysis:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            name: list(value) if isinstance(value, Iterator) else value
+            name: list(value) if isinstance(value, GeneratorType) else value
             for name, value in self.json_parts().items()
         }
 
     def json_parts(self) -> dict[str, Any]:
-        """:meth:`to_json` with its lists of records as iterators, for a streamed document.
+        """:meth:`to_json` with its lists of records as generators, for a streamed document.
 
         Each check and session becomes JSON only as it is written
         (:class:`stacklab.jsonstream.JsonWriter`), so the whole document never

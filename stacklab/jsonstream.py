@@ -4,22 +4,22 @@
 megabytes of JSON.  ``json.dumps(document, indent=2)`` builds all of it in
 memory before the first byte goes out, and with ``indent`` it runs the
 standard library's pure-Python encoder (the C encoder knows no
-indentation): on a capture of 1,250 sessions that was as slow as reading the
-capture, and doubled the peak memory.
+indentation): on a capture of 1,250 sessions that took as long as reading
+the capture, and doubled the peak memory.
 
 :class:`JsonWriter` writes the document's frame indented as
-``json.dumps(indent=2)`` would (objects and the lists given as iterators,
+``json.dumps(indent=2)`` would (objects and the lists given as generators,
 one member per line) and every other value on one line by the C encoder:
 a check, a session, a list of frame numbers.  The text differs from
 ``indent=2`` in whitespace only; ``json.loads`` gives the same document,
-keys in the same order.  An iterator's items are written as it produces
+keys in the same order.  A generator's items are written as it produces
 them, so only one record's text exists at a time.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from types import GeneratorType
 from typing import IO, Any
 
 _line = json.JSONEncoder(separators=(", ", ": ")).encode
@@ -29,10 +29,10 @@ class JsonWriter:
     """Write one JSON document to a text stream as its parts become ready.
 
     :meth:`write` takes the document as plain data in which any list may be
-    an iterator instead (a generator of sessions, say): such a list is
-    written one item per line, each item as the iterator produces it.  A
-    dict that holds such an iterator, at any depth, is written one member
-    per line; every other value is written on one line.
+    a generator instead (of sessions, say): such a list is written one item
+    per line, each item as the generator produces it.  A dict that holds
+    such a generator, at any depth of dicts, is written one member per
+    line; every other value is written on one line.
     """
 
     def __init__(self, out: IO[str]) -> None:
@@ -41,7 +41,7 @@ class JsonWriter:
 
     def write(self, value: Any) -> None:
         """Write ``value`` as the next member of the open container (or as the document)."""
-        if isinstance(value, Iterator):
+        if type(value) is GeneratorType:
             self._open("[")
             for item in value:
                 self._next()
@@ -73,8 +73,9 @@ class JsonWriter:
 
 
 def _streams(value: dict[Any, Any]) -> bool:
-    """Whether a dict holds an iterator, at any depth of dicts (and is written member by member)."""
-    return any(
-        isinstance(member, Iterator) or (isinstance(member, dict) and _streams(member))
-        for member in value.values()
-    )
+    """Whether a dict holds a generator, at any depth of dicts (and is written member by member)."""
+    for member in value.values():
+        kind = type(member)
+        if kind is GeneratorType or (kind is dict and _streams(member)):
+            return True
+    return False

@@ -250,7 +250,10 @@ def verify(
         if not is_quiet():
             click.echo(line, err=True)
     if as_json:
-        write_results_json(analyses, unreadable, sys.stdout)
+        from stacklab.analysis.verify import no_cycle_collector
+
+        with no_cycle_collector():
+            write_results_json(analyses, unreadable, sys.stdout)
     elif is_quiet():
         _print_failures(analyses)
     else:
