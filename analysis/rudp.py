@@ -271,17 +271,19 @@ class RudpSession(GoBackClassifier):
                 self._max_ack_delay = delay
             # Karn's rule: time only chunks sent once, and only an ACK that
             # covers no resent chunk (one that waited for a resend is no round trip).
-            if sent.copies == 1 and all(
-                c not in pending or pending[c].copies == 1 for c in range(acked + 1, ack)
+            if sent.copies == 1 and (
+                ack == acked + 1  # the common case, without a generator per ACK
+                or all(c not in pending or pending[c].copies == 1 for c in range(acked + 1, ack))
             ):
                 self.rtt.sample(time - sent.first)
         if ack > acked + 1:
             self._receiver_jump(number, acked, ack)
-        for chunk in range(acked + 1, ack + 1) if ack - acked <= 64 else ():
-            copy = pending.get(chunk)
-            if copy is not None and not copy.good:
-                check = "rudp.integrity" if copy.kind == _BAD_CRC else "rudp.delivery"
-                self.find(check, number, f"{copy.why}, and the client acknowledged it (ACK {ack})")
+        if ack == acked + 1:  # the common case: the chunk looked up above
+            if sent is not None and not sent.good:
+                check = "rudp.integrity" if sent.kind == _BAD_CRC else "rudp.delivery"
+                self.find(check, number, f"{sent.why}, and the client acknowledged it (ACK {ack})")
+        else:
+            self._acked_bad(number, pending, acked, ack)
         self.acked_seen = ack
         self.bounds.advanced(ack)
         outstanding = self.highest_sent - acked  # as the ACK came back
@@ -302,6 +304,14 @@ class RudpSession(GoBackClassifier):
             self._pruned = hi
         if ack == self.highest_sent:
             self._last_ack_frame = number
+
+    def _acked_bad(self, number: int, pending: dict[int, _Sent], acked: int, ack: int) -> None:
+        """Chunks ``acked + 1 .. ack`` acknowledged at once: none of them may have been bad."""
+        for chunk in range(acked + 1, ack + 1) if ack - acked <= 64 else ():
+            copy = pending.get(chunk)
+            if copy is not None and not copy.good:
+                check = "rudp.integrity" if copy.kind == _BAD_CRC else "rudp.delivery"
+                self.find(check, number, f"{copy.why}, and the client acknowledged it (ACK {ack})")
 
     def _receiver_jump(self, number: int, acked: int, ack: int) -> None:
         """A Go-Back-N receiver keeps chunks only in order (rule R1).
@@ -567,7 +577,7 @@ class RudpSession(GoBackClassifier):
         if kind != _GOOD:
             self.f.bad_chunks += 1
             self.note(number, "malformed" if kind == _MALFORMED else "bad_crc32c", why)
-        content = self._content(payload)
+        content = payload[: -self.trailer] if self.trailer else payload  # _content, inlined
         if not is_new:
             self.retransmissions += 1
             if self.keep_notes:
