@@ -474,7 +474,7 @@ class CaptureScan:
             number += 1
             pos = end
             if micro:
-                time = (float(sec) * 1e6 + float(frac)) / 1e6
+                time = (sec * 1e6 + frac) / 1e6  # the ints convert to floats exactly
             else:
                 time = _exact_div(sec * per_sec + frac, per_sec)
             if fast:
