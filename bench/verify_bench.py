@@ -255,9 +255,9 @@ def _targets(tools: list[Tool]) -> list[tuple[str, str, bool]]:
     return [
         ("verify --json >= 20x faster than tshark", f"{speed:.1f}x", speed >= 20),
         ("verify --json peak memory <= 80 MB", f"{json_run.mb:.0f} MB", json_run.mb <= 80),
-        ("verify --json within 4x of capinfos", f"{slower:.1f}x", slower <= 4),
-        ("verify --json within 4x of capinfos -c", f"{slower_count:.1f}x", slower_count <= 4),
-        ("pure Python within 2x of compiled", f"{pure_ratio:.1f}x", pure_ratio <= 2),
+        ("verify --json within 4x of capinfos", f"{slower:.2f}x", slower <= 4),
+        ("verify --json within 4x of capinfos -c", f"{slower_count:.2f}x", slower_count <= 4),
+        ("pure Python within 2x of compiled", f"{pure_ratio:.2f}x", pure_ratio <= 2),
     ]
 
 
