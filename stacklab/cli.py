@@ -78,39 +78,23 @@ def _available(name: str) -> bool:
 
 def setup_logging(verbosity: int, quiet: bool = False) -> None:
     """Route library logging to stderr through rich: WARNING by default, -v INFO, -vv DEBUG."""
+    from rich.logging import RichHandler
+
     level = (
         logging.ERROR
         if quiet
         else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)]
     )
+    from rich.console import Console
+
+    # Standard error: standard output belongs to the command (JSON, a report on '-', a table).
+    handler = RichHandler(
+        console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
+    )
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [_RichOnFirstUse()]
+    root.handlers[:] = [handler]
     root.setLevel(level)
-
-
-class _RichOnFirstUse(logging.Handler):
-    """rich's log handler, built when the first record comes.
-
-    Importing rich costs ``stacklab verify`` 20 ms of start-up, and most runs
-    log nothing.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._handler: logging.Handler | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self._handler is None:
-            from rich.console import Console
-            from rich.logging import RichHandler
-
-            # Standard error: standard output belongs to the command (JSON, a report on '-', a table).
-            handler = RichHandler(
-                console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
-            )
-            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-            self._handler = handler
-        self._handler.handle(record)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
