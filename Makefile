@@ -63,7 +63,7 @@ captures: setup
 bench: setup
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/stacklab bench --markdown
-	$(BIN)/python bench/verify_bench.py --sizes 250000,500000,1000000 --markdown
+	$(BIN)/python bench/verify_bench.py --markdown
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

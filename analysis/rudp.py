@@ -57,8 +57,6 @@ import logging
 from collections import deque
 from typing import Final
 
-from crc32c import crc32c
-
 from stacklab.analysis.hashing import BLOCK as HASH_BLOCK
 from stacklab.analysis.hashing import BackgroundHasher, StreamHash
 from stacklab.analysis.rudp_goback import (
@@ -274,17 +272,19 @@ class RudpSession(GoBackClassifier):
                 self._max_ack_delay = delay
             # Karn's rule: time only chunks sent once, and only an ACK that
             # covers no resent chunk (one that waited for a resend is no round trip).
-            if sent.copies == 1 and all(
-                c not in pending or pending[c].copies == 1 for c in range(acked + 1, ack)
+            if sent.copies == 1 and (
+                ack == acked + 1  # the common case, without a generator per ACK
+                or all(c not in pending or pending[c].copies == 1 for c in range(acked + 1, ack))
             ):
                 self.rtt.sample(time - sent.first)
         if ack > acked + 1:
             self._receiver_jump(number, acked, ack)
-        for chunk in range(acked + 1, ack + 1) if ack - acked <= 64 else ():
-            copy = pending.get(chunk)
-            if copy is not None and not copy.good:
-                check = "rudp.integrity" if copy.kind == _BAD_CRC else "rudp.delivery"
-                self.find(check, number, f"{copy.why}, and the client acknowledged it (ACK {ack})")
+        if ack == acked + 1:  # the common case: the chunk looked up above
+            if sent is not None and not sent.good:
+                check = "rudp.integrity" if sent.kind == _BAD_CRC else "rudp.delivery"
+                self.find(check, number, f"{sent.why}, and the client acknowledged it (ACK {ack})")
+        else:
+            self._acked_bad(number, pending, acked, ack)
         self.acked_seen = ack
         self.bounds.advanced(ack)
         outstanding = self.highest_sent - acked  # as the ACK came back
@@ -305,6 +305,14 @@ class RudpSession(GoBackClassifier):
             self._pruned = hi
         if ack == self.highest_sent:
             self._last_ack_frame = number
+
+    def _acked_bad(self, number: int, pending: dict[int, _Sent], acked: int, ack: int) -> None:
+        """Chunks ``acked + 1 .. ack`` acknowledged at once: none of them may have been bad."""
+        for chunk in range(acked + 1, ack + 1) if ack - acked <= 64 else ():
+            copy = pending.get(chunk)
+            if copy is not None and not copy.good:
+                check = "rudp.integrity" if copy.kind == _BAD_CRC else "rudp.delivery"
+                self.find(check, number, f"{copy.why}, and the client acknowledged it (ACK {ack})")
 
     def _receiver_jump(self, number: int, acked: int, ack: int) -> None:
         """A Go-Back-N receiver keeps chunks only in order (rule R1).
@@ -570,7 +578,7 @@ class RudpSession(GoBackClassifier):
         if kind != _GOOD:
             self.f.bad_chunks += 1
             self.note(number, "malformed" if kind == _MALFORMED else "bad_crc32c", why)
-        content = self._content(payload)
+        content = payload[: -self.trailer] if self.trailer else payload  # _content, inlined
         if not is_new:
             self.retransmissions += 1
             if self.keep_notes:
@@ -946,7 +954,7 @@ class RudpTracker(HotSink):
             crc_ok = True
             if session.trailer:
                 end = begin + length
-                crc_ok = end - start >= RUDP_HEADER_LEN + _TRAILER and crc32c(
+                crc_ok = end - start >= RUDP_HEADER_LEN + _TRAILER and _crc32c(
                     buf[start : end - _TRAILER]
                 ) == int.from_bytes(buf[end - _TRAILER : end], "big")
             session.data(
@@ -1025,6 +1033,13 @@ class RudpTracker(HotSink):
         self.hasher.close()
         self.digests = []
         return sorted(self.done, key=lambda s: s.first_frame)
+
+
+def _crc32c(data: bytes) -> int:
+    """CRC32C, imported on first use: the package costs 20 ms of start-up (importlib.metadata)."""
+    from crc32c import crc32c
+
+    return crc32c(data)
 
 
 def _ep(addr: str, port: int) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any, Literal
 
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
@@ -440,17 +441,29 @@ class CaptureAnalysis:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            name: list(value) if isinstance(value, GeneratorType) else value
+            for name, value in self.json_parts().items()
+        }
+
+    def json_parts(self) -> dict[str, Any]:
+        """:meth:`to_json` with its lists of records as generators, for a streamed document.
+
+        Each check and session becomes JSON only as it is written
+        (:class:`stacklab.jsonstream.JsonWriter`), so the whole document never
+        exists in memory at once.
+        """
+        return {
             "path": self.path,
             "packets": self.packets,
             "link_type": self.link_type,
             "truncated": self.truncated,
             "passed": self.passed,
             "warnings": self.warnings,
-            "checks": [c.to_json() for c in self.checks],
-            "rudp_sessions": [s.to_json() for s in self.rudp_sessions],
-            "tcp_sessions": [s.to_json() for s in self.tcp_sessions],
-            "dhcp": [e.to_json() for e in self.dhcp],
-            "dns": [e.to_json() for e in self.dns],
+            "checks": (c.to_json() for c in self.checks),
+            "rudp_sessions": (s.to_json() for s in self.rudp_sessions),
+            "tcp_sessions": (s.to_json() for s in self.tcp_sessions),
+            "dhcp": (e.to_json() for e in self.dhcp),
+            "dns": (e.to_json() for e in self.dns),
         }
 
 

@@ -8,7 +8,7 @@ One unreadable file among many must not wipe out the results of the others:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from stacklab.analysis.sessions import CaptureAnalysis, report_json
 
@@ -30,3 +30,25 @@ def results_json(analyses: list[CaptureAnalysis], unreadable: list[Unreadable]) 
     document["unreadable"] = [u.to_json() for u in unreadable]
     document["passed"] = bool(document["passed"]) and not unreadable and bool(analyses)
     return document
+
+
+def write_results_json(
+    analyses: list[CaptureAnalysis], unreadable: list[Unreadable], out: IO[str]
+) -> None:
+    """Write the :func:`results_json` document to ``out`` as its parts are encoded.
+
+    The same document (``json.loads`` of the text equals
+    :func:`results_json`, keys in the same order); each check and session is
+    one line, and only one of them is held as text at a time.
+    """
+    from stacklab.jsonstream import JsonWriter
+
+    passed = all(a.passed for a in analyses) and not unreadable and bool(analyses)
+    JsonWriter(out).write(
+        {
+            "captures": (a.json_parts() for a in analyses),
+            "passed": passed,
+            "unreadable": [u.to_json() for u in unreadable],
+        }
+    )
+    out.write("\n")

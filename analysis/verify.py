@@ -82,12 +82,15 @@ def _jobs(path: str | os.PathLike[str], options: VerifyOptions) -> int:
 
 
 @contextlib.contextmanager
-def _no_cycle_collector() -> Iterator[None]:
-    """Pause the cyclic garbage collector during a scan.
+def no_cycle_collector() -> Iterator[None]:
+    """Pause the cyclic garbage collector during a scan, the judgement and the report.
 
     The hot path allocates short-lived tuples and lists by the million and
     builds no reference cycles: reference counting frees everything, and the
-    collector's periodic passes only cost time (about 15 % of a scan).
+    collector's periodic passes only cost time (about 15 % of a scan).  Once
+    the facts of a big capture exist, every full pass walks all of them
+    again: judging them and printing them allocate much, and no cycles
+    either.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -121,7 +124,7 @@ def _scan(
     path: str | os.PathLike[str], options: VerifyOptions, share: tuple[int, int]
 ) -> tuple[CaptureAnalysis, RudpTracker, JsonServiceTracker, JsonServiceTracker, AppTracker]:
     """One streaming pass: RUDP sessions of this share, and (share 0) everything else."""
-    with _no_cycle_collector():
+    with no_cycle_collector():
         return _scan_inner(path, options, share)
 
 
@@ -168,7 +171,8 @@ def _scan_inner(
 
 def _analyze(path: str | os.PathLike[str], options: VerifyOptions) -> CaptureAnalysis:
     result, rudp, dhcp, dns, app = _scan(path, options, (1, 0))
-    return finish_analysis(result, options, rudp, dhcp, dns, app)
+    with no_cycle_collector():
+        return finish_analysis(result, options, rudp, dhcp, dns, app)
 
 
 def _worker(path: str, options: VerifyOptions, share: tuple[int, int], conn: Connection) -> None:
@@ -216,7 +220,8 @@ def _analyze_shared(
             if proc.is_alive():
                 proc.kill()
     sessions.sort(key=lambda s: s.first_frame)
-    return judge(result, options, sessions, dhcp.finish(), dns.finish(), app.finish())
+    with no_cycle_collector():
+        return judge(result, options, sessions, dhcp.finish(), dns.finish(), app.finish())
 
 
 def finish_analysis(

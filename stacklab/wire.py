@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final, NamedTuple
 
-from crc32c import crc32c
-
 # ---------------------------------------------------------------------------
 # Default addresses and ports (every one is configurable at run time)
 # ---------------------------------------------------------------------------
@@ -325,6 +323,8 @@ def crc_trailer_ok(datagram: bytes | memoryview) -> bool:
     end = len(datagram) - RUDP_CRC_TRAILER_LEN
     if end < RUDP_HEADER_LEN:
         return False
+    from crc32c import crc32c  # here: the package costs 20 ms of start-up (importlib.metadata)
+
     return crc32c(datagram[:end]) == _unpack_u32(datagram, end)[0]
 
 

@@ -11,11 +11,10 @@ unfinished fails on its own.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import click
 
@@ -26,12 +25,14 @@ from stacklab.analysis.pcapio import (
     link_type_problem,
 )
 from stacklab.analysis.sessions import CaptureAnalysis, VerifyOptions
-from stacklab.analysis.unreadable import Unreadable, results_json
+from stacklab.analysis.unreadable import Unreadable, write_results_json
 from stacklab.cli import is_quiet
 from stacklab.errors import UserError
-from stacklab.files import Output, resolve_output
 from stacklab.params import FiniteFloatRange
 from stacklab.wire import ORIGINAL_MAX_WINDOW, Ports
+
+if TYPE_CHECKING:
+    from stacklab.files import Output
 
 _PORT = click.IntRange(1, 65535)
 _DEFAULT: Final = Ports()
@@ -174,6 +175,8 @@ def verify(
 
         check_folder(baseline_dir, captures, update_baseline)
     if junit_path is not None:  # decided before the work: a refusal must not come after it
+        from stacklab.files import resolve_output  # here: tempfile and shutil cost start-up
+
         junit = resolve_output(
             junit_path, inputs=(*captures, events_path, checks_path), replace_by_default=True
         )
@@ -251,7 +254,10 @@ def verify(
         if not is_quiet():
             click.echo(line, err=True)
     if as_json:
-        sys.stdout.write(json.dumps(results_json(analyses, unreadable), indent=2) + "\n")
+        from stacklab.analysis.verify import no_cycle_collector
+
+        with no_cycle_collector():
+            write_results_json(analyses, unreadable, sys.stdout)
     elif is_quiet():
         _print_failures(analyses)
     else:
@@ -279,6 +285,8 @@ def _annotate_target(
 
     if os.path.isfile(captures[0]):
         require_pcapng(captures[0])
+    from stacklab.files import resolve_output
+
     return resolve_output(path, inputs=(*captures, events), force=force)
 
 
