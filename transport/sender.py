@@ -281,8 +281,8 @@ class GbnSender:
                         continue
                     break  # nothing yet, or the end while chunks are still in flight
                 kept.append(chunk)
-                if self.fin_seq < limit:
-                    limit = self.fin_seq  # that was the last chunk: the FIN waits for its ACK
+                # After the last chunk the FIN is known, and waits for that chunk's ACK.
+                limit = min(limit, self.fin_seq)
             datagram = self._build(seq)
             out.append(datagram)
             copies = 1

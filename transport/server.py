@@ -51,8 +51,8 @@ from stacklab.transport.options import (
 )
 from stacklab.transport.recovery import HANDSHAKE_TIMEOUT, MAX_FAILURES, RttEstimator
 from stacklab.transport.sender import GbnSender
-from stacklab.transport.source import ChunkSource
 from stacklab.transport.session import ACK, DATA, FIN, SYN, SessionBase
+from stacklab.transport.source import ChunkSource
 from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER_LEN, RUDP_REJECT_PAYLOAD
 
 
