@@ -5,7 +5,8 @@ them; the socket loop's sender :meth:`BodyStream.take` s chunks (it is a
 :class:`~stacklab.transport.source.ChunkSource`).  Memory stays flat in the
 body's size:
 
-* back-pressure: ``put`` blocks while ``read_ahead`` bytes wait untaken, so
+* back-pressure: ``put`` blocks while its block would take the bytes waiting
+  untaken beyond ``read_ahead``, so
   the worker reads no faster than the client acknowledges (the sender takes a
   chunk only when its window lets it leave);
 * blocks are a whole number of chunks, so a chunk is a view into one block,
@@ -84,7 +85,10 @@ class BodyStream:
         if self._digest is not None and block:
             self._digest.update(block)  # outside the lock: the loop is never held up by it
         with self._cond:
-            while self._queued >= self.read_ahead and not self._closed:
+            # Never more than read_ahead bytes waiting (one block always fits).
+            while self._queued and self._queued + len(block) > self.read_ahead:
+                if self._closed:
+                    break
                 self._cond.wait()
             if self._closed:
                 raise StreamClosed

@@ -207,8 +207,11 @@ class ServerSession(SessionBase):
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         out = self._take_out()
-        if self.sender is not None:
-            sent = self.sender.datagrams_to_send(now)
+        sender = self.sender
+        if sender is not None:
+            sent = sender.datagrams_to_send(now)
+            if sender.failed is not None and self.failed is None:
+                self._check_sender(now)  # its source failed and no FIN can say so
             if not self.proven and sent:
                 sent = self._spend_unproven(sent, now)
             if out:
