@@ -330,8 +330,8 @@ class GbnSender:
         if not chunk:
             self._end(seq)
             return None
-        if self.source.drained and not self.fin_known:
-            self._end(seq + 1)  # the last chunk: the FIN's number is known already
+        if len(chunk) < self._chunk:
+            self._end(seq + 1)  # a short chunk is the last: the FIN's number is known now
         return chunk
 
     def _end(self, fin_seq: int) -> None:

@@ -50,11 +50,6 @@ class ChunkSource(Protocol):
         """
         ...
 
-    @property
-    def drained(self) -> bool:
-        """True once the end is known and every byte has been taken."""
-        ...
-
     def take(self, size: int) -> bytes | memoryview | None:
         """The next chunk, ``None`` for nothing yet, ``b""`` at the end; SourceFailed."""
         ...
