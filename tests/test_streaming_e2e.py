@@ -233,3 +233,16 @@ def test_stop_releases_a_worker_held_by_back_pressure() -> None:
         server.stop()
         sock.close()
     wait_for(lambda: bodies[0].closed, what="the worker to close the origin body")
+
+
+def test_stream_limit_refuses_a_long_body_before_its_first_byte(origin: OriginServer) -> None:
+    host, port = origin.address
+    policy = FetchPolicy(allow=(f"{host}:{port}",), max_stream_bytes=1 << 20)
+    server = RudpAppServer(RudpSettings(host="127.0.0.1", port=0), policy)
+    server.start()
+    try:
+        with pytest.raises(ServerError, match=r"exceeds the limit of 1048576 bytes"):
+            fetch_rudp(server.address, url(origin, "big.bin"))
+        assert fetch_rudp(server.address, url(origin, "small.txt")) == b"small file\n"
+    finally:
+        server.stop()
