@@ -47,6 +47,11 @@ class MemorySink:
     def content(self) -> bytes:
         return bytes(self._buffer)
 
+    @property
+    def buffer(self) -> bytearray:
+        """The content so far, not copied (to read, e.g. by the simulator's checker)."""
+        return self._buffer
+
     def digest(self) -> bytes:
         return content_digest(self._buffer)
 
