@@ -1,7 +1,8 @@
 """A bounded buffer between a fetch worker thread and the RUDP socket loop.
 
-The worker reads the origin's body in blocks and :meth:`BodyStream.put` s
-them; the socket loop's sender :meth:`BodyStream.take` s chunks (it is a
+The worker reads the origin's body in blocks and puts them in
+(:meth:`BodyStream.put`); the socket loop's sender takes chunks out
+(:meth:`BodyStream.take`: the stream is a
 :class:`~stacklab.transport.source.ChunkSource`).  Memory stays flat in the
 body's size:
 
