@@ -9,6 +9,17 @@ events.  A command is run by :func:`stacklab.services.fetcher.handle_command`
 small thread pool; the result is posted back through a queue and a
 socket-pair wake-up, so the loop never blocks on a fetch.
 
+The body is streamed: the worker opens the origin's response
+(:func:`stacklab.services.fetcher.open_command`; a failure before the first
+byte still answers the error text), hands the session a
+:class:`~stacklab.services.body_stream.BodyStream` and goes on reading the
+body into it, blocking whenever the sender has not taken enough (memory stays
+a window plus ``READ_AHEAD``, whatever the size).  When the stream gets data
+after the sender found it empty, the worker posts a wake-up for that session.
+A body that fails mid-way ends the transfer without a FIN that could pass for
+complete (see :mod:`stacklab.transport.sender`).  A server made with a
+``fetcher`` that returns bytes (tests, benchmarks) sends those from memory.
+
 Stateless SYNs: a SYN never creates a session.  It is answered from the
 datagram alone by :class:`stacklab.transport.handshake.Handshake` (a cookie
 in the SYN-ACK's ``seq`` for a stacklab client, the original ``seq=0``
@@ -52,7 +63,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 from stacklab.config import RudpSettings
 from stacklab.services.base import RateLimitedLog, Service, bind_error, family_for
-from stacklab.services.fetcher import Fetcher, FetchPolicy, fetch, handle_command
+from stacklab.services.body_stream import BodyStream, StreamClosed
+from stacklab.services.fetcher import (
+    Fetcher,
+    FetchPolicy,
+    Opener,
+    fetch,
+    handle_command,
+    open_body,
+    open_command,
+    stream_body,
+)
 from stacklab.services.rudp_io import RECV_BUFFER, DatagramSender, EventLog, tune_socket
 from stacklab.transport.events import CommandReceived, Event
 from stacklab.transport.handshake import Handshake, SynCookies
@@ -81,12 +102,17 @@ class RudpAppServer(Service):
         policy: FetchPolicy,
         *,
         fetcher: Fetcher = fetch,
+        opener: Opener | None = None,
         cookie_secret: bytes | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.policy = policy
         self.fetcher = fetcher
+        # Streamed unless a bytes fetcher stands in for the origin (tests, benchmarks).
+        self.opener: Opener | None = (
+            opener if opener is not None else (open_body if fetcher is fetch else None)
+        )
         self.limits = OptionLimits(
             max_chunk=settings.max_chunk,
             max_window=settings.negotiated_max_window,
@@ -106,7 +132,12 @@ class RudpAppServer(Service):
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._done: queue.SimpleQueue[tuple[Address, ServerSession, bytes]] = queue.SimpleQueue()
+        # A fetch's answer: bytes, a stream (its first post), or None (a stream has data).
+        self._done: queue.SimpleQueue[tuple[Address, ServerSession, bytes | BodyStream | None]] = (
+            queue.SimpleQueue()
+        )
+        self._streams: set[BodyStream] = set()  # streams being filled, closed at stop()
+        self._streams_lock = threading.Lock()
         self._stopping = threading.Event()
         self._bound: Address | None = None
         self._events: EventLog | None = None
@@ -170,6 +201,9 @@ class RudpAppServer(Service):
                 return
             self._stopping.set()
             self._poke()
+            with self._streams_lock:
+                for stream in self._streams:
+                    stream.close()  # a worker blocked on back-pressure lets go
             thread.join(timeout)
             self._thread = None
             if self._pool is not None:
@@ -357,9 +391,14 @@ class RudpAppServer(Service):
                 addr, session, content = self._done.get_nowait()
             except queue.Empty:
                 return
-            if self.sessions.get(addr) is not session or session.state is not (
-                ServerState.AWAIT_CONTENT
-            ):
+            current = self.sessions.get(addr) is session
+            if content is None:  # a stream got data after the sender found it empty
+                if current and session.state is ServerState.SENDING:
+                    touched[addr] = session
+                continue
+            if not current or session.state is not ServerState.AWAIT_CONTENT:
+                if isinstance(content, BodyStream):
+                    content.close()
                 continue  # the client left while we fetched
             session.provide_content(content, now)
             self._last_seen[addr] = now
@@ -427,6 +466,9 @@ class RudpAppServer(Service):
         else:
             self.count("failed")
         self.count("retransmissions", session.sender.retransmissions if session.sender else 0)
+        source = session.source
+        if source is not None:
+            source.close()  # a worker still reading the body stops
         self.sessions.pop(addr, None)
         own = self._per_client.get(addr[0])
         if own is not None:
@@ -446,22 +488,65 @@ class RudpAppServer(Service):
         command = event.command
 
         def work() -> None:
+            if self.opener is not None:
+                self._stream(addr, session, command, self.opener)
+                return
             content = self._answer(command)
             self._done.put((addr, session, content))
             self._poke()
 
         pool.submit(work)
 
+    def _stream(self, addr: Address, session: ServerSession, command: str, opener: Opener) -> None:
+        """In a worker: open the body, hand the session a stream, fill it to the end."""
+        try:
+            answer = open_command(command.encode("utf-8"), self.policy, opener)
+        except Exception as exc:  # an opener bug must still produce the documented error text
+            answer = self._internal_error(command, exc)
+        if isinstance(answer, bytes):
+            self._done.put((addr, session, answer))
+            self._poke()
+            return
+        options = session.options  # settled before the command: read-only from here on
+
+        def ready() -> None:
+            self._done.put((addr, session, None))
+            self._poke()
+
+        stream = BodyStream(options.chunk_size, digest=options.integrity, notify=ready)
+        with self._streams_lock:
+            if self._stopping.is_set():
+                answer.close()
+                return
+            self._streams.add(stream)
+        self._done.put((addr, session, stream))
+        self._poke()
+        try:
+            size = stream_body(answer, stream, self.policy)
+            log.debug("app-rudp: %s:%d: %d bytes of body read", addr[0], addr[1], size)
+        except StreamClosed:
+            log.debug("app-rudp: %s:%d: the session ended before the body", addr[0], addr[1])
+        except Exception as exc:  # never leave the sender waiting for a body nobody reads
+            self.count("errors")
+            log.exception("app-rudp: streaming the answer to %r failed", command[:200])
+            stream.fail(f"internal error ({type(exc).__name__})")
+        finally:
+            with self._streams_lock:
+                self._streams.discard(stream)
+
     def _answer(self, command: str) -> bytes:
         try:
             return handle_command(command.encode("utf-8"), self.policy, self.fetcher)
         except Exception as exc:  # a fetcher bug must still produce the documented error text
-            self.count("errors")
-            log.exception("app-rudp: command %r failed unexpectedly", command[:200])
-            _, _, url = command.partition(" ")
-            if not command.startswith(FETCH_COMMAND + " "):
-                url = command
-            return fetch_error_text(url.strip(), f"internal error ({type(exc).__name__})").encode()
+            return self._internal_error(command, exc)
+
+    def _internal_error(self, command: str, exc: Exception) -> bytes:
+        self.count("errors")
+        log.exception("app-rudp: command %r failed unexpectedly", command[:200])
+        _, _, url = command.partition(" ")
+        if not command.startswith(FETCH_COMMAND + " "):
+            url = command
+        return fetch_error_text(url.strip(), f"internal error ({type(exc).__name__})").encode()
 
     def _sweep(self, now: float) -> None:
         """Free sessions idle for ``idle_timeout`` (never one waiting for its fetch)."""

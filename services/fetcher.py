@@ -20,6 +20,12 @@ stacklab keeps the protocol and adds a :class:`FetchPolicy`:
 * the body is capped (``max_bytes``) and the whole fetch is bounded by
   ``timeout`` seconds.
 
+A streamed body (:func:`open_body`, :func:`stream_body`: the RUDP app
+server sends the body while it reads it) has its own cap,
+``max_stream_bytes`` (2 GiB by default: it costs no memory), and
+``timeout`` bounds the connection and the headers, then each read: a body
+may take as long as the client needs, as long as the origin keeps sending.
+
 A refused URL never opens a connection.  Failures raise :class:`FetchError`
 whose ``reason`` is the text that goes into
 :func:`stacklab.wire.fetch_error_text`.
@@ -36,6 +42,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
 from stacklab.wire import (
@@ -76,6 +83,7 @@ class FetchPolicy:
     schemes: tuple[str, ...] = ("http", "https")
     max_bytes: int = 128 * 1024 * 1024
     timeout: float = 30.0
+    max_stream_bytes: int = 2 * 1024**3
     max_redirects: int = 5
     follow_redirects: bool = True
     _parsed: list[tuple[str, int | None]] = field(default_factory=list, init=False, repr=False)
@@ -357,8 +365,214 @@ def _set_timeout(conn: http.client.HTTPConnection, deadline: float, policy: Fetc
 
 
 # ---------------------------------------------------------------------------
+# Streamed bodies: the response is opened here and read by the caller
+# ---------------------------------------------------------------------------
+
+
+class Body(Protocol):
+    """An open response body: read piece by piece, then closed."""
+
+    @property
+    def length(self) -> int | None:
+        """``Content-Length`` when the origin sent one."""
+        ...
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill the start of ``view``; 0 at the end; FetchError on failure."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class HttpBody:
+    """The body of a response that passed the policy; every read is bounded by ``timeout``."""
+
+    def __init__(
+        self,
+        conn: http.client.HTTPConnection,
+        response: http.client.HTTPResponse,
+        policy: FetchPolicy,
+    ) -> None:
+        self._conn = conn
+        self._response = response
+        self._policy = policy
+        self.length: int | None = response.length
+
+    def readinto(self, view: memoryview) -> int:
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(self._policy.timeout)
+        try:
+            return self._response.readinto(view)
+        except TimeoutError:
+            raise FetchError(f"the origin was silent for {self._policy.timeout:g} s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise FetchError(_describe(exc)) from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+Opener = Callable[[str, FetchPolicy], Body]
+"""How the RUDP app server opens a body to stream: :func:`open_body`, or a stand-in in tests."""
+
+
+def open_body(url: str, policy: FetchPolicy, resolver: Resolver = system_resolver) -> Body:
+    """GET ``url`` under ``policy`` up to its headers; the caller reads and closes the body.
+
+    Everything that can fail before the first byte of the body (refusal,
+    connection, status, redirects, a ``Content-Length`` above
+    ``max_stream_bytes``) raises FetchError here, so the error text can
+    still be the whole answer.
+    """
+    deadline = time.monotonic() + policy.timeout
+    current = url
+    for _ in range(policy.max_redirects + 1):
+        target = check_url(current, policy, resolver)
+        location, body = _open_once(target, policy, deadline)
+        if body is not None:
+            if body.length is not None and body.length > policy.max_stream_bytes:
+                body.close()
+                raise FetchError(f"response exceeds the limit of {policy.max_stream_bytes} bytes")
+            return body
+        if not policy.follow_redirects:
+            raise FetchError(f"HTTP {location[0]} redirect not followed")
+        current = urljoin(current, location[1])
+        try:
+            check_url(current, policy, resolver)
+        except FetchError as exc:
+            raise FetchError(f"redirect refused: {exc.reason}") from None
+        log.debug("redirect %d to %s", location[0], current)
+    raise FetchError(f"more than {policy.max_redirects} redirects")
+
+
+def _open_once(
+    target: Target, policy: FetchPolicy, deadline: float
+) -> tuple[tuple[int, str], HttpBody | None]:
+    """The open body of a 2xx answer, or ``((status, location), None)`` for a redirect."""
+    cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
+    conn = cls(target, timeout=_remaining(deadline, policy))
+    try:
+        conn.request("GET", target.path, headers={"User-Agent": "stacklab", "Accept": "*/*"})
+        response = conn.getresponse()
+        location = response.getheader("Location")
+        if response.status in REDIRECT_CODES and location is not None:
+            conn.close()
+            return (response.status, location), None
+        if not 200 <= response.status < 300:
+            raise FetchError(f"HTTP {response.status} {response.reason}".rstrip())
+        return (response.status, ""), HttpBody(conn, response, policy)
+    except FetchError:
+        conn.close()
+        raise
+    except TimeoutError:
+        conn.close()
+        raise FetchError(f"timed out after {policy.timeout:g} s") from None
+    except ConnectionRefusedError:
+        conn.close()
+        raise FetchError(f"connection refused by {target.host}:{target.port}") from None
+    except ssl.SSLError as exc:
+        conn.close()
+        raise FetchError(f"TLS error: {exc.reason or exc}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        conn.close()
+        raise FetchError(_describe(exc)) from None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+class BlockSink(Protocol):
+    """Where :func:`stream_body` puts blocks (a :class:`~stacklab.services.body_stream.BodyStream`)."""
+
+    @property
+    def block_size(self) -> int: ...
+
+    def put(self, block: bytearray | bytes, *, last: bool = False) -> None: ...
+
+    def fail(self, reason: str) -> None: ...
+
+
+def stream_body(body: Body, sink: BlockSink, policy: FetchPolicy) -> int:
+    """Read ``body`` to its end into ``sink`` in whole blocks; the bytes read.
+
+    A failure mid-body (the origin closes early, goes silent, or sends more
+    than ``max_stream_bytes``) is told to the sink with ``fail`` and logged;
+    the body is closed in every case.  Whatever ``put`` raises (the session
+    ended) stops the reading and propagates.
+    """
+    size = sink.block_size
+    total = 0
+    limit = policy.max_stream_bytes
+    expected = body.length
+    try:
+        while True:
+            block = bytearray(size)
+            view = memoryview(block)
+            filled = 0
+            try:
+                while filled < size:
+                    n = body.readinto(view[filled:])
+                    if not n:
+                        break
+                    filled += n
+            except FetchError as exc:
+                view.release()
+                sink.fail(f"{exc.reason} after {total + filled} bytes")
+                return total
+            view.release()
+            total += filled
+            if total > limit:
+                sink.fail(f"response exceeds the limit of {limit} bytes")
+                return total
+            last = filled < size
+            if last:
+                del block[filled:]
+                if expected is not None and total < expected:
+                    sink.fail(f"connection closed after {total} of {expected} bytes")
+                    return total
+            sink.put(block, last=last)
+            if last:
+                return total
+    finally:
+        body.close()
+
+
+# ---------------------------------------------------------------------------
 # The app protocol's command: shared by the TCP and RUDP app servers
 # ---------------------------------------------------------------------------
+
+
+def parse_command(command: bytes) -> tuple[str | None, bytes]:
+    """``(url, b"")`` for a FETCH, else ``(None, the error text)`` to answer at once."""
+    try:
+        text = command.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, ERROR_UNKNOWN_COMMAND.encode()
+    verb, _, url = text.partition(" ")
+    if verb != FETCH_COMMAND:
+        return None, ERROR_UNKNOWN_COMMAND.encode()
+    return url.strip(), b""
+
+
+def open_command(command: bytes, policy: FetchPolicy, opener: Opener = open_body) -> bytes | Body:
+    """Like :func:`handle_command`, but the fetched body comes back open, to be streamed.
+
+    Bytes are a whole answer (an error text); a :class:`Body` is the start of
+    a successful one.
+    """
+    url, answer = parse_command(command)
+    if url is None:
+        return answer
+    try:
+        body = opener(url, policy)
+    except FetchError as exc:
+        log.info("FETCH %s refused or failed: %s", url, exc.reason)
+        return fetch_error_text(url, exc.reason).encode("utf-8")
+    log.info(
+        "FETCH %s -> streaming (%s bytes)", url, body.length if body.length is not None else "?"
+    )
+    return body
 
 
 def handle_command(

@@ -1,7 +1,10 @@
 """The RUDP client: one :class:`~stacklab.transport.client.ClientSession` on a connected socket.
 
-``fetch_rudp(server, url)`` is what ``stacklab fetch --transport rudp``
-calls.  By default it negotiates stacklab's options (1400-byte chunks, a
+``fetch_rudp_stream(server, url, write)`` is what ``stacklab fetch
+--transport rudp`` calls: the content goes to ``write`` in order, in large
+batches, as it arrives, and its SHA-256 is computed on the way, so memory
+stays flat whatever the size.  ``fetch_rudp(server, url)`` returns the body
+as bytes, for API users.  By default it negotiates stacklab's options (1400-byte chunks, a
 larger window, CRC32C per datagram and the SHA-256 in the FIN); with
 ``legacy=True`` it sends an empty SYN and behaves exactly like the original
 client.  An original server answers an empty SYN-ACK and the session falls
@@ -23,8 +26,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from stacklab.services.client import ClientError, ServerError, looks_like_server_error
+from stacklab.services.client import (
+    MAX_ERROR_TEXT,
+    ClientError,
+    ServerError,
+    looks_like_server_error,
+)
 from stacklab.services.rudp_io import (
     GRO_CMSG_SPACE,
     RECV_BUFFER,
@@ -36,6 +46,7 @@ from stacklab.services.rudp_io import (
 from stacklab.transport.client import ClientSession, ClientState
 from stacklab.transport.options import STACKLAB_DEFAULT, TransferOptions
 from stacklab.transport.recovery import MAX_FAILURES, SILENCE_TIMEOUT
+from stacklab.transport.sink import MemorySink, StreamSink
 from stacklab.wire import FETCH_COMMAND, ORIGINAL_ISN, Flag, is_busy_answer
 
 log = logging.getLogger(__name__)
@@ -59,9 +70,57 @@ class ServerBusy(RudpTransferError):
 _WAITING = (ClientState.SYN_SENT, ClientState.CMD_SENT)
 
 
-def fetch_rudp(
+@dataclass(frozen=True)
+class Received:
+    """What :func:`fetch_rudp_stream` wrote: the size and SHA-256 (hex) of the whole content."""
+
+    size: int
+    sha256: str
+
+
+def fetch_rudp(server: tuple[str, int], url: str, **options: Any) -> bytes:
+    """Send ``FETCH url`` over RUDP to ``server``; return the body or raise ClientError.
+
+    The keyword options are those of :func:`fetch_rudp_into`.
+    """
+    sink = MemorySink()
+    fetch_rudp_into(server, url, sink, **options)
+    body = sink.content
+    if looks_like_server_error(body):
+        raise ServerError(f"the app server answered: {body.decode('utf-8')}")
+    return body
+
+
+def fetch_rudp_stream(
     server: tuple[str, int],
     url: str,
+    write: Callable[[memoryview], object],
+    **options: Any,
+) -> Received:
+    """Like :func:`fetch_rudp`, but the body goes to ``write`` as it arrives, in order.
+
+    ``write`` gets views of a reused buffer (write them out, do not keep
+    them).  It is called in batches of :data:`stacklab.transport.sink.BATCH`
+    bytes during the transfer and once more after the FIN checked out; a
+    failure (ClientError, or what ``write`` raises) can come after some
+    batches were written, so the caller writes to a temporary file and keeps
+    it only on success.  An answer short enough to be the app server's error
+    text is held back until it is known not to be one.
+    """
+    sink = StreamSink(write)
+    fetch_rudp_into(server, url, sink, **options)
+    if sink.size <= MAX_ERROR_TEXT:
+        pending = sink.pending
+        if looks_like_server_error(pending):
+            raise ServerError(f"the app server answered: {pending.decode('utf-8')}")
+    sink.finish()
+    return Received(sink.size, sink.digest().hex())
+
+
+def fetch_rudp_into(
+    server: tuple[str, int],
+    url: str,
+    sink: MemorySink | StreamSink,
     *,
     progress: Progress | None = None,
     chunk: int = STACKLAB_DEFAULT.chunk_size,
@@ -83,8 +142,8 @@ def fetch_rudp(
     max_bytes: int | None = 2 * 1024**3,
     linger: float = LINGER_S,
     stats: dict[str, object] | None = None,
-) -> bytes:
-    """Send ``FETCH url`` over RUDP to ``server``; return the body or raise ClientError.
+) -> None:
+    """Send ``FETCH url`` over RUDP to ``server``, the body into ``sink``; ClientError on failure.
 
     ``answer_timeout``, when given, is the longest wait for any answer: it
     bounds the handshake (which otherwise ends after ``max_timeouts`` backed-off
@@ -109,6 +168,7 @@ def fetch_rudp(
         max_bytes=max_bytes,
         require_integrity=require_integrity and options is not None and options.integrity,
         trace=events is not None,
+        sink=sink,
     )
     where = f"{server[0]}:{server[1]}"
     rng = random.Random(seed)
@@ -139,7 +199,6 @@ def fetch_rudp(
             stats["options"] = session.options
         if session.failed is not None:
             raise RudpTransferError(f"RUDP transfer from {where} failed: {session.failed}")
-        body = session.content
         if linger > 0:
             _linger_in_background(sock, session, linger, log_file)
             handed_off = True
@@ -148,9 +207,6 @@ def fetch_rudp(
             sock.close()
             if log_file is not None:
                 log_file.close()
-    if looks_like_server_error(body):
-        raise ServerError(f"the app server answered: {body.decode('utf-8')}")
-    return body
 
 
 def _run(

@@ -463,7 +463,7 @@ class Checker:
                 self.fail(
                     "delivery events", f"{delivered} bytes delivered, events say {self.delivered}"
                 )
-            buffer = getattr(receiver, "_buffer", None)
+            buffer = getattr(receiver.sink, "buffer", None)  # a memory sink: check the bytes
             if buffer is not None and self._checked < delivered:
                 if (
                     memoryview(buffer)[self._checked : delivered]

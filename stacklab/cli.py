@@ -78,23 +78,36 @@ def _available(name: str) -> bool:
 
 def setup_logging(verbosity: int, quiet: bool = False) -> None:
     """Route library logging to stderr through rich: WARNING by default, -v INFO, -vv DEBUG."""
-    from rich.logging import RichHandler
-
     level = (
         logging.ERROR
         if quiet
         else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)]
     )
-    from rich.console import Console
-
-    # Standard error: standard output belongs to the command (JSON, a report on '-', a table).
-    handler = RichHandler(
-        console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
-    )
+    handler = _LazyRichHandler()
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class _LazyRichHandler(logging.Handler):
+    """A rich handler made at the first record: a command that logs nothing never loads rich."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rich: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._rich is None:
+            from rich.console import Console
+            from rich.logging import RichHandler
+
+            # Standard error: standard output belongs to the command (JSON, a report on '-').
+            self._rich = RichHandler(
+                console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
+            )
+            self._rich.setFormatter(self.formatter)
+        self._rich.emit(record)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

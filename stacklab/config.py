@@ -125,7 +125,8 @@ class FetchSettings:
 
     allow: list[str] = field(default_factory=list)
     schemes: list[str] = field(default_factory=lambda: ["http", "https"])
-    max_bytes: int = 128 * 1024 * 1024
+    max_bytes: int = 128 * 1024 * 1024  # a body held in memory (the TCP app server)
+    max_stream_bytes: int = 2 * 1024**3  # a body streamed as it is read (the RUDP app server)
     timeout: float = 30.0
     max_redirects: int = 5
     follow_redirects: bool = True
@@ -167,6 +168,7 @@ class StackConfig:
                 allow=allow,
                 schemes=tuple(self.fetch.schemes),
                 max_bytes=self.fetch.max_bytes,
+                max_stream_bytes=self.fetch.max_stream_bytes,
                 timeout=self.fetch.timeout,
                 max_redirects=self.fetch.max_redirects,
                 follow_redirects=self.fetch.follow_redirects,

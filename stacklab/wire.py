@@ -281,6 +281,10 @@ MAX_STACKLAB_CHUNK: Final = (
     ETHERNET_MAX_UDP_PAYLOAD - RUDP_HEADER_LEN - RUDP_CRC_TRAILER_LEN
 )  # 1457
 RUDP_SHA256_LEN: Final = 32
+RUDP_ABORT_PREFIX: Final = b"ABORT "
+"""Start of a server FIN's payload (negotiated sessions only) ending a transfer whose content
+failed mid-way (an origin that closed mid-body): the reason follows in UTF-8, instead of the
+SHA-256.  A stacklab client reports the failure and keeps no file; it ACKs the FIN."""
 RUDP_REJECT_PAYLOAD: Final = b"REJECT sha256"
 """Payload of a client's FIN (ack = the server's FIN) refusing content whose SHA-256 differs
 (integrity negotiated only): the server records a failed transfer, not a completed one."""

@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -230,21 +231,28 @@ def test_default_output_name() -> None:
     assert default_output("http://h:1/..") == "index.html"
 
 
-def test_rudp_transport_calls_fetch_rudp(
+def test_rudp_transport_calls_fetch_rudp_stream(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The contract with the RUDP client: fetch_rudp(server, url, progress=...) -> bytes."""
+    """The contract with the RUDP client: fetch_rudp_stream(server, url, write, progress=...)."""
+    import hashlib
     import types
+
+    from stacklab.services.rudp_client import Received
 
     calls: list[tuple[tuple[str, int], str]] = []
 
-    def fake_fetch_rudp(server: tuple[str, int], url: str, *, progress: object = None) -> bytes:
+    def fake_fetch_rudp_stream(
+        server: tuple[str, int], url: str, write: Any, *, progress: object = None
+    ) -> Received:
         calls.append((server, url))
         assert callable(progress)
-        return b"over rudp"
+        write(memoryview(b"over "))
+        write(memoryview(b"rudp"))
+        return Received(9, hashlib.sha256(b"over rudp").hexdigest())
 
     module = types.ModuleType("stacklab.services.rudp_client")
-    module.fetch_rudp = fake_fetch_rudp  # type: ignore[attr-defined]
+    module.fetch_rudp_stream = fake_fetch_rudp_stream  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "stacklab.services.rudp_client", module)
     url = origin_url(stack)
     code, _, err = run_fetch(

@@ -9,6 +9,8 @@ same code in virtual time.
 * :mod:`.recovery` — RTT estimation (RFC 6298), Karn, RTO and probe timers, duplicate
   ACKs and recovery episodes; :mod:`.congestion` / :mod:`.aimd` — the window;
 * :mod:`.sender` / :mod:`.receiver` — Go-Back-N data phase and reassembly;
+  :mod:`.source` / :mod:`.sink` — where the sender pulls its chunks from and
+  where the receiver puts them (in memory, or streamed without holding them);
 * :mod:`.server` / :mod:`.client` — one whole exchange each side
   (``receive_datagram``, ``datagrams_to_send``, ``get_timer``, ``handle_timer``,
   ``next_event``); :mod:`.handshake` — stateless SYN answers for the server;

@@ -24,6 +24,12 @@ in the original convention a duplicated SYN-ACK is indistinguishable from
 the command ACK.  After the FIN the
 session stays answerable: a retransmitted FIN (our ACK was lost) is ACKed
 again for as long as the caller keeps feeding it.
+
+Content goes to ``sink`` (:mod:`stacklab.transport.sink`; in memory unless
+the caller streams it to a file).  A FIN whose payload starts with
+:data:`~stacklab.wire.RUDP_ABORT_PREFIX` (the server's content failed
+mid-way) is acknowledged and ends the session as failed, with the server's
+reason: what arrived is not the whole content.
 """
 
 from __future__ import annotations
@@ -52,8 +58,10 @@ from stacklab.transport.options import (
 from stacklab.transport.receiver import GbnReceiver, ReceiverOverflow
 from stacklab.transport.recovery import MAX_FAILURES, SILENCE_TIMEOUT, RttEstimator
 from stacklab.transport.session import ACK, DATA, FIN, SYN, SessionBase
+from stacklab.transport.sink import MemorySink, StreamSink
 from stacklab.wire import (
     ORIGINAL_ISN,
+    RUDP_ABORT_PREFIX,
     RUDP_CRC_TRAILER_LEN,
     RUDP_HEADER,
     RUDP_HEADER_LEN,
@@ -92,8 +100,10 @@ class ClientSession(SessionBase):
         max_bytes: int | None = None,
         require_integrity: bool = False,
         trace: bool = True,
+        sink: MemorySink | StreamSink | None = None,
     ) -> None:
         super().__init__(trace)
+        self.sink = sink
         if require_integrity and (options is None or not options.integrity):
             raise ValueError("require_integrity needs options that ask for integrity")
         self.require_integrity = require_integrity
@@ -330,7 +340,7 @@ class ClientSession(SessionBase):
         )
         self._sample(now)
         self.receiver = GbnReceiver(
-            o, 1, max_bytes=self.max_bytes, events=self._events, trace=self.trace
+            o, 1, max_bytes=self.max_bytes, events=self._events, trace=self.trace, sink=self.sink
         )
         # Echo the SYN-ACK's seq (a stacklab server's SYN cookie; 0 from an
         # original server, which ignores the field) to prove our address.
@@ -366,6 +376,13 @@ class ClientSession(SessionBase):
         self._timer = now + self.silence_timeout if self.state is ClientState.RECEIVING else None
         self._probe = None
         if not receiver.on_fin(seq, now):
+            return
+        if bytes(payload[: len(RUDP_ABORT_PREFIX)]) == RUDP_ABORT_PREFIX:
+            # The server could not produce the rest (its origin failed): the FIN is
+            # ACKed (it was heard), the transfer is a failure.
+            reason = bytes(payload[len(RUDP_ABORT_PREFIX) :]).decode("utf-8", errors="replace")
+            self.stats["aborted"] = 1
+            self._fail(now, f"the server aborted the transfer: {reason}")
             return
         digest = receiver.digest()
         self.sha256 = digest.hex()

@@ -7,9 +7,10 @@ ACK).  With ``ack_every > 1`` in-order chunks are acknowledged in groups, and
 :meth:`GbnReceiver.flush` acknowledges a partial group: the session calls it
 whenever it is asked for datagrams, so an ACK never waits for more data.
 
-Content is gathered into one growing ``bytearray`` (amortised appends, no
-``bytes + bytes``); ``max_bytes`` bounds it so a lying peer cannot exhaust
-memory.
+Content goes to a sink (:mod:`stacklab.transport.sink`): by default one
+growing ``bytearray`` (amortised appends, no ``bytes + bytes``), or batches
+handed to a file as they fill, so a streamed download keeps one batch in
+memory; ``max_bytes`` bounds it so a lying peer cannot exhaust memory or disk.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from __future__ import annotations
 from collections import deque
 
 from stacklab.transport.events import DataDelivered, Event
-from stacklab.transport.integrity import content_digest
 from stacklab.transport.options import TransferOptions
+from stacklab.transport.sink import MemorySink, StreamSink
 
 
 class ReceiverOverflow(Exception):
@@ -36,6 +37,7 @@ class GbnReceiver:
         max_bytes: int | None = None,
         events: deque[Event] | None = None,
         trace: bool = True,
+        sink: MemorySink | StreamSink | None = None,
     ) -> None:
         self.options = options
         self.first_seq = first_seq
@@ -43,7 +45,9 @@ class GbnReceiver:
         self.max_bytes = max_bytes
         self.events: deque[Event] = events if events is not None else deque()
         self.trace = trace
-        self._buffer = bytearray()
+        self.sink = sink if sink is not None else MemorySink()
+        self._write = self.sink.write
+        self._size = 0  # content bytes delivered
         self._acks: list[int] = []
         self._unacked = 0  # in-order chunks not yet covered by an ACK
         self.fin_seq: int | None = None
@@ -51,11 +55,15 @@ class GbnReceiver:
 
     @property
     def delivered_bytes(self) -> int:
-        return len(self._buffer)
+        return self._size
 
     @property
     def content(self) -> bytes:
-        return bytes(self._buffer)
+        """Everything received (a memory sink only: a stream sink has handed it on)."""
+        sink = self.sink
+        if not isinstance(sink, MemorySink):
+            raise TypeError("the content went to a stream sink, not memory")
+        return sink.content
 
     @property
     def acks_ready(self) -> bool:
@@ -74,13 +82,15 @@ class GbnReceiver:
     def on_data(self, seq: int, payload: bytes | memoryview, now: float) -> None:
         """One DATA chunk (payload without any integrity trailer)."""
         if seq == self.expected and self.fin_seq is None:
-            buffer = self._buffer  # called once per chunk: locals, not attribute lookups
+            size = self._size  # called once per chunk: locals, not attribute lookups
+            n = len(payload)
             max_bytes = self.max_bytes
-            if max_bytes is not None and len(buffer) + len(payload) > max_bytes:
+            if max_bytes is not None and size + n > max_bytes:
                 raise ReceiverOverflow(f"content exceeds the limit of {max_bytes} bytes")
             if self.trace:
-                self.events.append(DataDelivered(now, len(buffer), len(payload)))
-            buffer += payload
+                self.events.append(DataDelivered(now, size, n))
+            self._write(payload)
+            self._size = size + n
             self.expected = seq + 1
             unacked = self._unacked + 1
             if unacked >= self.options.ack_every:
@@ -109,7 +119,7 @@ class GbnReceiver:
         return True
 
     def digest(self) -> bytes:
-        return content_digest(self._buffer)
+        return self.sink.digest()
 
     def flush(self) -> None:
         """Acknowledge in-order chunks still waiting for their group to fill."""

@@ -25,12 +25,28 @@ duplicate ACKs live in :mod:`stacklab.transport.recovery`, the window in
   keeps the original's wire behaviour;
 * E7 sequence numbers are 32-bit: a transfer whose FIN would not fit
   (``first_seq + chunks > 2**32 - 1``) is refused at construction with
-  :class:`SequenceSpaceExhausted`, so nothing ever wraps;
+  :class:`SequenceSpaceExhausted`, so nothing ever wraps (a streamed content
+  of unknown length is cut off instead, as a failed source, below);
 * give-up: every failure to advance (timeout, probe, fast retransmit)
   counts; ``max_timeouts`` consecutive ones end the transfer with a
   :class:`~stacklab.transport.events.GaveUp` event (at a timeout).  When only
   the FIN is unacknowledged the transfer ends quietly instead: the peer has
   the whole content.
+
+The content comes from a :class:`~stacklab.transport.source.ChunkSource`
+(bytes are wrapped in a :class:`~stacklab.transport.source.MemorySource`):
+a new chunk is pulled only when the window lets it leave, and only the
+chunks sent and not yet acknowledged are kept (a deque from the base), so a
+streamed content costs a window of memory, whatever its size.  When the
+source says "nothing yet" the sender simply stops; the FIN's sequence number
+becomes known when the source ends (at once for a memory source).  A source
+that fails mid-content (the origin closed mid-body) must not look like a
+complete file: in a negotiated session everything already sent is finished
+and the FIN then carries :data:`~stacklab.wire.RUDP_ABORT_PREFIX` and the
+reason instead of the SHA-256, which a stacklab client reports as a failure;
+the transfer counts as failed once that FIN is acknowledged.  An original
+client has no way to hear it, so a legacy session ends at once without a FIN:
+the client never sees the transfer complete.
 
 Karn's rule: only chunks sent once are timed, and an ACK of new data undoes
 the RTO backoff (as Linux does), otherwise under steady loss a Go-Back-N
@@ -58,13 +74,17 @@ from stacklab.transport.events import (
     Timeout,
     WindowChanged,
 )
-from stacklab.transport.integrity import content_digest
 from stacklab.transport.options import TransferOptions
 from stacklab.transport.recovery import DUP_ACK_THRESHOLD, MAX_FAILURES, Recovery, RttEstimator
-from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER, Flag
+from stacklab.transport.source import ChunkSource, SourceFailed, as_source
+from stacklab.wire import RUDP_ABORT_PREFIX, RUDP_CRC_TRAILER_LEN, RUDP_HEADER, Flag
 
 SEQ_LIMIT = 0xFFFFFFFF
 """The largest sequence number the 32-bit header field holds (the FIN's at most)."""
+_UNKNOWN_FIN = SEQ_LIMIT + 1
+"""``fin_seq`` while a streamed content has not ended: above any sequence number sent."""
+MAX_ABORT_REASON = 200
+"""Bytes of the reason an aborting FIN carries (the payload stays one small datagram)."""
 _DATA = Flag.DATA.value
 _FIN = Flag.FIN.value
 _pack = RUDP_HEADER.pack
@@ -79,7 +99,7 @@ class GbnSender:
 
     def __init__(
         self,
-        content: bytes,
+        content: bytes | ChunkSource,
         options: TransferOptions,
         rto: RttEstimator,
         cc: CongestionController,
@@ -88,10 +108,15 @@ class GbnSender:
         *,
         events: deque[Event] | None = None,
         trace: bool = True,
+        abort_fin: bool = True,
     ) -> None:
         if max_timeouts < 1:
             raise ValueError("max_timeouts must be at least 1")
-        self._content = memoryview(content)
+        self.source = source = as_source(content)
+        self._take = source.take
+        self._kept: deque[bytes | memoryview] = deque()  # chunks base..max_sent, FIN excluded
+        self.abort_fin = abort_fin  # False: an original client, which cannot hear an abort
+        self.aborted: str | None = None  # why the source failed mid-content
         self._chunk = options.chunk_size
         self._integrity = options.integrity
         self.options = options
@@ -102,15 +127,22 @@ class GbnSender:
         self.events: deque[Event] = events if events is not None else deque()
         self.trace = trace
 
-        chunks = -(-len(content) // self._chunk)
-        if first_seq < 0 or first_seq + chunks > SEQ_LIMIT:
-            raise SequenceSpaceExhausted(
-                f"{chunks} chunks from sequence number {first_seq} do not fit in 32 bits "
-                f"(the FIN must be at most {SEQ_LIMIT}): refused rather than wrapped"
-            )
+        if first_seq < 0 or first_seq > SEQ_LIMIT:
+            raise SequenceSpaceExhausted(f"first sequence number {first_seq} is not 32-bit")
         self.first_seq = first_seq
-        self.last_seq = first_seq + chunks - 1
-        self.fin_seq = self.last_seq + 1
+        # Unknown until the source ends: above anything sent, so nothing compares equal.
+        self.last_seq = _UNKNOWN_FIN - 1
+        self.fin_seq = _UNKNOWN_FIN
+        self._fin_payload: bytes | None = None  # None: the digest, computed when first sent
+        length = source.exact_length
+        if length is not None:
+            chunks = -(-length // self._chunk)
+            if first_seq + chunks > SEQ_LIMIT:
+                raise SequenceSpaceExhausted(
+                    f"{chunks} chunks from sequence number {first_seq} do not fit in 32 bits "
+                    f"(the FIN must be at most {SEQ_LIMIT}): refused rather than wrapped"
+                )
+            self._set_fin(first_seq + chunks)
         self.base = first_seq
         self.next_seq = first_seq
         self.max_sent = first_seq - 1  # highest sequence number ever sent (FIN included)
@@ -122,7 +154,24 @@ class GbnSender:
 
         self._double_base = False  # the next resend of the base goes out twice (negotiated only)
         self._probe_pending = False  # a loss probe is due: the base alone, then carry on
-        self._fin_payload = content_digest(content) if self._integrity else b""
+
+    def _set_fin(self, fin_seq: int) -> None:
+        self.fin_seq = fin_seq
+        self.last_seq = fin_seq - 1
+
+    @property
+    def fin_known(self) -> bool:
+        """True once the content's end (and so the FIN's sequence number) is known."""
+        return self.fin_seq != _UNKNOWN_FIN
+
+    @property
+    def kept(self) -> int:
+        """Chunks held for a possible resend: those sent and not yet acknowledged."""
+        return len(self._kept)
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(len(chunk) for chunk in self._kept)
 
     # -- introspection -------------------------------------------------------
 
@@ -175,11 +224,12 @@ class GbnSender:
 
     def _build(self, seq: int) -> bytes:
         if seq == self.fin_seq:
-            payload: bytes | memoryview = self._fin_payload
+            payload: bytes | memoryview | None = self._fin_payload
+            if payload is None:
+                payload = self._fin_payload = self.source.digest() if self._integrity else b""
             flag = _FIN
         else:
-            offset = (seq - self.first_seq) * self._chunk
-            payload = self._content[offset : offset + self._chunk]
+            payload = self._kept[seq - self.base]
             flag = _DATA
         if self._integrity:
             # The CRC runs on over header then payload (crc32c chains), and one
@@ -218,7 +268,21 @@ class GbnSender:
         resent_base = False
         cc_sent = self._cc.on_sent
         trace = self.trace
+        kept = self._kept
         while seq < limit:
+            if seq > self.max_sent and seq != self.fin_seq:
+                # A new chunk: pull it from the source now, keep it until acknowledged.
+                chunk = self._pull(seq, now)
+                if chunk is None:
+                    if self.failed is not None:
+                        return out
+                    if self.base == self.fin_seq:
+                        limit = self.fin_seq + 1  # the end, and everything is acknowledged
+                        continue
+                    break  # nothing yet, or the end while chunks are still in flight
+                kept.append(chunk)
+                # After the last chunk the FIN is known, and waits for that chunk's ACK.
+                limit = min(limit, self.fin_seq)
             datagram = self._build(seq)
             out.append(datagram)
             copies = 1
@@ -251,6 +315,55 @@ class GbnSender:
             recovery.on_sent(now, first_new)
         return out
 
+    def _pull(self, seq: int, now: float) -> bytes | memoryview | None:
+        """Chunk ``seq`` from the source, or None (nothing yet, the end, or a failure)."""
+        if seq >= SEQ_LIMIT:
+            self._abort(seq, now, f"the content needs more than the {SEQ_LIMIT} sequence numbers")
+            return None
+        try:
+            chunk = self._take(self._chunk)
+        except SourceFailed as exc:
+            self._abort(seq, now, exc.reason)
+            return None
+        if chunk is None:
+            return None
+        if not chunk:
+            self._end(seq)
+            return None
+        if len(chunk) < self._chunk:
+            self._end(seq + 1)  # a short chunk is the last: the FIN's number is known now
+        return chunk
+
+    def _end(self, fin_seq: int) -> None:
+        if not self.fin_known:
+            self._set_fin(fin_seq)
+
+    def _abort(self, seq: int, now: float, reason: str) -> None:
+        """The content cannot go on: never let what was sent pass for the whole of it."""
+        self.aborted = reason
+        self.source.close()
+        if not self.abort_fin:
+            self._fail(now, f"the content failed mid-transfer: {reason}")
+            return
+        self._set_fin(seq)
+        text = reason.encode("utf-8", errors="replace")[:MAX_ABORT_REASON]
+        self._fin_payload = RUDP_ABORT_PREFIX + text
+
+    def _fail(self, now: float, reason: str) -> None:
+        self.failed = reason
+        self.events.append(GaveUp(now, reason))
+        self._recovery.stop()
+
+    def _finish(self, now: float, acknowledged: bool) -> None:
+        """Everything is over: done, unless the FIN was an abort (then failed)."""
+        self._recovery.stop()
+        if self.aborted is not None:
+            self.failed = f"the content failed mid-transfer: {self.aborted}"
+            self.events.append(GaveUp(now, self.failed))
+            return
+        self.done = True
+        self.fin_acknowledged = acknowledged
+
     # -- input -----------------------------------------------------------------
 
     def on_ack(self, ack: int, now: float) -> bool:
@@ -276,6 +389,9 @@ class GbnSender:
         newly = ack - self.base + 1
         if self.trace:
             self.events.append(AckReceived(now, ack, False))
+        kept = self._kept
+        for _ in range(min(newly, len(kept))):
+            kept.popleft()
         self.base = ack + 1
         self.next_seq = max(self.next_seq, self.base)
         self._probe_pending = False
@@ -287,9 +403,7 @@ class GbnSender:
         elif backed_off:
             self.events.append(RtoChanged(now, self._rto.rto, self._rto.srtt, self._rto.rttvar))
         if ack >= self.fin_seq:
-            self.done = True
-            self.fin_acknowledged = True
-            self._recovery.stop()
+            self._finish(now, True)
             return
         old = self._cc.window
         self._cc.on_acked(newly, now)
@@ -347,9 +461,7 @@ class GbnSender:
         if recovery.failures >= self.max_timeouts and self.base == self.fin_seq:
             # Every chunk is acknowledged, only our FIN is not: the peer has the
             # whole content (it may have left after ACKing a FIN whose ACK was lost).
-            self.done = True
-            self.fin_acknowledged = False
-            recovery.stop()
+            self._finish(now, False)
             return
         if recovery.failures >= self.max_timeouts:
             self.failed = (

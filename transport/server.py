@@ -5,8 +5,10 @@ States: ``LISTEN -> SYN_RECEIVED -> AWAIT_CONTENT -> SENDING -> CLOSED``
 address and feeds it datagrams and the time; when a
 :class:`~stacklab.transport.events.CommandReceived` event comes out it runs
 the command (a fetch) elsewhere and hands the response back with
-:meth:`ServerSession.provide_content` — the error text of a failed fetch is
-simply content, as in WIRE.md.
+:meth:`ServerSession.provide_content` — bytes, or a
+:class:`~stacklab.transport.source.ChunkSource` that is still being filled
+(a streamed body); the error text of a failed fetch is simply content, as in
+WIRE.md.
 
 Compatibility: a SYN without payload gets exactly the original exchange
 (SYN-ACK ``seq=0 ack=ISN+1 flag=A``, command ACK ``ack=seq``, 500-byte chunks
@@ -50,6 +52,7 @@ from stacklab.transport.options import (
 from stacklab.transport.recovery import HANDSHAKE_TIMEOUT, MAX_FAILURES, RttEstimator
 from stacklab.transport.sender import GbnSender
 from stacklab.transport.session import ACK, DATA, FIN, SYN, SessionBase
+from stacklab.transport.source import ChunkSource
 from stacklab.wire import RUDP_CRC_TRAILER_LEN, RUDP_HEADER_LEN, RUDP_REJECT_PAYLOAD
 
 
@@ -174,8 +177,12 @@ class ServerSession(SessionBase):
             )
         )
 
-    def provide_content(self, content: bytes, now: float) -> None:
-        """The command's response (file bytes or error text): start sending it."""
+    def provide_content(self, content: bytes | ChunkSource, now: float) -> None:
+        """The command's response (file bytes, error text, or a source): start sending it.
+
+        With a source, the caller runs the session again (``datagrams_to_send``)
+        whenever the source gets data after it said "nothing yet".
+        """
         if self.state is not ServerState.AWAIT_CONTENT:
             raise RuntimeError(f"content provided in state {self.state.value}")
         rto = RttEstimator(self.initial_rto, self.min_rto, self.max_rto)
@@ -193,14 +200,18 @@ class ServerSession(SessionBase):
             max_timeouts=self.max_timeouts,
             events=self._events,
             trace=self.trace,
+            abort_fin=self.negotiated,
         )
         self.state = ServerState.SENDING
         self._deadline = None
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         out = self._take_out()
-        if self.sender is not None:
-            sent = self.sender.datagrams_to_send(now)
+        sender = self.sender
+        if sender is not None:
+            sent = sender.datagrams_to_send(now)
+            if sender.failed is not None and self.failed is None:
+                self._check_sender(now)  # its source failed and no FIN can say so
             if not self.proven and sent:
                 sent = self._spend_unproven(sent, now)
             if out:
@@ -247,6 +258,11 @@ class ServerSession(SessionBase):
     @property
     def window(self) -> int:
         return self.sender.window if self.sender is not None else 1
+
+    @property
+    def source(self) -> ChunkSource | None:
+        """Where the content comes from, once provided (to close it when the session ends)."""
+        return self.sender.source if self.sender is not None else None
 
     @property
     def rto(self) -> float:

@@ -2,6 +2,8 @@
 
 Every failure is one line and a non-zero exit, and no output file appears
 unless the whole body arrived (it is written to a temporary file and renamed).
+Over RUDP the body is written to that temporary file as it arrives, so memory
+stays flat whatever the size; ``-o -`` streams it to standard output.
 Like the original client, an existing file of the same name is replaced
 (``--no-clobber`` refuses instead); the events log is never written over an
 output of the same run, and ``-o -`` writes the content to standard output.
@@ -18,24 +20,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import click
 from click.core import ParameterSource
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TransferSpeedColumn,
-)
 
 from stacklab import wire
 from stacklab.errors import UserError
-from stacklab.files import resolve_output, write_output
+from stacklab.files import Output, resolve_output, write_output
 from stacklab.params import FINITE_FLOAT, FiniteFloatRange
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 PROGRESS_AFTER_S = 0.5
 """Show a progress bar only for transfers that last longer than this."""
@@ -65,7 +62,10 @@ def default_output(url: str) -> str:
 
 
 class LazyProgress:
-    """A rich progress bar that appears only once a transfer has lasted a moment."""
+    """A rich progress bar that appears only once a transfer has lasted a moment.
+
+    rich is imported only then: a quick fetch does not pay for loading it.
+    """
 
     def __init__(self, enabled: bool, label: str) -> None:
         self.enabled = enabled
@@ -80,6 +80,9 @@ class LazyProgress:
         if self._progress is None:
             if time.monotonic() - self.started < PROGRESS_AFTER_S:
                 return
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
             self._progress = Progress(
                 "[progress.description]{task.description}",
                 BarColumn(),
@@ -131,11 +134,11 @@ def _explicit(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _load_rudp() -> Callable[..., bytes]:
-    """The RUDP client, imported only for an RUDP fetch (it loads the whole engine)."""
+def _load_rudp() -> Callable[..., Any]:
+    """The streaming RUDP client, imported only for an RUDP fetch (it loads the whole engine)."""
     module = importlib.import_module("stacklab.services.rudp_client")
-    fetch_rudp: Callable[..., bytes] = module.fetch_rudp
-    return fetch_rudp
+    fetch_rudp_stream: Callable[..., Any] = module.fetch_rudp_stream
+    return fetch_rudp_stream
 
 
 @click.command("fetch")
@@ -299,35 +302,66 @@ def fetch(
             default_port = wire.APP_TCP_PORT if transport == "tcp" else wire.APP_RUDP_PORT
             app = (resolved, port if port is not None else default_port)
         summary["server"] = f"{app[0]}:{app[1]}"
-        with phase(timings, "transfer"):
-            if fetch_rudp is not None:
-                data = fetch_rudp(app, url, progress=progress, **rudp_options)
-            else:
+        if fetch_rudp is not None:
+            size, digest = _fetch_streamed(
+                fetch_rudp, app, url, out, progress, timings, rudp_options
+            )
+        else:
+            with phase(timings, "transfer"):
                 data = client.fetch_tcp(app, url, timeout=timeout, progress=progress)
     except client.ClientError as exc:
         raise FetchFailed(str(exc)) from None
     finally:
         progress.close()
-    with phase(timings, "save"):
-        try:
-            write_output(out, data)
-        except OSError as exc:
-            raise FetchFailed(f"cannot write {str(out_path)!r}: {exc.strerror or exc}") from None
-    summary.update(
-        output=str(out),
-        bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        timings=timings,
-    )
-    console = Console(stderr=out.kind == "stdout")
+    if fetch_rudp is None:
+        with phase(timings, "save"):
+            try:
+                write_output(out, data)
+            except OSError as exc:
+                raise FetchFailed(
+                    f"cannot write {str(out_path)!r}: {exc.strerror or exc}"
+                ) from None
+        size, digest = len(data), hashlib.sha256(data).hexdigest()
+    summary.update(output=str(out), bytes=size, sha256=digest, timings=timings)
+    err = out.kind == "stdout"
     if as_json:
-        console.out(json.dumps(summary, indent=2), highlight=False)
+        click.echo(json.dumps(summary, indent=2), err=err)
         return
     seconds = timings["transfer"]
-    rate = len(data) / seconds / 1e6 if seconds > 0 else float("inf")
-    console.print(
-        f"saved {len(data)} bytes to {out} from {summary['server']} over {transport} "
-        f"in {seconds:.3f} s ({rate:.1f} MB/s), sha256 {summary['sha256'][:16]}…",
-        highlight=False,
-        soft_wrap=True,
+    rate = size / seconds / 1e6 if seconds > 0 else float("inf")
+    click.echo(
+        f"saved {size} bytes to {out} from {summary['server']} over {transport} "
+        f"in {seconds:.3f} s ({rate:.1f} MB/s), sha256 {digest[:16]}…",
+        err=err,
     )
+
+
+def _fetch_streamed(
+    fetch_rudp_stream: Callable[..., Any],
+    app: tuple[str, int],
+    url: str,
+    out: Output,
+    progress: LazyProgress,
+    timings: dict[str, float],
+    options: dict[str, Any],
+) -> tuple[int, str]:
+    """Fetch over RUDP straight into the output: a temporary file renamed on success.
+
+    ``transfer`` is timed up to the FIN's check, ``save`` is what follows
+    (the last batch, flushing to disk, the rename).
+    """
+    received: list[Any] = []
+    start = time.perf_counter()
+    ended = [start]
+
+    def receive(handle: BinaryIO) -> None:
+        received.append(fetch_rudp_stream(app, url, handle.write, progress=progress, **options))
+        ended[0] = time.perf_counter()
+
+    try:
+        write_output(out, receive)
+    except OSError as exc:
+        raise FetchFailed(f"cannot write {str(out.path)!r}: {exc.strerror or exc}") from None
+    timings["transfer"] = round(ended[0] - start, 6)
+    timings["save"] = round(time.perf_counter() - ended[0], 6)
+    return received[0].size, received[0].sha256
