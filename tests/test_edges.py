@@ -94,20 +94,24 @@ def test_interrupt_exits_130_and_terminate_143(
     os.mkfifo(fifo)
     proc = stacklab("decode", str(fifo))
 
+    writers: list[int] = []
+
     def reader_is_there() -> bool:
         try:  # opening the write end without blocking works once the reader has it open
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            writers.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             return False
         return True
 
     try:
+        # The write end stays open (closing it would let decode read an end of
+        # file and exit): decode now waits for bytes that never come.
         wait_for(reader_is_there, 30, "decode opening the FIFO")
-        writer = os.open(fifo, os.O_WRONLY)  # keep it open: decode now waits for bytes
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
-        os.close(writer)
     finally:
+        for writer in writers:
+            os.close(writer)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
