@@ -100,6 +100,21 @@ def test_cli_writes_the_file_as_it_arrives_and_renames_it(
     assert result.stdout_bytes == BIG
 
 
+def test_no_progress_bar_when_standard_error_is_not_a_terminal(
+    origin: OriginServer, app: RudpAppServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bar drawn on a pipe leaves stray lines in logs: a slow transfer on one says only its result."""
+    from stacklab.commands import fetch as fetch_command
+
+    monkeypatch.setattr(fetch_command, "PROGRESS_AFTER_S", 0.0)  # every transfer is "slow"
+    out = tmp_path / "big.bin"
+    server = f"{app.address[0]}:{app.address[1]}"
+    args = ["fetch", url(origin, "big.bin"), "--transport", "rudp", "--server", server]
+    result = CliRunner().invoke(cli, [*args, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+
+
 def test_an_origin_error_before_the_body_is_still_the_error_text(
     origin: OriginServer, app: RudpAppServer, tmp_path: Path
 ) -> None:

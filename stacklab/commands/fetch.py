@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import posixpath
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -289,7 +290,10 @@ def fetch(
     fetch_rudp = _load_rudp() if transport == "rudp" else None
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"url": url, "transport": transport}
-    progress = LazyProgress(not as_json, f"{transport} {default_output(url)}")
+    # A bar only for a person watching: on a pipe or a file it would leave a blank line.
+    progress = LazyProgress(
+        not as_json and sys.stderr.isatty(), f"{transport} {default_output(url)}"
+    )
     try:
         if server is not None:
             app = parse_hostport(server, "--server")
