@@ -10,6 +10,7 @@ numbered from 1, and the FIN is N+1.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -19,6 +20,7 @@ from stacklab.sim.network import C2S, S2C, SimNetwork
 from stacklab.transport.client import ClientSession
 from stacklab.transport.events import CommandReceived, Timeout
 from stacklab.transport.options import ORIGINAL, OptionLimits, TransferOptions
+from stacklab.transport.recovery import LEGACY_MAX_RTO
 from stacklab.transport.server import ServerSession
 from stacklab.wire import ORIGINAL_CHUNK_SIZE, ORIGINAL_MAX_WINDOW, RUDP_HEADER, RUDP_HEADER_LEN
 
@@ -163,3 +165,30 @@ def test_a_negotiated_session_does_double_the_base_after_a_timeout() -> None:
     watch = Watch()
     with pytest.raises(AssertionError, match="sent twice in one burst"):
         watch.server_burst(server.datagrams_to_send(timer))
+
+
+def _send_gaps(negotiated: bool) -> list[float]:
+    """Seconds between the server's sends to a client that never acknowledges data."""
+    server = ServerSession(OptionLimits())
+    options = TransferOptions() if negotiated else ORIGINAL
+    server.adopt(100, options, negotiated, 0, b"", proven=True, now=0.0)
+    server.receive_datagram(RUDP_HEADER.pack(101, 0, b"D", len(COMMAND)) + COMMAND.encode(), 0.0)
+    server.provide_content(b"x" * 2000, 0.0)
+    sends = [0.0] if server.datagrams_to_send(0.0) else []
+    now = 0.0
+    while not server.failed and (timer := server.get_timer()) is not None:
+        now = timer
+        server.handle_timer(now)
+        if server.datagrams_to_send(now):
+            sends.append(now)
+    assert server.failed, "a client that never answers must end the transfer"
+    return [b - a for a, b in itertools.pairwise(sends)]
+
+
+def test_an_original_client_never_waits_past_its_five_seconds() -> None:
+    """The original client saves a partial file after 5 s of silence: legacy backoff stops at 3 s."""
+    legacy = _send_gaps(negotiated=False)
+    assert max(legacy) <= LEGACY_MAX_RTO < 5.0
+    assert legacy.count(LEGACY_MAX_RTO) >= 2  # the backoff did reach the cap
+    # A stacklab client has no such limit: its sender backs off further.
+    assert max(_send_gaps(negotiated=True)) > LEGACY_MAX_RTO

@@ -37,6 +37,11 @@ K = 4
 INITIAL_RTO = 1.0
 MIN_RTO = 0.2
 MAX_RTO = 10.0
+LEGACY_MAX_RTO = 3.0
+"""The longest timeout towards an original client: it stops reading after 5 s
+without a datagram and saves what it has as if complete, so a sender backing
+off past that (a chunk the client ignored three times in a row) would cut its
+file short.  3 s leaves room for the client's own 0.1-0.4 s sleeps."""
 DUP_ACK_THRESHOLD = 3
 """The duplicate ACK that triggers a fast retransmit (never the 1st or 2nd)."""
 MAX_PROBES = 2

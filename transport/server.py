@@ -49,7 +49,12 @@ from stacklab.transport.options import (
     decode_options,
     encode_options,
 )
-from stacklab.transport.recovery import HANDSHAKE_TIMEOUT, MAX_FAILURES, RttEstimator
+from stacklab.transport.recovery import (
+    HANDSHAKE_TIMEOUT,
+    LEGACY_MAX_RTO,
+    MAX_FAILURES,
+    RttEstimator,
+)
 from stacklab.transport.sender import GbnSender
 from stacklab.transport.session import ACK, DATA, FIN, SYN, SessionBase
 from stacklab.transport.source import ChunkSource
@@ -185,7 +190,9 @@ class ServerSession(SessionBase):
         """
         if self.state is not ServerState.AWAIT_CONTENT:
             raise RuntimeError(f"content provided in state {self.state.value}")
-        rto = RttEstimator(self.initial_rto, self.min_rto, self.max_rto)
+        # An original client gives up after 5 s of silence: back off less for it.
+        max_rto = self.max_rto if self.negotiated else min(self.max_rto, LEGACY_MAX_RTO)
+        rto = RttEstimator(self.initial_rto, min(self.min_rto, max_rto), max_rto)
         if self.handshake_rtt is not None:
             # SYN-ACK out -> command in is a clean round trip (one SYN, no resend):
             # start from it instead of the 1 s guess, as TCP does with its handshake.
