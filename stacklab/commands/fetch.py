@@ -187,7 +187,7 @@ def _load_rudp() -> Callable[..., Any]:
     default=5.0,
     show_default=True,
     help="Seconds to wait for each answer (DHCP/DNS attempt, connect, each read; over RUDP "
-    "the handshake and any silence, 30 s of silence unless given).",
+    "the handshake and any silence, 60 s of silence unless given).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a sentence.")
 @click.option(
