@@ -268,6 +268,7 @@ def _drain(
     inject = drop > 0 or delay is not None
     recv = sock.recvmsg_into
     receive = session.receive_datagram
+    receive_batch = session.receive_batch
     monotonic = time.monotonic
     bufs = [buf]
     for _ in range(BATCH):
@@ -284,6 +285,8 @@ def _drain(
             raise ServerBusy(f"the RUDP app server at {where} is busy: try again later")
         if segment >= n and not inject:
             receive(view[:n], monotonic())
+        elif not inject:
+            receive_batch(view[:n], segment, monotonic())
         else:
             for offset in range(0, n, segment):
                 datagram = view[offset : min(n, offset + segment)]
