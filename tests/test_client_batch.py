@@ -93,7 +93,8 @@ def test_a_batch_is_its_datagrams_one_by_one(case: tuple[bool, int | None, list[
 def test_a_clean_batch_takes_the_fast_path_and_delivers_in_order() -> None:
     client = _receiving(True, None)
     datagrams = [
-        _datagram(seq, b"D", CONTENT[(seq - 1) * PAYLOAD : seq * PAYLOAD], True) for seq in (1, 2, 3)
+        _datagram(seq, b"D", CONTENT[(seq - 1) * PAYLOAD : seq * PAYLOAD], True)
+        for seq in (1, 2, 3)
     ]
     client.receive_batch(memoryview(b"".join(datagrams)), len(datagrams[0]), 0.3)
     assert client.receiver is not None and client.receiver.delivered_bytes == 3 * PAYLOAD
