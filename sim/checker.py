@@ -54,7 +54,7 @@ from stacklab.transport.events import (
     TransferComplete,
     WindowChanged,
 )
-from stacklab.transport.recovery import MAX_PROBES
+from stacklab.transport.recovery import LEGACY_MAX_RTO, MAX_PROBES
 from stacklab.transport.server import ServerSession
 from stacklab.wire import RUDP_HEADER, RUDP_HEADER_LEN, Flag
 
@@ -104,6 +104,8 @@ class Checker:
         self.min_rto = scenario.min_rto
         self.max_rto = scenario.max_rto
         self.legacy = scenario.options is None  # an original client: exactly the original sender
+        # The sender backs off less towards an original client (it gives up after 5 s).
+        self.sender_max_rto = min(self.max_rto, LEGACY_MAX_RTO) if self.legacy else self.max_rto
         # server / sender side
         self.sent_count: dict[int, int] = {}
         self.first_sent: dict[int, float] = {}
@@ -276,7 +278,7 @@ class Checker:
                 )
             if ev.base != self.base:
                 self.fail("timeout at base", f"timeout for {ev.base} with base {self.base}")
-            self._rto_in_bounds(ev.rto, "fired RTO")
+            self._rto_in_bounds(ev.rto, "fired RTO", self.sender_max_rto)
             if ev.time - self.base_sent_at < self.min_rto - _EPS:
                 self.fail(
                     "timeout no sooner than the minimum RTO after the base's last transmission",
@@ -286,7 +288,7 @@ class Checker:
             self.pending_backoff = (ev.rto, self.failures >= self.scenario.max_timeouts)
             self.timeout_this_step = True
         elif isinstance(ev, RtoChanged):
-            self._rto_in_bounds(ev.rto, "RTO")
+            self._rto_in_bounds(ev.rto, "RTO", self.sender_max_rto)
             self.current_rto = ev.rto
             self.srtt = ev.srtt
             if self.pending_backoff is not None:
@@ -296,7 +298,7 @@ class Checker:
                         "give-up limit",
                         f"still going after {self.failures} consecutive failures to advance",
                     )
-                expected = min(self.max_rto, fired * 2)
+                expected = min(self.sender_max_rto, fired * 2)
                 if abs(ev.rto - expected) > _EPS:
                     self.fail("RTO doubles on expiry", f"RTO {fired} expired, new RTO {ev.rto}")
                 self.pending_backoff = None
@@ -334,7 +336,7 @@ class Checker:
 
     def _bounded_give_up(self, now: float) -> None:
         """Giving up takes at most max_timeouts maximum RTOs after the last progress."""
-        limit = self.scenario.max_timeouts * self.max_rto + self.scenario.initial_rto
+        limit = self.scenario.max_timeouts * self.sender_max_rto + self.scenario.initial_rto
         if now - self.progress_at > limit + _EPS:
             self.fail(
                 "time to give up",
@@ -368,9 +370,10 @@ class Checker:
         self.window = ev.new
         self.window_trace.append((ev.time, ev.new))
 
-    def _rto_in_bounds(self, rto: float, what: str) -> None:
-        if not self.min_rto - _EPS <= rto <= self.max_rto + _EPS:
-            self.fail("RTO within bounds", f"{what} {rto} outside [{self.min_rto}, {self.max_rto}]")
+    def _rto_in_bounds(self, rto: float, what: str, upper: float | None = None) -> None:
+        upper = self.max_rto if upper is None else upper
+        if not self.min_rto - _EPS <= rto <= upper + _EPS:
+            self.fail("RTO within bounds", f"{what} {rto} outside [{self.min_rto}, {upper}]")
 
     def client_event(self, ev: Event, client: ClientSession) -> None:
         if isinstance(ev, DataDelivered):
@@ -455,7 +458,7 @@ class Checker:
             if sender.in_flight > window:
                 self.fail("in flight <= window", f"{sender.in_flight} in flight, window {window}")
             if not sender.failed and not sender.done:
-                self._rto_in_bounds(sender.rto, "sender RTO")
+                self._rto_in_bounds(sender.rto, "sender RTO", self.sender_max_rto)
         receiver = client.receiver
         if receiver is not None:
             delivered = receiver.delivered_bytes
