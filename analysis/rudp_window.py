@@ -70,21 +70,31 @@ class WindowBounds:
         if len(acks) > _KEEP:
             del acks[: _KEEP // 2]
             self.hi_floor += _KEEP // 2
-        hi = self.hi
+        hi = self.hi_floor + len(acks)  # the property, inlined: once per ACK
+        limit = self.limit
+        if hi > limit:  # noqa: PLR1730 - hot path, no call
+            hi = limit
         if hi > self.max_hi:  # noqa: PLR1730 - compiled, no call
             self.max_hi = hi
 
-    def acted(self, ack: int) -> None:
-        """The sender sent new data right after this advancing ACK: it had it."""
+    def acted(self, ack: int) -> int:
+        """The sender sent new data right after this advancing ACK: it had it.
+
+        Returns ``lo`` as it now is, which the caller needs at once.
+        """
         self.acted_count += 1
         acks = self.lo_acks
         acks.append(ack)
         if len(acks) > _KEEP:
             del acks[: _KEEP // 2]
             self.lo_floor += _KEEP // 2
-        lo = self.lo
+        lo = self.lo_floor + len(acks)  # the property, inlined: once per ACK acted on
+        limit = self.limit
+        if lo > limit:  # noqa: PLR1730 - hot path, no call
+            lo = limit
         if lo > self.max_lo:  # noqa: PLR1730 - compiled, no call
             self.max_lo = lo
+        return lo
 
     def go_back(self, chunk: int, highest_sent: int) -> None:
         """The sender went back to ``chunk``: a loss event.
