@@ -118,10 +118,13 @@ _COMPILED: Final = not __file__.endswith(".py")
 assert RUDP_SEQ_SIZE == RUDP_ACK_SIZE == 4 and RUDP_FLAG_SIZE == 1 and RUDP_LEN_SIZE == 2
 assert (RUDP_SEQ_AT, RUDP_ACK_AT, RUDP_FLAG_AT, RUDP_LEN_AT) == (0, 4, 8, 9)
 _IPV4_UDP_RUDP: Final = struct.Struct(">B5xHxB10xHHH2xIIBH")
+# The same from an Ethernet header on, its EtherType first.
+_ETHER_IPV4_UDP_RUDP: Final = struct.Struct(">12xH" + _IPV4_UDP_RUDP.format[1:])
 _ROOM: Final = (
     64  # bytes the fast path may read past a frame's end (it unpacks 39 from the IP header)
 )
 assert _IPV4_UDP_RUDP.size - 28 == RUDP_HEADER_LEN and _IPV4_UDP_RUDP.size < _ROOM < _PAD
+assert _ETHER_IPV4_UDP_RUDP.size == 14 + _IPV4_UDP_RUDP.size
 # pcap record header: seconds, fraction, captured length
 _PCAP_LE: Final = struct.Struct("<III")
 _PCAP_BE: Final = struct.Struct(">III")
@@ -330,11 +333,32 @@ class CaptureScan:
 
         ``buf`` holds at least ``_ROOM`` bytes after ``stop``.
         """
+        # Typed, so that compiled code keeps them as plain integers.
+        vihl: int
+        frag: int
+        proto: int
+        sport: int
+        dport: int
+        ulen: int
+        seq: int
+        ack: int
+        flag: int
+        length: int
         ip = start + self._l2
         if stop - ip >= 28:
             kind = self._link_kind
+            # As Python, Ethernet frames take one struct call for all their
+            # fields, the EtherType included (the commonest link type).
+            unpacked = False
             if kind == _LINK_ETHERTYPE:
-                is_ipv4 = buf[start + 12] == 8 and buf[start + 13] == 0
+                if _COMPILED:
+                    is_ipv4 = buf[start + 12] == 8 and buf[start + 13] == 0
+                else:
+                    ethertype, vihl, frag, proto, sport, dport, ulen, seq, ack, flag, length = (
+                        _ETHER_IPV4_UDP_RUDP.unpack_from(buf, start)
+                    )
+                    is_ipv4 = ethertype == 0x0800
+                    unpacked = True
             elif kind == _LINK_AF_INET:
                 b0, b3 = buf[start], buf[start + 3]
                 is_ipv4 = (
@@ -345,17 +369,6 @@ class CaptureScan:
             else:
                 is_ipv4 = True
             if is_ipv4:
-                # Typed, so that compiled code keeps them as plain integers.
-                vihl: int
-                frag: int
-                proto: int
-                sport: int
-                dport: int
-                ulen: int
-                seq: int
-                ack: int
-                flag: int
-                length: int
                 if _COMPILED:
                     vihl = buf[ip]
                     frag = (buf[ip + 6] << 8) | buf[ip + 7]
@@ -369,7 +382,7 @@ class CaptureScan:
                     ack = (buf[at] << 24) | (buf[at + 1] << 16) | (buf[at + 2] << 8) | buf[at + 3]
                     flag = buf[at + 4]
                     length = (buf[at + 5] << 8) | buf[at + 6]
-                else:
+                elif not unpacked:
                     vihl, frag, proto, sport, dport, ulen, seq, ack, flag, length = (
                         _IPV4_UDP_RUDP.unpack_from(buf, ip)
                     )
@@ -447,6 +460,9 @@ class CaptureScan:
         incl: int
         little = self._little
         compiled = _COMPILED
+        # Interpreted, a bound method fetched once saves a lookup per frame;
+        # compiled, the direct call below is quicker than any stored callable.
+        frame = self._frame
         while pos < limit:
             if not compiled:
                 sec, frac, incl = record.unpack_from(buf, pos)
@@ -478,7 +494,10 @@ class CaptureScan:
             else:
                 time = _exact_div(sec * per_sec + frac, per_sec)
             if fast:
-                self._frame(number, time, buf, start, end)
+                if compiled:
+                    self._frame(number, time, buf, start, end)
+                else:
+                    frame(number, time, buf, start, end)
             else:
                 self._general(number, time, self._linktype, buf[start:end])
         self.frames = number
