@@ -124,7 +124,7 @@ _ROOM: Final = (
     64  # bytes the fast path may read past a frame's end (it unpacks 39 from the IP header)
 )
 assert _IPV4_UDP_RUDP.size - 28 == RUDP_HEADER_LEN and _IPV4_UDP_RUDP.size < _ROOM < _PAD
-assert _ETHER_IPV4_UDP_RUDP.size == 14 + _IPV4_UDP_RUDP.size
+assert _ETHER_IPV4_UDP_RUDP.size == 14 + _IPV4_UDP_RUDP.size < _ROOM
 # pcap record header: seconds, fraction, captured length
 _PCAP_LE: Final = struct.Struct("<III")
 _PCAP_BE: Final = struct.Struct(">III")
@@ -333,32 +333,11 @@ class CaptureScan:
 
         ``buf`` holds at least ``_ROOM`` bytes after ``stop``.
         """
-        # Typed, so that compiled code keeps them as plain integers.
-        vihl: int
-        frag: int
-        proto: int
-        sport: int
-        dport: int
-        ulen: int
-        seq: int
-        ack: int
-        flag: int
-        length: int
         ip = start + self._l2
         if stop - ip >= 28:
             kind = self._link_kind
-            # As Python, Ethernet frames take one struct call for all their
-            # fields, the EtherType included (the commonest link type).
-            unpacked = False
             if kind == _LINK_ETHERTYPE:
-                if _COMPILED:
-                    is_ipv4 = buf[start + 12] == 8 and buf[start + 13] == 0
-                else:
-                    ethertype, vihl, frag, proto, sport, dport, ulen, seq, ack, flag, length = (
-                        _ETHER_IPV4_UDP_RUDP.unpack_from(buf, start)
-                    )
-                    is_ipv4 = ethertype == 0x0800
-                    unpacked = True
+                is_ipv4 = buf[start + 12] == 8 and buf[start + 13] == 0
             elif kind == _LINK_AF_INET:
                 b0, b3 = buf[start], buf[start + 3]
                 is_ipv4 = (
@@ -369,6 +348,17 @@ class CaptureScan:
             else:
                 is_ipv4 = True
             if is_ipv4:
+                # Typed, so that compiled code keeps them as plain integers.
+                vihl: int
+                frag: int
+                proto: int
+                sport: int
+                dport: int
+                ulen: int
+                seq: int
+                ack: int
+                flag: int
+                length: int
                 if _COMPILED:
                     vihl = buf[ip]
                     frag = (buf[ip + 6] << 8) | buf[ip + 7]
@@ -382,7 +372,7 @@ class CaptureScan:
                     ack = (buf[at] << 24) | (buf[at + 1] << 16) | (buf[at + 2] << 8) | buf[at + 3]
                     flag = buf[at + 4]
                     length = (buf[at + 5] << 8) | buf[at + 6]
-                elif not unpacked:
+                else:
                     vihl, frag, proto, sport, dport, ulen, seq, ack, flag, length = (
                         _IPV4_UDP_RUDP.unpack_from(buf, ip)
                     )
@@ -460,9 +450,8 @@ class CaptureScan:
         incl: int
         little = self._little
         compiled = _COMPILED
-        # Interpreted, a bound method fetched once saves a lookup per frame;
-        # compiled, the direct call below is quicker than any stored callable.
-        frame = self._frame
+        if not compiled and fast and self._link_kind == _LINK_ETHERTYPE:
+            return self._pcap_ethernet(buf, pos, limit, room)
         while pos < limit:
             if not compiled:
                 sec, frac, incl = record.unpack_from(buf, pos)
@@ -494,12 +483,69 @@ class CaptureScan:
             else:
                 time = _exact_div(sec * per_sec + frac, per_sec)
             if fast:
-                if compiled:
-                    self._frame(number, time, buf, start, end)
-                else:
-                    frame(number, time, buf, start, end)
+                self._frame(number, time, buf, start, end)
             else:
                 self._general(number, time, self._linktype, buf[start:end])
+        self.frames = number
+        return pos
+
+    def _pcap_ethernet(self, buf: bytes, pos: int, limit: int, room: int) -> int:
+        """:meth:`_pcap_records` for Ethernet as Python, with the hot port's frames inlined.
+
+        Interpreted, a call and the attribute lookups of :meth:`_frame` cost
+        as much as its decoding: here the commonest frame (a datagram of the
+        hot port) takes neither, and every other frame goes to :meth:`_frame`
+        as usual.  Compiled code never comes here (calls cost it nothing).
+        """
+        number = self.frames
+        per_sec = self._per_sec
+        micro = per_sec == 10**6
+        record = _PCAP_LE if self._little else _PCAP_BE
+        unpack_record = record.unpack_from
+        unpack_frame = _ETHER_IPV4_UDP_RUDP.unpack_from
+        frame = self._frame
+        hot = self.hot
+        parts = self.parts
+        part = self.part
+        sink = self.sink
+        fields = sink.fields
+        while pos < limit:
+            sec, frac, incl = unpack_record(buf, pos)
+            start = pos + 16
+            end = start + incl
+            if end > room:
+                if incl > _MAX_RECORD:
+                    raise CaptureError(f"{self.path}: corrupt pcap record after frame {number}")
+                break
+            number += 1
+            pos = end
+            if micro:
+                time = (sec * 1e6 + frac) / 1e6  # the ints convert to floats exactly
+            else:
+                time = _exact_div(sec * per_sec + frac, per_sec)
+            if incl >= 14 + 28:  # the checks of _frame, in its order
+                ethertype, vihl, frag, proto, sport, dport, ulen, seq, ack, flag, length = (
+                    unpack_frame(buf, start)
+                )
+                if ethertype == 0x0800 and vihl == 0x45 and not frag & 0x3FFF and proto == 17:
+                    to_port = dport == hot
+                    if to_port or sport == hot:
+                        if parts > 1 and (sport if to_port else dport) % parts != part:
+                            continue
+                        ip = start + 14
+                        stop = end
+                        if 8 <= ulen <= stop - ip - 20:
+                            stop = ip + 20 + ulen
+                        key = buf[ip + 12 : ip + 24]
+                        begin = ip + 28
+                        if stop - begin >= RUDP_HEADER_LEN:
+                            fields(
+                                number, time, key, to_port, seq, ack, flag, length, buf, begin, stop
+                            )
+                        else:
+                            sink.raw(number, time, key, to_port, buf[begin:stop])
+                        continue
+            frame(number, time, buf, start, end)
         self.frames = number
         return pos
 
