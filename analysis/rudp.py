@@ -133,6 +133,36 @@ class _Sent:
 class RudpSession(GoBackClassifier):
     """The live state of one exchange; :meth:`finish` turns it into facts."""
 
+    # Slots, as in the base class: the interpreter reads them quickly.
+    __slots__ = (
+        "_hash",
+        "_hash_next",
+        "_last_ack_frame",
+        "_lo_marks",
+        "_max_ack_delay",
+        "_peak",
+        "_pending",
+        "_pruned",
+        "_synack",
+        "bytes",
+        "cmd_len",
+        "data_packets",
+        "digest",
+        "end",
+        "fin_digest",
+        "fin_seen",
+        "finished",
+        "last_frame",
+        "max_flight",
+        "network_duplicates",
+        "packets",
+        "retransmissions",
+        "trace",
+        "trace_limit",
+        "trace_points",
+        "trailer",
+    )
+
     def __init__(
         self,
         client: str,
