@@ -606,16 +606,16 @@ class RudpSession(GoBackClassifier):
         # Content: new chunks are hashed in order, retransmissions compared.
         kind = _GOOD
         why = ""
-        if length >= 0:
-            kind = _MALFORMED
-            why = (
-                f"malformed DATA: chunk {chunk} (frame {number}) has length field {length}, "
-                f"{present} bytes present"
-            )
-        elif not crc_ok:
-            kind = _BAD_CRC
-            why = f"chunk {chunk} (frame {number}) has a wrong CRC32C trailer"
-        if kind != _GOOD:
+        if length >= 0 or not crc_ok:  # one test for the common, sound chunk
+            if length >= 0:
+                kind = _MALFORMED
+                why = (
+                    f"malformed DATA: chunk {chunk} (frame {number}) has length field {length}, "
+                    f"{present} bytes present"
+                )
+            else:
+                kind = _BAD_CRC
+                why = f"chunk {chunk} (frame {number}) has a wrong CRC32C trailer"
             self.f.bad_chunks += 1
             self.note(number, "malformed" if kind == _MALFORMED else "bad_crc32c", why)
         trailer = self.trailer

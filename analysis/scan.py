@@ -509,6 +509,8 @@ class CaptureScan:
         part = self.part
         sink = self.sink
         fields = sink.fields
+        udp_watch = self._udp_watch
+        tcp_watch = self._tcp_watch
         while pos < limit:
             sec, frac, incl = unpack_record(buf, pos)
             start = pos + 16
@@ -527,25 +529,41 @@ class CaptureScan:
                 ethertype, vihl, frag, proto, sport, dport, ulen, seq, ack, flag, length = (
                     unpack_frame(buf, start)
                 )
-                if ethertype == 0x0800 and vihl == 0x45 and not frag & 0x3FFF and proto == 17:
-                    to_port = dport == hot
-                    if to_port or sport == hot:
-                        if parts > 1 and (sport if to_port else dport) % parts != part:
+                if ethertype == 0x0800 and vihl == 0x45 and not frag & 0x3FFF:
+                    if proto == 17:
+                        to_port = dport == hot
+                        if to_port or sport == hot:
+                            if parts > 1 and (sport if to_port else dport) % parts != part:
+                                continue
+                            # _frame's offsets, from the frame's start (IP header at 14).
+                            stop = start + 34 + ulen if 8 <= ulen <= incl - 34 else end
+                            key = buf[start + 26 : start + 38]
+                            begin = start + 42
+                            if stop - begin >= RUDP_HEADER_LEN:
+                                fields(
+                                    number,
+                                    time,
+                                    key,
+                                    to_port,
+                                    seq,
+                                    ack,
+                                    flag,
+                                    length,
+                                    buf,
+                                    begin,
+                                    stop,
+                                )
+                            else:
+                                sink.raw(number, time, key, to_port, buf[begin:stop])
                             continue
-                        ip = start + 14
-                        stop = end
-                        if 8 <= ulen <= stop - ip - 20:
-                            stop = ip + 20 + ulen
-                        key = buf[ip + 12 : ip + 24]
-                        begin = ip + 28
-                        if stop - begin >= RUDP_HEADER_LEN:
-                            fields(
-                                number, time, key, to_port, seq, ack, flag, length, buf, begin, stop
-                            )
-                        else:
-                            sink.raw(number, time, key, to_port, buf[begin:stop])
+                        if not udp_watch[sport] and not udp_watch[dport]:
+                            continue
+                    elif proto == 6:
+                        if not tcp_watch[sport] and not tcp_watch[dport]:
+                            continue
+                    else:
                         continue
-            frame(number, time, buf, start, end)
+            frame(number, time, buf, start, end)  # what is left: _frame's general path
         self.frames = number
         return pos
 
