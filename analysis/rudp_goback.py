@@ -97,6 +97,35 @@ class Resend:
 class GoBackClassifier:
     """The sender's side of one session, and how its resends are judged."""
 
+    # Slots: an instance with more than 30 attributes in a dict is read
+    # through a slower path by the interpreter (the compiled class has a
+    # fixed layout either way).
+    __slots__ = (
+        "_ack_wait",
+        "_acks_seen",
+        "_burst_max",
+        "_burst_start",
+        "_held",
+        "_probe_chunk",
+        "_probes_in_row",
+        "_progress_time",
+        "acked_seen",
+        "bounds",
+        "dups",
+        "f",
+        "highest_sent",
+        "keep_notes",
+        "keep_series",
+        "keep_trace",
+        "last_data_time",
+        "last_sent",
+        "max_window",
+        "min_rto",
+        "notes",
+        "rtt",
+        "series",
+    )
+
     def __init__(
         self,
         facts: RudpSessionFacts,

@@ -40,6 +40,9 @@ class WindowBounds:
         self.limit = limit
         self.hi_floor = 1
         self.hi_acks: list[int] = []  # advancing ACK values since the last halving of hi
+        # min(limit, hi_floor + len(hi_acks)), kept up to date by every method
+        # that changes one of them: read once per DATA, where a property costs a call.
+        self.hi = min(limit, 1)
         self.lo_floor = 1
         self.lo_acks: list[int] = []  # acted-on ACK values since the last go-back
         self.recover = 0  # highest chunk sent when the current recovery episode began
@@ -49,10 +52,9 @@ class WindowBounds:
         self.halvings = 0
         self.acted_count = 0
 
-    @property
-    def hi(self) -> int:
+    def _update_hi(self) -> None:
         value = self.hi_floor + len(self.hi_acks)
-        return value if value < self.limit else self.limit
+        self.hi = value if value < self.limit else self.limit
 
     @property
     def lo(self) -> int:
@@ -62,6 +64,7 @@ class WindowBounds:
     def set_limit(self, limit: int) -> None:
         """The maximum window negotiated in the SYN-ACK."""
         self.limit = limit
+        self._update_hi()
 
     def advanced(self, ack: int) -> None:
         """An ACK in the capture advanced the highest acknowledged chunk."""
@@ -70,21 +73,32 @@ class WindowBounds:
         if len(acks) > _KEEP:
             del acks[: _KEEP // 2]
             self.hi_floor += _KEEP // 2
-        hi = self.hi
+        hi = self.hi_floor + len(acks)  # _update_hi, inlined: once per ACK
+        limit = self.limit
+        if hi > limit:  # noqa: PLR1730 - hot path, no call
+            hi = limit
+        self.hi = hi
         if hi > self.max_hi:  # noqa: PLR1730 - compiled, no call
             self.max_hi = hi
 
-    def acted(self, ack: int) -> None:
-        """The sender sent new data right after this advancing ACK: it had it."""
+    def acted(self, ack: int) -> int:
+        """The sender sent new data right after this advancing ACK: it had it.
+
+        Returns ``lo`` as it now is, which the caller needs at once.
+        """
         self.acted_count += 1
         acks = self.lo_acks
         acks.append(ack)
         if len(acks) > _KEEP:
             del acks[: _KEEP // 2]
             self.lo_floor += _KEEP // 2
-        lo = self.lo
+        lo = self.lo_floor + len(acks)  # the property, inlined: once per ACK acted on
+        limit = self.limit
+        if lo > limit:  # noqa: PLR1730 - hot path, no call
+            lo = limit
         if lo > self.max_lo:  # noqa: PLR1730 - compiled, no call
             self.max_lo = lo
+        return lo
 
     def go_back(self, chunk: int, highest_sent: int) -> None:
         """The sender went back to ``chunk``: a loss event.
@@ -105,6 +119,7 @@ class WindowBounds:
             hi_before = min(self.hi_floor + received, self.limit)
             self.hi_floor = max(hi_before // 2, 1)
             self.hi_acks = pending
+            self._update_hi()
             self.recover = highest_sent
             self.in_episode = True
         elif highest_sent > self.recover:

@@ -118,10 +118,13 @@ _COMPILED: Final = not __file__.endswith(".py")
 assert RUDP_SEQ_SIZE == RUDP_ACK_SIZE == 4 and RUDP_FLAG_SIZE == 1 and RUDP_LEN_SIZE == 2
 assert (RUDP_SEQ_AT, RUDP_ACK_AT, RUDP_FLAG_AT, RUDP_LEN_AT) == (0, 4, 8, 9)
 _IPV4_UDP_RUDP: Final = struct.Struct(">B5xHxB10xHHH2xIIBH")
+# The same from an Ethernet header on, its EtherType first.
+_ETHER_IPV4_UDP_RUDP: Final = struct.Struct(">12xH" + _IPV4_UDP_RUDP.format[1:])
 _ROOM: Final = (
     64  # bytes the fast path may read past a frame's end (it unpacks 39 from the IP header)
 )
 assert _IPV4_UDP_RUDP.size - 28 == RUDP_HEADER_LEN and _IPV4_UDP_RUDP.size < _ROOM < _PAD
+assert _ETHER_IPV4_UDP_RUDP.size == 14 + _IPV4_UDP_RUDP.size < _ROOM
 # pcap record header: seconds, fraction, captured length
 _PCAP_LE: Final = struct.Struct("<III")
 _PCAP_BE: Final = struct.Struct(">III")
@@ -447,6 +450,8 @@ class CaptureScan:
         incl: int
         little = self._little
         compiled = _COMPILED
+        if not compiled and fast and self._link_kind == _LINK_ETHERTYPE:
+            return self._pcap_ethernet(buf, pos, limit, room)
         while pos < limit:
             if not compiled:
                 sec, frac, incl = record.unpack_from(buf, pos)
@@ -481,6 +486,84 @@ class CaptureScan:
                 self._frame(number, time, buf, start, end)
             else:
                 self._general(number, time, self._linktype, buf[start:end])
+        self.frames = number
+        return pos
+
+    def _pcap_ethernet(self, buf: bytes, pos: int, limit: int, room: int) -> int:
+        """:meth:`_pcap_records` for Ethernet as Python, with the hot port's frames inlined.
+
+        Interpreted, a call and the attribute lookups of :meth:`_frame` cost
+        as much as its decoding: here the commonest frame (a datagram of the
+        hot port) takes neither, and every other frame goes to :meth:`_frame`
+        as usual.  Compiled code never comes here (calls cost it nothing).
+        """
+        number = self.frames
+        per_sec = self._per_sec
+        micro = per_sec == 10**6
+        record = _PCAP_LE if self._little else _PCAP_BE
+        unpack_record = record.unpack_from
+        unpack_frame = _ETHER_IPV4_UDP_RUDP.unpack_from
+        frame = self._frame
+        hot = self.hot
+        parts = self.parts
+        part = self.part
+        sink = self.sink
+        fields = sink.fields
+        udp_watch = self._udp_watch
+        tcp_watch = self._tcp_watch
+        while pos < limit:
+            sec, frac, incl = unpack_record(buf, pos)
+            start = pos + 16
+            end = start + incl
+            if end > room:
+                if incl > _MAX_RECORD:
+                    raise CaptureError(f"{self.path}: corrupt pcap record after frame {number}")
+                break
+            number += 1
+            pos = end
+            if micro:
+                time = (sec * 1e6 + frac) / 1e6  # the ints convert to floats exactly
+            else:
+                time = _exact_div(sec * per_sec + frac, per_sec)
+            if incl >= 14 + 28:  # the checks of _frame, in its order
+                ethertype, vihl, frag, proto, sport, dport, ulen, seq, ack, flag, length = (
+                    unpack_frame(buf, start)
+                )
+                if ethertype == 0x0800 and vihl == 0x45 and not frag & 0x3FFF:
+                    if proto == 17:
+                        to_port = dport == hot
+                        if to_port or sport == hot:
+                            if parts > 1 and (sport if to_port else dport) % parts != part:
+                                continue
+                            # _frame's offsets, from the frame's start (IP header at 14).
+                            stop = start + 34 + ulen if 8 <= ulen <= incl - 34 else end
+                            key = buf[start + 26 : start + 38]
+                            begin = start + 42
+                            if stop - begin >= RUDP_HEADER_LEN:
+                                fields(
+                                    number,
+                                    time,
+                                    key,
+                                    to_port,
+                                    seq,
+                                    ack,
+                                    flag,
+                                    length,
+                                    buf,
+                                    begin,
+                                    stop,
+                                )
+                            else:
+                                sink.raw(number, time, key, to_port, buf[begin:stop])
+                            continue
+                        if not udp_watch[sport] and not udp_watch[dport]:
+                            continue
+                    elif proto == 6:
+                        if not tcp_watch[sport] and not tcp_watch[dport]:
+                            continue
+                    else:
+                        continue
+            frame(number, time, buf, start, end)  # what is left: _frame's general path
         self.frames = number
         return pos
 
