@@ -103,10 +103,22 @@ def test_interrupt_exits_130_and_terminate_143(
             return False
         return True
 
+    def blocked_in_read() -> bool:
+        # A signal that lands between open() returning and read() starting is
+        # seen by Python only when read() returns (CPython checks for signals
+        # on EINTR, not before the call): a real limit of any Python program,
+        # so the test signals once decode sleeps in the kernel's pipe read.
+        try:
+            wchan = Path(f"/proc/{proc.pid}/wchan").read_text()
+        except OSError:
+            return True  # no /proc: signal at once, as before
+        return "pipe" in wchan or wchan.strip() in ("", "0")
+
     try:
         # The write end stays open (closing it would let decode read an end of
         # file and exit): decode now waits for bytes that never come.
         wait_for(reader_is_there, 30, "decode opening the FIFO")
+        wait_for(blocked_in_read, 30, "decode waiting in read()")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
