@@ -67,7 +67,13 @@ from stacklab.analysis.rudp_goback import (
 from stacklab.analysis.scan import FlowKey, HotSink, flow_endpoints
 from stacklab.analysis.sessions import RudpSessionFacts
 from stacklab.gso import segment_limit, split_batch
-from stacklab.wire import ORIGINAL_MAX_WINDOW, RUDP_CRC_TRAILER_LEN, RUDP_HEADER, RUDP_HEADER_LEN
+from stacklab.wire import (
+    ORIGINAL_MAX_WINDOW,
+    RUDP_ABORT_PREFIX,
+    RUDP_CRC_TRAILER_LEN,
+    RUDP_HEADER,
+    RUDP_HEADER_LEN,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +109,16 @@ def set_digest(pending: PendingDigest) -> None:
     """Fill in ``sha256`` (after :meth:`BackgroundHasher.wait`) and compare the FIN's."""
     f, sha, fin_digest, fin_frame = pending
     f.sha256 = sha.hexdigest()
-    if fin_digest is not None and fin_digest != sha.digest():
+    if fin_digest is not None and fin_digest.startswith(RUDP_ABORT_PREFIX):
+        # The server's content failed mid-body (its origin): it says so instead of a digest.
+        reason = fin_digest[len(RUDP_ABORT_PREFIX) :].decode("utf-8", errors="replace")
+        record_finding(
+            f,
+            "rudp.delivery",
+            fin_frame,
+            f"the server aborted the transfer (its FIN says ABORT): {reason[:200]}",
+        )
+    elif fin_digest is not None and fin_digest != sha.digest():
         record_finding(
             f,
             "rudp.delivery",
