@@ -70,8 +70,25 @@ from stacklab.wire import (
 )
 
 _UNPACK = RUDP_HEADER.unpack_from
-_MIN_CHECKED = RUDP_HEADER_LEN + RUDP_CRC_TRAILER_LEN
-_NONE = (0, 0, b"", -1)  # a datagram too short for a header: the full path's
+
+
+def _sound_data_seq(buf: memoryview, start: int, end: int, trailer: int) -> int:
+    """The sequence number of a well-formed DATA datagram ``buf[start:end]``, else -1.
+
+    Well-formed: a whole header, flag DATA, a length field that matches, and
+    (``trailer`` 4) a CRC32C that matches.  The receive fast paths take such
+    datagrams; anything else goes to the full path, which counts it.
+    """
+    if end - start < RUDP_HEADER_LEN + trailer:
+        return -1
+    seq, _, flag, length = _UNPACK(buf, start)
+    if flag != DATA or length != end - start - RUDP_HEADER_LEN:
+        return -1
+    if trailer and crc32c(buf[start : end - trailer]) != int.from_bytes(
+        buf[end - trailer : end], "big"
+    ):
+        return -1
+    return int(seq)
 
 
 class ClientState(Enum):
@@ -213,20 +230,12 @@ class ClientSession(SessionBase):
         and is counted by the full path.
         """
         size = len(data)
-        integrity = self.options.integrity
-        if size < (_MIN_CHECKED if integrity else RUDP_HEADER_LEN):
-            return False
-        seq, _, flag, length = _UNPACK(data, 0)
-        if flag != DATA or length != size - RUDP_HEADER_LEN:
-            return False
         view = data if type(data) is memoryview else memoryview(data)
-        if integrity:
-            end = size - RUDP_CRC_TRAILER_LEN
-            if crc32c(view[:end]) != int.from_bytes(view[end:], "big"):
-                return False
-            payload = view[RUDP_HEADER_LEN:end]
-        else:
-            payload = view[RUDP_HEADER_LEN:]
+        trailer = RUDP_CRC_TRAILER_LEN if self.options.integrity else 0
+        seq = _sound_data_seq(view, 0, size, trailer)
+        if seq < 0:
+            return False
+        payload = view[RUDP_HEADER_LEN : size - trailer]
         self.stats["datagrams_in"] += 1
         self._timer = now + self.silence_timeout
         self._probe = None
@@ -256,19 +265,8 @@ class ClientSession(SessionBase):
                 while offset < size:
                     start, end = offset, min(size, offset + segment)
                     offset = end
-                    seq, _, flag, length = (
-                        _UNPACK(batch, start) if end - start >= RUDP_HEADER_LEN else _NONE
-                    )
-                    if (
-                        flag == DATA
-                        and length == end - start - RUDP_HEADER_LEN
-                        and length >= trailer
-                        and (
-                            not trailer
-                            or crc32c(batch[start : end - trailer])
-                            == int.from_bytes(batch[end - trailer : end], "big")
-                        )
-                    ):
+                    seq = _sound_data_seq(batch, start, end, trailer)
+                    if seq >= 0:
                         fast += 1
                         on_data(seq, batch[start + RUDP_HEADER_LEN : end - trailer], now)
                     else:  # anything else, counted and handled by the full path
